@@ -1,0 +1,55 @@
+"""The shared entry-point runner: parse and validate, run, turn user errors into one clear message."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from library.errors import UserError
+
+logger = logging.getLogger("sdtrain")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+    for noisy in ("httpx", "urllib3", "PIL", "matplotlib", "h5py", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def write_output_config(config) -> Path:
+    """``--output_config PATH``: write the effective config (reloadable with --config_file) and stop."""
+    from library.config.load import effective_toml
+    from library.util.atomic import write_text_atomic
+
+    path = Path(config.output_config)
+    if path.suffix != ".toml":
+        path = path.with_suffix(path.suffix + ".toml")
+    write_text_atomic(path, effective_toml(config))
+    logger.info("wrote the effective config to %s", path)
+    return path
+
+
+def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None = None) -> int:
+    """Parse the command line for ``trainer`` ("network"/"db"), then train. Returns the exit code."""
+    from library.config.load import parse_config
+
+    setup_logging()
+    try:
+        config = parse_config(argv, trainer)
+        setup_logging(config.console_log_level)
+        if config.output_config:
+            write_output_config(config)
+            return 0
+        from library.training.loop import run_training
+
+        run_training(config, make_target(config))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,197 @@
+"""The CLI and TOML faces of the schema: argparse flags, config files, merging and validation.
+
+Order of precedence: schema defaults < ``--config_file`` TOML < command-line flags. Everything is
+validated here, before any model is loaded; errors are ``ConfigError`` with one clear paragraph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import toml
+
+from library.config.known_elsewhere import SD_SCRIPTS_NAMES
+from library.config.options import SCHEMA
+from library.config.schema import Option, Schema
+from library.config.values import coerce
+from library.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class Config:
+    """The validated, typed options of one run: attribute access by option name, read-only.
+
+    ``explicit`` holds the names the user set (in the TOML or on the command line).
+    """
+
+    def __init__(self, values: dict[str, Any], explicit: set[str], trainer: str):
+        object.__setattr__(self, "_values", dict(values))
+        object.__setattr__(self, "explicit", frozenset(explicit))
+        object.__setattr__(self, "trainer", trainer)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no option named {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Config is read-only; use replace()")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def replace(self, **changes: Any) -> Config:
+        values = {**self._values, **changes}
+        return Config(values, set(self.explicit) | set(changes), self.trainer)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become a one-paragraph ``ConfigError`` instead of a usage dump."""
+
+    def error(self, message: str):
+        raise ConfigError(f"command line: {message}. Run with --help to list the options.")
+
+
+def build_parser(trainer: str, description: str = "", schema: Schema = SCHEMA) -> argparse.ArgumentParser:
+    """argparse flags for every option of ``trainer``; unset flags are absent from the namespace."""
+    parser = _Parser(description=description, argument_default=argparse.SUPPRESS)
+    groups = {g.key: parser.add_argument_group(g.title, g.description) for g in schema.groups}
+    for opt in schema.for_trainer(trainer):
+        group = groups[opt.group]
+        flag = f"--{opt.name}"
+        helptext = opt.help.replace("%", "%%")
+        if opt.kind == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=helptext)
+        elif opt.kind in ("strs", "float_or_floats"):
+            group.add_argument(flag, nargs="*", metavar="VALUE", help=helptext)
+        else:
+            group.add_argument(flag, metavar=opt.kind.upper(), help=helptext)
+    for alias, name in schema.aliases.items():
+        if name in schema and trainer in schema[name].trainers:
+            parser.add_argument(f"--{alias}", dest=name, help=argparse.SUPPRESS)
+    return parser
+
+
+def read_toml(path: str | Path, trainer: str, schema: Schema = SCHEMA) -> dict[str, Any]:
+    """Read a flat sd-scripts style TOML; ``[section]`` headers are grouping only and flattened."""
+    path = Path(path)
+    if not path.exists() and path.suffix != ".toml" and path.with_suffix(path.suffix + ".toml").exists():
+        path = path.with_suffix(path.suffix + ".toml")
+    if not path.is_file():
+        raise ConfigError(f"config_file {str(path)!r} does not exist. Give the path of a TOML config file.")
+    try:
+        raw = toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TomlDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config_file {str(path)!r} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            for inner_key, inner_value in value.items():
+                if isinstance(inner_value, dict):
+                    raise ConfigError(
+                        f"config_file {str(path)!r}: [{key}.{inner_key}] is nested two levels deep; options go "
+                        f"directly under a [section] header or at the top level."
+                    )
+                _put(flat, inner_key, inner_value, path)
+        else:
+            _put(flat, key, value, path)
+    return _check_names(flat, trainer, f"config_file {str(path)!r}", schema)
+
+
+def _put(flat: dict[str, Any], key: str, value: Any, path: Path) -> None:
+    if key in flat:
+        raise ConfigError(f"config_file {str(path)!r}: option {key!r} is set twice (in two sections).")
+    flat[key] = value
+
+
+def _check_names(values: dict[str, Any], trainer: str, where: str, schema: Schema) -> dict[str, Any]:
+    """Map aliases to current names and reject unknown or unsupported names."""
+    out: dict[str, Any] = {}
+    known = [o.name for o in schema.for_trainer(trainer)]
+    for key, value in values.items():
+        name = schema.aliases.get(key, key)
+        if name != key:
+            logger.warning("%s: option %r is an old name; use %r", where, key, name)
+        if name in schema and trainer in schema[name].trainers:
+            out[name] = value
+            continue
+        if name in schema:
+            raise ConfigError(f"{where}: option {key!r} is not used by this trainer; remove it.")
+        if name in SD_SCRIPTS_NAMES:
+            raise ConfigError(
+                f"{where}: option {key!r} is an sd-scripts option this trainer does not support yet. Remove it "
+                f"from the config; nothing is silently ignored here."
+            )
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else " Run with --help to list the options."
+        raise ConfigError(f"{where}: unknown option {key!r}.{hint}")
+    return out
+
+
+def parse_config(argv: Sequence[str] | None, trainer: str, schema: Schema = SCHEMA) -> Config:
+    """Parse the command line (and the TOML it names) into a validated ``Config``."""
+    parser = build_parser(trainer, schema=schema)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flags = [u[2:].split("=")[0] for u in unknown if u.startswith("--")]
+        _check_names(dict.fromkeys(flags or unknown), trainer, "command line", schema)
+        raise ConfigError(f"command line: unexpected argument(s) {' '.join(unknown)!r}.")
+    cli = vars(namespace)
+    file_values: dict[str, Any] = {}
+    if cli.get("config_file"):
+        file_values = read_toml(cli["config_file"], trainer, schema)
+        file_values.pop("config_file", None)
+        file_values.pop("output_config", None)
+    return config_from_values({**file_values, **cli}, trainer, schema)
+
+
+def config_from_values(values: dict[str, Any], trainer: str, schema: Schema = SCHEMA) -> Config:
+    """Validate raw values (TOML types or CLI strings) into a ``Config``; also used by the GUI."""
+    values = _check_names(values, trainer, "config", schema)
+    merged = {name: coerce(schema[name], raw) for name, raw in schema.defaults(trainer).items()}
+    for name, raw in values.items():
+        merged[name] = coerce(schema[name], raw)
+    config = Config(merged, set(values), trainer)
+    from library.config.rules import check_rules
+
+    check_rules(config, schema)
+    for name in values:
+        note = schema[name].compat_note
+        if note and merged[name]:
+            logger.info("%s: %s", name, note)
+    return config
+
+
+def effective_toml(config: Config, schema: Schema = SCHEMA) -> str:
+    """The options that differ from their defaults, as a TOML grouped by the schema's sections."""
+    lines = [f"# effective config for {config.trainer} training; reload with --config_file", ""]
+    defaults = schema.defaults(config.trainer)
+    for group in schema.groups:
+        entries = {}
+        for opt in schema.for_trainer(config.trainer):
+            if opt.group != group.key or opt.transient:
+                continue
+            value = getattr(config, opt.name)
+            if value is None or (value == defaults[opt.name] and opt.name != "schema_version"):
+                continue
+            entries[opt.name] = _toml_value(opt, value)
+        if entries:
+            lines.append(f"[{group.key}]")
+            lines.append(toml.dumps(entries).rstrip())
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(opt: Option, value: Any) -> Any:
+    if opt.kind == "resolution":
+        w, h = value
+        return f"{w}" if w == h else f"{w},{h}"
+    if isinstance(value, tuple):
+        return list(value)
+    return value

@@ -1,0 +1,227 @@
+"""The declarations of every training option, in display order (sd-scripts' names).
+
+Adding an option means adding one ``Option(...)`` here; the CLI, TOML, validation and GUI follow.
+"""
+
+from __future__ import annotations
+
+from library.config.schema import Group, Option, Schema
+
+NET = frozenset({"network"})
+DB = frozenset({"db"})
+
+
+def _optimizer_names() -> tuple:
+    from library.training.optimizers import OPTIMIZERS
+
+    return tuple(OPTIMIZERS.names())
+
+
+def _scheduler_names() -> tuple:
+    from library.training.schedulers import SCHEDULERS
+
+    return tuple(SCHEDULERS.names())
+
+
+def _check_optimizer(value: str) -> str | None:
+    from library.training.optimizers import check_optimizer_name
+
+    return check_optimizer_name(value)
+
+
+def _network_module_names() -> tuple:
+    from library.networks import network_module_names
+
+    return tuple(network_module_names())
+
+
+GROUPS = [
+    Group("model", "Model", "Base model, its family and precision."),
+    Group("folders", "Folders and output", "Where the pictures are and where results go."),
+    Group("dataset", "Dataset", "Resolution, batches, buckets, augmentation and latent caching."),
+    Group("captions", "Captions", "How captions are read and varied during training."),
+    Group("training", "Training", "Steps, learning rates, optimizer and scheduler."),
+    Group("network", "Network", "The LoRA network: type, rank, alpha and what it trains."),
+    Group("noise", "Noise and loss", "Noise schedule tweaks and loss weighting."),
+    Group("saving", "Saving", "What is saved, how often, in which precision and with which metadata."),
+    Group("logging", "Logging", "TensorBoard logs and console output."),
+    Group("config", "Config files", "Reading and writing TOML configs."),
+]
+
+_SDPA_NOTE = "attention always uses PyTorch's scaled_dot_product_attention (memory-efficient); this flag has no extra effect"
+
+OPTIONS = [
+    # --- model -------------------------------------------------------------------------------
+    Option("pretrained_model_name_or_path", "path", None,
+           "Base model: a diffusers folder, a single-file .safetensors/.ckpt (original SD layout), a Hugging "
+           "Face hub id, or builtin:tiny / builtin:tiny-sd2 (the built-in tiny demo model).",
+           "model", common=True),
+    Option("v2", "bool", False, "The base model is Stable Diffusion 2.x (detected from single files).", "model",
+           common=True),
+    Option("v_parameterization", "bool", False,
+           "The model predicts v (SD 2.x 768-v models); the loss target becomes v.", "model", common=True),
+    Option("vae", "path", None, "A replacement VAE: a diffusers folder or a single file.", "model",
+           must_exist=True),
+    Option("clip_skip", "int", None,
+           "Use the output of the n-th last text-encoder layer (2 for most anime models). Unset: the last.",
+           "model", min=1, max=12, common=True),
+    Option("max_token_length", "int", None,
+           "Longest caption in tokens: 75 (unset), 150 or 225 (split into 75-token chunks).", "model",
+           choices=(75, 150, 225)),
+    Option("mixed_precision", "str", "no", "Mixed precision for the forward pass.", "model",
+           choices=("no", "fp16", "bf16"), common=True),
+    Option("allow_unsafe_pickle", "bool", False,
+           "Allow .ckpt/.pt files whose pickle holds more than tensors (it may run code: only for files you "
+           "trust).", "model"),
+    Option("tokenizer_cache_dir", "dir", None, "Accepted for sd-scripts configs.", "model",
+           compat_note="the CLIP tokenizer ships with this project and is never downloaded; tokenizer_cache_dir is not needed"),
+    Option("xformers", "bool", False, "Accepted for sd-scripts configs.", "model", compat_note=_SDPA_NOTE),
+    Option("sdpa", "bool", False, "Accepted for sd-scripts configs.", "model", compat_note=_SDPA_NOTE),
+    Option("mem_eff_attn", "bool", False, "Accepted for sd-scripts configs.", "model", compat_note=_SDPA_NOTE),
+    # --- folders -----------------------------------------------------------------------------
+    Option("train_data_dir", "dir", None,
+           "Folder holding one subfolder per concept, named <repeats>_<class tokens> (e.g. 10_sls 1girl).",
+           "folders", common=True, must_exist=True),
+    Option("reg_data_dir", "dir", None,
+           "Regularisation (prior preservation) images, subfolders named like <repeats>_<class>.", "folders",
+           common=True, must_exist=True),
+    Option("dataset_config", "file", None,
+           "An sd-scripts dataset TOML ([general], [[datasets]], [[datasets.subsets]]) instead of the folders.",
+           "folders", must_exist=True),
+    Option("output_dir", "path", None, "Where the trained files are written.", "folders", common=True),
+    Option("output_name", "str", "last", "Base name of the output files.", "folders", common=True),
+    Option("logging_dir", "path", None, "TensorBoard log folder (unset: no logs).", "folders"),
+    # --- dataset -----------------------------------------------------------------------------
+    Option("resolution", "resolution", "512", "Training resolution: \"512\" or \"width,height\".", "dataset",
+           common=True),
+    Option("train_batch_size", "int", 1, "Images per batch.", "dataset", min=1, common=True),
+    Option("enable_bucket", "bool", False,
+           "Aspect-ratio buckets: images keep their shape instead of being cropped square.", "dataset",
+           common=True),
+    Option("min_bucket_reso", "int", 256, "Smallest bucket side in pixels.", "dataset", min=64),
+    Option("max_bucket_reso", "int", 1024, "Largest bucket side in pixels.", "dataset", min=64),
+    Option("bucket_reso_steps", "int", 64, "Bucket sides are multiples of this.", "dataset", min=8),
+    Option("bucket_no_upscale", "bool", False, "Never enlarge small images to fit a bucket.", "dataset"),
+    Option("flip_aug", "bool", False, "Randomly flip images horizontally.", "dataset"),
+    Option("color_aug", "bool", False, "Small random hue/brightness changes.", "dataset"),
+    Option("random_crop", "bool", False, "Crop at a random position instead of the centre.", "dataset"),
+    Option("cache_latents", "bool", False,
+           "Encode every image with the VAE once before training (faster, less memory; no colour aug or "
+           "random crop).", "dataset", common=True),
+    Option("cache_latents_to_disk", "bool", False,
+           "Keep the cached latents in .npz files beside the images and reuse them next time.", "dataset"),
+    Option("vae_batch_size", "int", 1, "Images per VAE batch when caching latents.", "dataset", min=1),
+    Option("max_data_loader_n_workers", "int", 2, "Threads that load images while the model trains.",
+           "dataset", min=0),
+    Option("persistent_data_loader_workers", "bool", False, "Accepted for sd-scripts configs.", "dataset",
+           compat_note="image loader threads always persist across epochs"),
+    Option("prior_loss_weight", "float", 1.0, "Loss weight of regularisation images.", "dataset", min=0.0),
+    # --- captions ----------------------------------------------------------------------------
+    Option("caption_extension", "str", None,
+           "Caption file extension. Unset: <image>.txt, else <image>.caption, else the folder's class tokens.",
+           "captions", common=True),
+    Option("shuffle_caption", "bool", False, "Shuffle the comma-separated tags each time.", "captions",
+           common=True),
+    Option("keep_tokens", "int", 0, "Keep the first N tags in place when shuffling or dropping.", "captions",
+           min=0, common=True),
+    Option("keep_tokens_separator", "str", "",
+           "Tags before this separator (e.g. |||) stay fixed; overrides keep_tokens.", "captions"),
+    Option("secondary_separator", "str", None,
+           "A separator that groups tags into one unit for shuffling, replaced by ', ' afterwards.",
+           "captions"),
+    Option("caption_separator", "str", ",", "The separator between tags.", "captions"),
+    Option("caption_prefix", "str", None, "Text put before every caption.", "captions"),
+    Option("caption_suffix", "str", None, "Text put after every caption.", "captions"),
+    Option("caption_dropout_rate", "float", 0.0, "Probability that a whole caption is left empty.", "captions",
+           min=0.0, max=1.0),
+    Option("caption_dropout_every_n_epochs", "int", None, "Every n-th epoch all captions are empty.",
+           "captions", min=0),
+    Option("caption_tag_dropout_rate", "float", 0.0, "Probability that each (non-kept) tag is dropped.",
+           "captions", min=0.0, max=1.0),
+    # --- training ----------------------------------------------------------------------------
+    Option("max_train_steps", "int", 1600, "Training length in optimizer steps.", "training", min=1,
+           common=True),
+    Option("max_train_epochs", "int", None, "Training length in epochs (overrides max_train_steps).",
+           "training", min=1, common=True),
+    Option("learning_rate", "float", 1e-4, "Learning rate (for groups without their own).", "training",
+           min=0.0, common=True),
+    Option("unet_lr", "float", None, "Learning rate of the UNet's LoRA modules.", "training", min=0.0,
+           trainers=NET, common=True),
+    Option("text_encoder_lr", "float_or_floats", None, "Learning rate of the text encoder's LoRA modules.",
+           "training", min=0.0, trainers=NET, common=True),
+    Option("optimizer_type", "str", "AdamW", "Optimizer (case-insensitive) or a dotted class name.",
+           "training", choices=_optimizer_names, check=_check_optimizer, common=True),
+    Option("optimizer_args", "strs", [], "Extra optimizer arguments as key=value strings.", "training"),
+    Option("use_8bit_adam", "bool", False, "Legacy flag: same as optimizer_type = AdamW8bit.", "training"),
+    Option("lr_scheduler", "str", "constant", "Learning-rate schedule.", "training",
+           choices=_scheduler_names, common=True),
+    Option("lr_warmup_steps", "steps", 0,
+           "Warm-up length: a step count, a ratio below 1 of all steps, or \"N%\".", "training"),
+    Option("lr_scheduler_num_cycles", "int", 1, "Restarts of cosine_with_restarts.", "training", min=1),
+    Option("lr_scheduler_power", "float", 1.0, "Power of the polynomial schedule.", "training"),
+    Option("gradient_accumulation_steps", "int", 1, "Batches per optimizer step.", "training", min=1),
+    Option("gradient_checkpointing", "bool", False, "Recompute activations in backward: less memory, slower.",
+           "training"),
+    Option("max_grad_norm", "float", 1.0, "Clip the gradient norm to this (0: no clipping).", "training",
+           min=0.0),
+    Option("seed", "int", None, "Random seed (unset: a random one, written to the metadata).", "training",
+           min=0, common=True),
+    # --- network -----------------------------------------------------------------------------
+    Option("network_module", "str", "networks.lora", "Network type.", "network", trainers=NET,
+           choices=_network_module_names, common=True),
+    Option("network_dim", "int", None, "LoRA rank (4 when unset).", "network", min=1, trainers=NET,
+           common=True),
+    Option("network_alpha", "float", 1.0, "LoRA alpha: the update is scaled by alpha / dim.", "network",
+           min=0.0, min_exclusive=True, trainers=NET, common=True),
+    Option("network_args", "strs", [],
+           "Extra network arguments as key=value strings, e.g. conv_dim=4, conv_alpha=1 (LoCon).", "network",
+           trainers=NET),
+    Option("network_dropout", "float", None, "Dropout on the LoRA down projection's output.", "network",
+           min=0.0, max=1.0, trainers=NET),
+    Option("network_weights", "file", None, "Continue training from this LoRA file.", "network",
+           must_exist=True, trainers=NET),
+    Option("dim_from_weights", "bool", False, "Take ranks and alphas from network_weights.", "network",
+           trainers=NET),
+    Option("network_train_unet_only", "bool", False, "Train only the UNet's LoRA modules.", "network",
+           trainers=NET),
+    Option("network_train_text_encoder_only", "bool", False, "Train only the text encoder's LoRA modules.",
+           "network", trainers=NET),
+    # --- noise and loss ----------------------------------------------------------------------
+    Option("noise_offset", "float", None, "Offset noise strength (about 0.05-0.1 for darker/brighter images).",
+           "noise", min=0.0, common=True),
+    Option("min_snr_gamma", "float", None, "Min-SNR loss weighting (5 is the paper's value).", "noise",
+           min=0.0, min_exclusive=True),
+    # --- saving ------------------------------------------------------------------------------
+    Option("save_model_as", "str", "safetensors", "File format of the saved network.", "saving",
+           choices=("safetensors", "ckpt", "pt"), trainers=NET),
+    Option("save_precision", "str", None, "Precision of saved weights (unset: float).", "saving",
+           choices=("float", "fp16", "bf16"), common=True),
+    Option("save_every_n_epochs", "int", None, "Save every n epochs.", "saving", min=1, common=True),
+    Option("save_every_n_steps", "int", None, "Save every n steps.", "saving", min=1),
+    Option("save_last_n_epochs", "int", None, "Keep only the last n epoch saves.", "saving", min=1),
+    Option("save_last_n_steps", "int", None, "Keep only the step saves of the last n steps.", "saving", min=1),
+    Option("no_metadata", "bool", False, "Write only the minimal metadata into the network file.", "saving"),
+    Option("training_comment", "str", None, "A comment stored in the metadata.", "saving"),
+    Option("metadata_title", "str", None, "modelspec title (default: output_name).", "saving"),
+    Option("metadata_author", "str", None, "modelspec author.", "saving"),
+    Option("metadata_description", "str", None, "modelspec description.", "saving"),
+    Option("metadata_license", "str", None, "modelspec license.", "saving"),
+    Option("metadata_tags", "str", None, "modelspec tags (comma-separated).", "saving"),
+    # --- logging -----------------------------------------------------------------------------
+    Option("log_prefix", "str", None, "Prefix of the TensorBoard run folder name.", "logging"),
+    Option("log_with", "str", None, "Logger (tensorboard when logging_dir is set).", "logging",
+           choices=("tensorboard",)),
+    Option("console_log_level", "str", "INFO", "Console log level.", "logging",
+           choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    # --- config ------------------------------------------------------------------------------
+    Option("config_file", "file", None, "Read options from this TOML (\".toml\" added if missing).", "config",
+           transient=True),
+    Option("output_config", "path", None, "Write the effective config to this TOML and exit.", "config",
+           transient=True),
+    Option("schema_version", "int", 1, "Version of the config format.", "config", min=1, max=1),
+]
+
+#: Old or misspelt names that sd-scripts accepts: alias -> current name.
+ALIASES = {"caption_extention": "caption_extension"}
+
+SCHEMA = Schema(groups=GROUPS, options=OPTIONS, aliases=ALIASES)

@@ -1,0 +1,85 @@
+"""Validation of a merged config: ranges, choices, paths and rules between options."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from library.config.schema import Schema
+from library.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def check_values(config, schema: Schema) -> None:
+    """Per-option checks: choices, ranges, existing paths, custom checks."""
+    for opt in schema.for_trainer(config.trainer):
+        value = getattr(config, opt.name)
+        if value is None:
+            continue
+        choices = opt.allowed_choices()
+        if choices and opt.check is None and value not in choices:
+            raise ConfigError(
+                f"option {opt.name!r}: {value!r} is not one of {', '.join(map(str, choices))}."
+            )
+        if opt.check is not None:
+            problem = opt.check(value)
+            if problem:
+                raise ConfigError(f"option {opt.name!r}: {problem}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if opt.min is not None and (value < opt.min or (opt.min_exclusive and value == opt.min)):
+                bound = f"greater than {opt.min}" if opt.min_exclusive else f"at least {opt.min}"
+                raise ConfigError(f"option {opt.name!r}: {value} is out of range; it must be {bound}.")
+            if opt.max is not None and value > opt.max:
+                raise ConfigError(f"option {opt.name!r}: {value} is out of range; it must be at most {opt.max}.")
+        if opt.must_exist and opt.kind in ("dir", "file", "path"):
+            path = Path(value)
+            if not path.exists():
+                raise ConfigError(f"option {opt.name!r}: {value!r} does not exist. Check the path.")
+            if opt.kind == "dir" and not path.is_dir():
+                raise ConfigError(f"option {opt.name!r}: {value!r} is a file; it must be a folder.")
+            if opt.kind == "file" and not path.is_file():
+                raise ConfigError(f"option {opt.name!r}: {value!r} is a folder; it must be a file.")
+
+
+def check_rules(config, schema: Schema) -> None:
+    """All checks that can be made before any model is loaded."""
+    check_values(config, schema)
+    if config.output_config:
+        return  # writing the config needs no data or model
+    if not config.pretrained_model_name_or_path:
+        raise ConfigError(
+            "option 'pretrained_model_name_or_path' is missing: give a diffusers folder, a .safetensors/.ckpt "
+            "file, a hub id, or builtin:tiny for the built-in demo model."
+        )
+    if not config.output_dir:
+        raise ConfigError("option 'output_dir' is missing: say where the trained files should be written.")
+    if config.dataset_config is None and config.train_data_dir is None:
+        raise ConfigError(
+            "no training data: set 'train_data_dir' (a folder of <repeats>_<class> subfolders) or "
+            "'dataset_config' (an sd-scripts dataset TOML)."
+        )
+    if config.trainer == "network" and config.network_train_unet_only and config.network_train_text_encoder_only:
+        raise ConfigError(
+            "'network_train_unet_only' and 'network_train_text_encoder_only' are both set: nothing would be "
+            "trained. Keep at most one."
+        )
+    if config.cache_latents or config.cache_latents_to_disk:
+        for name in ("color_aug", "random_crop"):
+            if getattr(config, name):
+                raise ConfigError(
+                    f"'{name}' cannot be combined with 'cache_latents': cached latents are encoded once, so the "
+                    f"image cannot change per step. Turn one of them off."
+                )
+    if config.use_8bit_adam and "optimizer_type" in config.explicit and config.optimizer_type.lower() != "adamw8bit":
+        raise ConfigError(
+            f"'use_8bit_adam' and 'optimizer_type = {config.optimizer_type}' disagree; remove use_8bit_adam "
+            f"(optimizer_type = \"AdamW8bit\" says the same)."
+        )
+    if config.enable_bucket and config.min_bucket_reso > config.max_bucket_reso:
+        raise ConfigError(
+            f"'min_bucket_reso' ({config.min_bucket_reso}) is larger than 'max_bucket_reso' "
+            f"({config.max_bucket_reso})."
+        )
+    if config.v_parameterization and not config.v2:
+        logger.warning("v_parameterization is set without v2: only SD 2.x 768-v models predict v")

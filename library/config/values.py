@@ -1,0 +1,138 @@
+"""Coercion of raw option values (TOML types or command-line strings) to each option's kind."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from library.config.schema import Option
+from library.errors import ConfigError
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _fail(opt: Option, raw: Any, expected: str) -> ConfigError:
+    return ConfigError(f"option {opt.name!r}: {raw!r} is not {expected}. {opt.help}")
+
+
+def coerce(opt: Option, raw: Any) -> Any:
+    """Convert ``raw`` to the option's kind, or raise ``ConfigError`` naming the option and value."""
+    if raw is None:
+        return None
+    kind = opt.kind
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise _fail(opt, raw, "true or false")
+    if kind == "int":
+        return _to_int(opt, raw)
+    if kind == "float":
+        return _to_float(opt, raw)
+    if kind in ("str", "path", "dir", "file"):
+        if isinstance(raw, (list, tuple)) and len(raw) == 1:
+            raw = raw[0]
+        if isinstance(raw, (dict, list, tuple)):
+            raise _fail(opt, raw, "a single text value")
+        text = str(raw)
+        return text if text != "" or kind == "str" else None
+    if kind == "strs":
+        if isinstance(raw, str):
+            return [raw] if raw.strip() else []
+        if isinstance(raw, (list, tuple)) and all(isinstance(x, (str, int, float, bool)) for x in raw):
+            return [str(x) for x in raw]
+        raise _fail(opt, raw, "a list of strings")
+    if kind == "float_or_floats":
+        if isinstance(raw, (list, tuple)):
+            if len(raw) == 0:
+                return None
+            if len(raw) > 1:
+                raise ConfigError(
+                    f"option {opt.name!r}: {list(raw)!r} has {len(raw)} values; SD 1.x/2.x models have one "
+                    f"text encoder, so give one value."
+                )
+            raw = raw[0]
+        return _to_float(opt, raw)
+    if kind == "steps":
+        return _to_steps(opt, raw)
+    if kind == "resolution":
+        return _to_resolution(opt, raw)
+    raise AssertionError(kind)
+
+
+def _to_int(opt: Option, raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise _fail(opt, raw, "a whole number")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            pass
+    raise _fail(opt, raw, "a whole number")
+
+
+def _to_float(opt: Option, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise _fail(opt, raw, "a number")
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            return float(raw.strip())
+        except ValueError:
+            pass
+    raise _fail(opt, raw, "a number")
+
+
+def _to_steps(opt: Option, raw: Any) -> int | float | str:
+    """A step count (int), a ratio of the total (0 <= float < 1) or a percentage string ("10%")."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if re.fullmatch(r"\d+(\.\d+)?%", text):
+            pct = float(text[:-1])
+            if pct > 100:
+                raise _fail(opt, raw, "a percentage up to 100%")
+            return text
+        try:
+            raw = float(text) if "." in text or "e" in text.lower() else int(text)
+        except ValueError:
+            raise _fail(opt, raw, 'a step count, a ratio below 1 or "N%"') from None
+    if isinstance(raw, bool):
+        raise _fail(opt, raw, 'a step count, a ratio below 1 or "N%"')
+    if isinstance(raw, float) and raw >= 1:
+        if not raw.is_integer():
+            raise _fail(opt, raw, "a whole step count (or a ratio below 1)")
+        raw = int(raw)
+    if isinstance(raw, (int, float)) and raw >= 0:
+        return raw
+    raise _fail(opt, raw, 'a step count, a ratio below 1 or "N%"')
+
+
+def _to_resolution(opt: Option, raw: Any) -> tuple[int, int]:
+    """ "512" -> (512, 512); "512,768" or [512, 768] -> (512, 768) as (width, height)."""
+    parts: list[Any]
+    if isinstance(raw, bool):
+        raise _fail(opt, raw, 'a resolution like "512" or "512,768"')
+    if isinstance(raw, int):
+        parts = [raw]
+    elif isinstance(raw, str):
+        parts = [p for p in re.split(r"[,x ]+", raw.strip()) if p]
+    elif isinstance(raw, (list, tuple)):
+        parts = list(raw)
+    else:
+        raise _fail(opt, raw, 'a resolution like "512" or "512,768"')
+    try:
+        nums = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise _fail(opt, raw, 'a resolution like "512" or "512,768"') from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 64:
+        raise _fail(opt, raw, "one or two sizes of at least 64 pixels")
+    return nums[0], nums[1]

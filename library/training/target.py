@@ -1,0 +1,37 @@
+"""What a trainer trains: the hooks that differ between LoRA training and DreamBooth.
+
+The shared loop (``loop.py``) drives a ``TrainTarget``; ``train_network.py`` uses ``LoRATarget`` and
+``train_db.py`` will use a full fine-tune target. Each hook is small; the loop never asks which one it has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+class TrainTarget(Protocol):
+    #: file extension of saved results ("safetensors", "ckpt", ...)
+    file_ext: str
+    #: whether the text encoder's forward needs gradients
+    trains_text_encoder: bool
+
+    def attach(self, model, config) -> None:
+        """Create/enable the trainable parameters on the loaded base model."""
+
+    def param_groups(self, config) -> list[dict]:
+        """Optimizer param groups (with their own ``lr``)."""
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The modules holding trainable parameters (handed to accelerate.prepare)."""
+
+    def set_modules(self, modules: list[torch.nn.Module]) -> None:
+        """Receive the prepared (possibly wrapped) modules back."""
+
+    def metadata(self, config) -> dict[str, str]:
+        """Target-specific ``ss_*`` metadata."""
+
+    def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
+        """Write the trained result to ``path`` atomically."""

@@ -1,0 +1,9 @@
+"""Train a LoRA (or LoCon) network for Stable Diffusion 1.x/2.x. Options: --help; configs: --config_file."""
+
+import sys
+
+from library.cli import run_trainer
+from library.training.lora_target import LoRATarget
+
+if __name__ == "__main__":
+    sys.exit(run_trainer("network", LoRATarget))
