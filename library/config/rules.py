@@ -76,6 +76,10 @@ def check_rules(config, schema: Schema) -> None:
             f"'use_8bit_adam' and 'optimizer_type = {config.optimizer_type}' disagree; remove use_8bit_adam "
             f"(optimizer_type = \"AdamW8bit\" says the same)."
         )
+    if config.trainer == "network":
+        from library.networks import get_network_type
+
+        get_network_type(config.network_module).parse_args(config.network_args)
     if config.enable_bucket and config.min_bucket_reso > config.max_bucket_reso:
         raise ConfigError(
             f"'min_bucket_reso' ({config.min_bucket_reso}) is larger than 'max_bucket_reso' "

@@ -225,10 +225,10 @@ class _Loop:
             )
         avg = running.add(value)
         lrs = self.scheduler.get_last_lr()
-        progress.update(epoch, self.length.num_epochs, value, avg, lrs[0])
+        progress.update(epoch, self.length.num_epochs, value, avg, lrs[-1])
         if self.accelerator.is_main_process and self.config.logging_dir:
             logs = {"loss/current": value, "loss/average": avg}
-            logs.update(self.target.lr_logs(lrs) if hasattr(self.target, "lr_logs") else {"lr": lrs[0]})
+            logs.update(lr_logs(self.optimizer, lrs))
             self.accelerator.log(logs, step=self.global_step)
         every = self.config.save_every_n_steps
         if every and self.global_step % every == 0 and self.global_step < self.length.total_steps:
@@ -260,6 +260,15 @@ class _Loop:
         if self.config.no_metadata:
             meta = minimal(meta)
         self.target.save(path, self.config.save_precision, meta, self.config)
+
+
+#: TensorBoard names of sd-scripts for the usual param groups.
+LR_LOG_NAMES = {"text_encoder": "lr/textencoder", "unet": "lr/unet"}
+
+
+def lr_logs(optimizer, lrs: list[float]) -> dict[str, float]:
+    names = [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
+    return {LR_LOG_NAMES.get(n, f"lr/{n}"): lr for n, lr in zip(names, lrs)}
 
 
 def _step_seed(seed: int, epoch: int, batch_index: int, rank: int) -> int:

@@ -1,0 +1,91 @@
+"""The LoRA-family target of ``train_network.py``: a network hooked into the frozen base model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from library.networks import get_network_type
+from library.networks.metadata import lora_architecture, modelspec_metadata
+
+logger = logging.getLogger(__name__)
+
+SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class LoRATarget:
+    """Creates the network named by ``network_module`` and saves it in the LoRA file contract."""
+
+    def __init__(self, config):
+        self.network_type = get_network_type(config.network_module)
+        self.args = self.network_type.parse_args(config.network_args)
+        self.file_ext = config.save_model_as
+        te_lr = config.text_encoder_lr
+        self.trains_text_encoder = not config.network_train_unet_only and te_lr != 0
+        self.network = None
+        self._modules: list[torch.nn.Module] = []
+        self._model = None
+
+    def attach(self, model, config) -> None:
+        train_unet = not config.network_train_text_encoder_only
+        options = dict(train_unet=train_unet, train_text_encoder=self.trains_text_encoder,
+                       dropout=config.network_dropout, rank_dropout=self.args.get("rank_dropout"),
+                       module_dropout=self.args.get("module_dropout"))
+        if config.network_weights and config.dim_from_weights:
+            network, report = self.network_type.from_weights(config.network_weights, model.unet,
+                                                             model.text_encoder, **options)
+        else:
+            network = self.network_type.create(model.unet, model.text_encoder, dim=config.network_dim,
+                                               alpha=config.network_alpha, **options,
+                                               **{k: v for k, v in self.args.items() if k not in options})
+            if config.network_weights:
+                network.load_weights(config.network_weights)
+        network.apply_to()
+        network.to(model.unet.device)
+        network.train()
+        self.network = network
+        self._modules = [network]
+        self._model = model
+
+    def param_groups(self, config) -> list[dict]:
+        ratio = self.args.get("loraplus_lr_ratio")
+        return self.network.param_groups(
+            config.unet_lr, config.text_encoder_lr, config.learning_rate,
+            loraplus_unet_ratio=self.args.get("loraplus_unet_lr_ratio") or ratio,
+            loraplus_text_encoder_ratio=self.args.get("loraplus_text_encoder_lr_ratio") or ratio,
+        )
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self._modules
+
+    def set_modules(self, modules: list[torch.nn.Module]) -> None:
+        self._modules = modules
+
+    def metadata(self, config) -> dict[str, str]:
+        info = self.network.info
+        args = dict(config.network_args and [a.split("=", 1) for a in config.network_args] or [])
+        meta = {
+            "ss_network_module": config.network_module,
+            "ss_network_dim": str(info.get("dim")),
+            "ss_network_alpha": str(info.get("alpha", config.network_alpha)),
+            "ss_network_args": json.dumps(args),
+            "ss_network_dropout": str(config.network_dropout),
+        }
+        model = self._model
+        v2 = model.family == "sd2"
+        meta.update(modelspec_metadata(
+            lora_architecture(v2, model.v_parameterization),
+            config.metadata_title or config.output_name,
+            config.resolution,
+            "v" if model.v_parameterization else "epsilon",
+            author=config.metadata_author, description=config.metadata_description,
+            license=config.metadata_license, tags=config.metadata_tags,
+        ))
+        return meta
+
+    def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
+        network = self.network
+        network.save(path, SAVE_DTYPES[precision], metadata)
