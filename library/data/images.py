@@ -1,0 +1,130 @@
+"""Safe image loading (EXIF orientation, modes -> RGB) and fast probing with a truncation check."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from library.errors import DatasetError
+
+logger = logging.getLogger(__name__)
+
+_JPEG_END = b"\xff\xd9"
+_PNG_IEND = b"IEND\xaeB`\x82"
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _to_eight_bit(img: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit integer or float greyscale image to 8-bit ``L``."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode != "F" and arr.size and arr.max() > 255:
+        arr = arr / 257.0
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def _has_transparency(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to ``RGB``: alpha is composited on white, 16-bit scaled to 8-bit."""
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        img = _to_eight_bit(img)
+    if _has_transparency(img):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Load an image as ``RGB`` with its EXIF orientation applied.
+
+    Raises :class:`DatasetError` naming the file when it cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(
+            f"Image '{path}' cannot be read ({exc}). Re-export it as PNG or JPEG, or remove it from the dataset."
+        ) from exc
+
+
+def _tail(path: Path, n: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - n))
+        return f.read()
+
+
+def _check_complete(path: Path, img: Image.Image) -> None:
+    """Raise ``OSError`` when the file is truncated (JPEG without FFD9, PNG without IEND)."""
+    if img.format == "JPEG":
+        if not _tail(path, 4096).rstrip(b"\x00\r\n\t ").endswith(_JPEG_END):
+            raise OSError("truncated JPEG: no end-of-image marker (FFD9)")
+    elif img.format == "PNG":
+        if _PNG_IEND not in _tail(path, 4096):
+            raise OSError("truncated PNG: no IEND chunk")
+    else:
+        img.load()
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """Return the displayed ``(width, height)`` of an image (EXIF rotation considered) without decoding it.
+
+    JPEG and PNG files are checked for truncation by their end markers; other formats are fully
+    decoded. Raises :class:`DatasetError` naming the file when it is unreadable or truncated.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            _check_complete(path, img)
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(
+            f"Image '{path}' is unreadable or truncated ({exc}). Re-export it or remove it from the dataset."
+        ) from exc
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return width, height
+
+
+def probe_images(
+    paths: list[Path], max_workers: int = 4
+) -> tuple[dict[Path, tuple[int, int]], dict[Path, str]]:
+    """Probe many images in a thread pool.
+
+    Returns:
+        ``(sizes, failures)``: path -> (width, height) for good images, path -> reason for bad ones.
+        Each failure is also logged as a warning naming the file.
+    """
+    sizes: dict[Path, tuple[int, int]] = {}
+    failures: dict[Path, str] = {}
+
+    def probe(p: Path) -> tuple[Path, tuple[int, int] | None, str | None]:
+        try:
+            return p, probe_image(p), None
+        except DatasetError as exc:
+            return p, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        for p, size, error in pool.map(probe, paths):
+            if size is None:
+                failures[p] = error or "unreadable"
+                logger.warning("Skipping image: %s", error)
+            else:
+                sizes[p] = size
+    return sizes, failures

@@ -1,0 +1,159 @@
+"""Encode every image once (at its bucket size, centre crop) and optionally keep the latents on disk.
+
+Disk files follow sd-scripts' name ``<image_stem>_<WWWW>x<HHHH>_sd.npz`` beside the image with keys
+``latents`` (C, h, w) float32, ``latents_flipped`` (with flip_aug), ``original_size`` [w, h],
+``crop_ltrb`` [l, t, r, b], plus ``image_size`` (bytes) and ``image_mtime_ns`` so a changed image is
+re-encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from library.data.buckets import Size
+from library.data.dataset import ItemRef, TrainDataset
+from library.errors import DatasetError
+from library.util.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+EncodeFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cache_file_path(image_path: Path, bucket: Size) -> Path:
+    """``<dir>/<stem>_<WWWW>x<HHHH>_sd.npz`` for an image and its bucket (width, height)."""
+    return image_path.with_name(f"{image_path.stem}_{bucket[0]:04d}x{bucket[1]:04d}_sd.npz")
+
+
+def _image_stamp(image_path: Path) -> tuple[int, int]:
+    st = image_path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def load_cached(
+    npz_path: Path, image_path: Path, need_flipped: bool
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Latents from a valid cache file, or None when it is missing, unreadable or stale."""
+    if not npz_path.is_file():
+        return None
+    try:
+        with np.load(npz_path) as data:
+            size, mtime = _image_stamp(image_path)
+            if int(data["image_size"]) != size or int(data["image_mtime_ns"]) != mtime:
+                return None
+            if need_flipped and "latents_flipped" not in data:
+                return None
+            latents = torch.from_numpy(data["latents"].copy())
+            flipped = torch.from_numpy(data["latents_flipped"].copy()) if need_flipped else None
+    except (OSError, KeyError, ValueError) as exc:
+        logger.warning("Latent cache '%s' is unreadable (%s); re-encoding.", npz_path, exc)
+        return None
+    return latents, flipped
+
+
+def save_cached(
+    npz_path: Path,
+    image_path: Path,
+    latents: torch.Tensor,
+    flipped: torch.Tensor | None,
+    original_size: Size,
+    crop_ltrb: tuple[int, int, int, int],
+) -> None:
+    """Write a cache file atomically (temp file + rename)."""
+    size, mtime = _image_stamp(image_path)
+    arrays = {
+        "latents": latents.detach().float().cpu().numpy(),
+        "original_size": np.array(original_size, dtype=np.int64),
+        "crop_ltrb": np.array(crop_ltrb, dtype=np.int64),
+        "image_size": np.array(size, dtype=np.int64),
+        "image_mtime_ns": np.array(mtime, dtype=np.int64),
+    }
+    if flipped is not None:
+        arrays["latents_flipped"] = flipped.detach().float().cpu().numpy()
+    with atomic_path(npz_path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def _check_options(dataset: TrainDataset) -> None:
+    for spec in dataset.specs:
+        for subset in spec.subsets:
+            if subset.color_aug or subset.random_crop:
+                raise DatasetError(
+                    f"Subset '{subset.image_dir}': color_aug and random_crop cannot be used with "
+                    f"cache_latents (each image is encoded once, centre-cropped). Turn off cache_latents "
+                    f"or turn off color_aug / random_crop."
+                )
+
+
+def _encode_group(dataset: TrainDataset, refs: list[ItemRef], encode_fn: EncodeFn, to_disk: bool) -> None:
+    """Encode images that share one bucket; store the latents in the items (and on disk)."""
+    need_flip = [dataset.subset_of(r).flip_aug for r in refs]
+    pixels, crops = [], []
+    for ref, flip in zip(refs, need_flip, strict=True):
+        tensor, crop = dataset.load_pixels(ref, None, False)
+        pixels.append(tensor)
+        crops.append(crop)
+        if flip:
+            pixels.append(torch.flip(tensor, dims=[-1]))
+    with torch.no_grad():
+        latents = encode_fn(torch.stack(pixels)).detach().float().cpu()
+    k = 0
+    for ref, flip, (left, top) in zip(refs, need_flip, crops, strict=True):
+        item = dataset.items[ref]
+        item.latents = latents[k].clone()
+        item.latents_flipped = latents[k + 1].clone() if flip else None
+        k += 2 if flip else 1
+        if to_disk:
+            ltrb = (left, top, left + item.bucket[0], top + item.bucket[1])
+            save_cached(
+                cache_file_path(item.path, item.bucket),
+                item.path,
+                item.latents,
+                item.latents_flipped,
+                item.size,
+                ltrb,
+            )
+
+
+def cache_latents(dataset: TrainDataset, encode_fn: EncodeFn, to_disk: bool, batch_size: int = 1) -> int:
+    """Encode each used image once at its bucket size and switch the dataset to latents.
+
+    Args:
+        encode_fn: pixels (B, 3, H, W) in [-1, 1] -> latents (B, C, H/f, W/f) (the VAE, scaled).
+        to_disk: read/write ``<stem>_<WWWW>x<HHHH>_sd.npz`` beside each image; valid files are reused.
+        batch_size: images per ``encode_fn`` call (twice as many tensors when flip_aug adds flipped copies).
+
+    Returns:
+        The number of images encoded (reused cache files excluded).
+    """
+    _check_options(dataset)
+    todo: dict[Size, list[ItemRef]] = {}
+    for ref, item in enumerate(dataset.items):
+        if item.repeats == 0:
+            continue
+        need_flip = dataset.subset_of(ref).flip_aug
+        cached = (
+            load_cached(cache_file_path(item.path, item.bucket), item.path, need_flip) if to_disk else None
+        )
+        if cached is not None:
+            item.latents, item.latents_flipped = cached
+        else:
+            todo.setdefault(item.bucket, []).append(ref)
+    encoded = 0
+    step = max(1, batch_size)
+    for _, refs in sorted(todo.items()):
+        for i in range(0, len(refs), step):
+            _encode_group(dataset, refs[i : i + step], encode_fn, to_disk)
+        encoded += len(refs)
+    dataset.latents_cached = True
+    logger.info(
+        "Latents cached: %d encoded, %d reused.",
+        encoded,
+        sum(1 for it in dataset.items if it.repeats) - encoded,
+    )
+    return encoded
