@@ -15,8 +15,10 @@ logger = logging.getLogger("sdtrain")
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level, logging.INFO), format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr, force=True)
-    for noisy in ("httpx", "urllib3", "PIL", "matplotlib", "h5py", "bitsandbytes"):
+    for noisy in ("httpx", "urllib3", "PIL", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns about optional CPU kernels on every import; its errors still show.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def write_output_config(config) -> Path:

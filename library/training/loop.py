@@ -31,6 +31,10 @@ from library.training.step import StepSettings, diffusion_loss
 logger = logging.getLogger(__name__)
 
 
+#: ss_base_model_version values of sd-scripts per model family.
+BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
 class TrainingError(UserError):
     """The run cannot go on (NaN loss, ...); nothing broken has been saved."""
 
@@ -86,15 +90,16 @@ def _place_model(model, accelerator: Accelerator, config, trains_text_encoder: b
     dtype = _weight_dtype(config.mixed_precision) if accelerator.device.type != "cpu" else torch.float32
     for module in (model.unet, model.text_encoder, model.vae):
         module.requires_grad_(False)
-    model.unet.to(accelerator.device, dtype=dtype)
-    model.text_encoder.to(accelerator.device, dtype=dtype)
-    model.vae.to(accelerator.device, dtype=torch.float32).eval()
+    for module in (model.unet, model.text_encoder):
+        module.to(accelerator.device) if dtype == torch.float32 else module.to(accelerator.device, dtype=dtype)
+    model.vae.to(accelerator.device).eval()
     model.unet.train(config.gradient_checkpointing)
     model.text_encoder.train(trains_text_encoder and config.gradient_checkpointing)
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if trains_text_encoder:
-            model.text_encoder.gradient_checkpointing_enable()
+            enable = getattr(model.text_encoder, "activation_checkpointing_enable", None)
+            (enable or model.text_encoder.gradient_checkpointing_enable)()
 
 
 def _resolve_seed(config) -> int:
@@ -108,7 +113,7 @@ def run_training(config, target) -> Path | None:
     steps_per_epoch = dataset.steps_per_epoch(accelerator.num_processes, config.gradient_accumulation_steps)
     length = run_length(config.max_train_steps, config.max_train_epochs, steps_per_epoch)
     if accelerator.is_main_process:
-        logger.info("dataset:\n%s", dataset.summary())
+        logger.info("dataset:\n%s", dataset.summary(accelerator.num_processes, config.gradient_accumulation_steps))
         logger.info("training: %d epochs x %d steps per epoch = %d steps", length.num_epochs,
                     steps_per_epoch, length.total_steps)
     seed = _resolve_seed(config)
@@ -139,10 +144,10 @@ def run_training(config, target) -> Path | None:
         num_train_images=dataset.num_train_images, num_reg_images=dataset.num_reg_images,
         num_batches_per_epoch=steps_per_epoch, num_epochs=length.num_epochs,
         max_train_steps=length.total_steps, model_name=model.name,
-        base_model_version=model.base_model_version,
+        base_model_version=BASE_MODEL_VERSIONS.get(model.family, model.family),
         lr_warmup_steps=resolve_steps(config.lr_warmup_steps, length.total_steps),
-        tag_frequency=dataset.tag_frequency, dataset_dirs=dataset.dataset_dirs,
-        reg_dataset_dirs=dataset.reg_dataset_dirs, bucket_info=dataset.bucket_info,
+        tag_frequency=dataset.tag_frequency(), dataset_dirs=dataset.dataset_dirs(),
+        reg_dataset_dirs=dataset.reg_dataset_dirs(), bucket_info=dataset.bucket_info(),
     )
     if accelerator.is_main_process and config.logging_dir:
         accelerator.init_trackers("network_train" if config.trainer == "network" else "dreambooth")

@@ -1,0 +1,53 @@
+"""Fixtures shared by all test folders: the tiny model on disk and a tiny captioned dataset."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory):
+    """{family: {"folder": Path, "single": Path}}: the built-in tiny model as a diffusers folder and as an
+    original-layout single file, for sd1 and sd2, written once per session."""
+    from library.models.tiny import save_tiny_diffusers, save_tiny_single_file
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        family: {
+            "folder": save_tiny_diffusers(root / family, family),
+            "single": save_tiny_single_file(root / f"{family}.safetensors", family),
+        }
+        for family in ("sd1", "sd2")
+    }
+
+
+def draw_picture(path: Path, size: tuple[int, int], color: tuple[int, int, int], seed: int) -> None:
+    """A simple picture: a coloured disc on a shaded background (deterministic from ``seed``)."""
+    w, h = size
+    img = Image.new("RGB", size, (seed * 37 % 255, seed * 91 % 255, 128))
+    draw = ImageDraw.Draw(img)
+    r = min(w, h) // 3
+    draw.ellipse([w // 2 - r, h // 2 - r, w // 2 + r, h // 2 + r], fill=color)
+    img.save(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A dataset in the real layout: train/2_sks disc (4 captioned images), reg/1_disc (2 images)."""
+    root = tmp_path_factory.mktemp("dataset")
+    train = root / "train" / "2_sks disc"
+    reg = root / "reg" / "1_disc"
+    train.mkdir(parents=True)
+    reg.mkdir(parents=True)
+    for i in range(4):
+        draw_picture(train / f"img{i}.png", (64, 64) if i % 2 == 0 else (96, 64), (220, 30, 30), i)
+        (train / f"img{i}.txt").write_text(f"sks disc, red, picture {i}", encoding="utf-8")
+    for i in range(2):
+        draw_picture(reg / f"reg{i}.png", (64, 64), (30, 30, 220), 10 + i)
+    return root
