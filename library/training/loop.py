@@ -117,6 +117,7 @@ def run_training(config, target) -> Path | None:
         logger.info("training: %d epochs x %d steps per epoch = %d steps", length.num_epochs,
                     steps_per_epoch, length.total_steps)
     seed = _resolve_seed(config)
+    config = config.replace(seed=seed)
     set_seed(seed)
     model = load_model(config)
     _place_model(model, accelerator, config, target.trains_text_encoder)

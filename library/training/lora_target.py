@@ -38,8 +38,10 @@ class LoRATarget:
             network, report = self.network_type.from_weights(config.network_weights, model.unet,
                                                              model.text_encoder, **options)
         else:
+            # a generator of its own: the initial weights do not depend on how the model was loaded
+            generator = torch.Generator().manual_seed(config.seed)
             network = self.network_type.create(model.unet, model.text_encoder, dim=config.network_dim,
-                                               alpha=config.network_alpha, **options,
+                                               alpha=config.network_alpha, generator=generator, **options,
                                                **{k: v for k, v in self.args.items() if k not in options})
             if config.network_weights:
                 network.load_weights(config.network_weights)

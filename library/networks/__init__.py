@@ -1,0 +1,62 @@
+"""Network types (``network_module``) and the LoRA file contract.
+
+``NETWORK_TYPES`` maps sd-scripts' ``network_module`` values to a :class:`NetworkType`; the trainer,
+the CLI choices and the GUI dropdown read it. Add an algorithm by registering one more entry
+(e.g. ``"lycoris.kohya"`` later, with its pip package).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from library.errors import ConfigError
+from library.networks import lora
+from library.networks.args import LORA_ARGS, parse_network_args
+from library.util.registry import Registry
+
+
+@dataclass(frozen=True)
+class NetworkType:
+    """Everything the trainer needs about one network algorithm.
+
+    create(unet, text_encoder, *, dim, alpha, dropout, train_unet, train_text_encoder, multiplier,
+    **parsed_network_args) builds a fresh network; from_weights(source, unet, text_encoder, **opts)
+    builds one sized from a file and returns (network, report); parse_args turns the
+    ``network_args`` strings into keyword arguments for create.
+    """
+
+    name: str
+    create: Callable[..., Any]
+    from_weights: Callable[..., Any]
+    parse_args: Callable[[list[str]], dict]
+    known_args: tuple[str, ...]
+
+    def __call__(self, *args, **kwargs):
+        return self.create(*args, **kwargs)
+
+
+NETWORK_TYPES = Registry("network_module")
+
+LORA = NetworkType(
+    name="networks.lora",
+    create=lora.create_network,
+    from_weights=lora.network_from_weights,
+    parse_args=parse_network_args,
+    known_args=tuple(LORA_ARGS),
+)
+NETWORK_TYPES.register("networks.lora", description="LoRA; LoCon with network_args conv_dim")(LORA)
+
+
+def get_network_type(name: str) -> NetworkType:
+    """The registered network type for a ``network_module`` value; unknown -> ConfigError listing known ones."""
+    entry = NETWORK_TYPES.find(name)
+    if entry is None:
+        raise ConfigError(f"network_module: {NETWORK_TYPES.unknown_message(name)}")
+    return entry.factory
+
+
+def network_module_names() -> list[str]:
+    """Registered ``network_module`` values, for CLI choices and the GUI dropdown."""
+    return NETWORK_TYPES.names()

@@ -1,0 +1,233 @@
+"""LoRA and LoCon (``network_module = "networks.lora"``), compatible with sd-scripts' files and options.
+
+forward(x) = org(x) + up(down(x)) · multiplier · alpha / dim. ``down`` is a Linear in→r (or a Conv2d
+with the original kernel, stride and padding), ``up`` a Linear r→out (or a 1x1 Conv2d). ``down`` is
+kaiming-uniform(a=√5), ``up`` zero, so a fresh network leaves the model unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from library.errors import ConfigError, ModelLoadError
+from library.networks import keys
+from library.networks.base import NetworkModule
+from library.networks.functional import lora_delta_weight
+from library.networks.network import LoadReport, Network, check_positive_int, group_by_module, read_state_dict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DIM = 4
+DEFAULT_ALPHA = 1.0
+
+
+class LoRAModule(NetworkModule):
+    """LoRA around one ``nn.Linear`` or ``nn.Conv2d``.
+
+    Args:
+        dim: rank r. alpha: scale numerator (None or 0 -> alpha = dim, as sd-scripts).
+        dropout: dropout on down(x) in train mode (``network_dropout``).
+        rank_dropout: in train mode, each rank of down(x) is zeroed per sample with this
+            probability and the rest rescaled by 1 / (1 - p).
+        module_dropout: in train mode, the whole LoRA path is skipped with this probability.
+    """
+
+    def __init__(
+        self,
+        lora_name: str,
+        org_module: nn.Module,
+        dim: int,
+        alpha: float | None = None,
+        multiplier: float = 1.0,
+        dropout: float | None = None,
+        rank_dropout: float | None = None,
+        module_dropout: float | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(lora_name, org_module, multiplier, module_dropout)
+        self.lora_dim = dim
+        self.is_conv = isinstance(org_module, nn.Conv2d)
+        if self.is_conv:
+            self.lora_down = nn.Conv2d(
+                org_module.in_channels,
+                dim,
+                org_module.kernel_size,
+                org_module.stride,
+                org_module.padding,
+                bias=False,
+            )
+            self.lora_up = nn.Conv2d(dim, org_module.out_channels, (1, 1), (1, 1), bias=False)
+        elif isinstance(org_module, nn.Linear):
+            self.lora_down = nn.Linear(org_module.in_features, dim, bias=False)
+            self.lora_up = nn.Linear(dim, org_module.out_features, bias=False)
+        else:
+            raise TypeError(
+                f"{lora_name}: LoRA wraps nn.Linear or nn.Conv2d, not {type(org_module).__name__}"
+            )
+        alpha = dim if alpha is None or alpha == 0 else alpha
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.scale = float(alpha) / dim
+        self.dropout = dropout
+        self.rank_dropout = rank_dropout
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5), generator=generator)
+        nn.init.zeros_(self.lora_up.weight)
+
+    def on_weights_loaded(self) -> None:
+        self.scale = float(self.alpha) / self.lora_dim
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """up(down(x)) · alpha / dim with train-mode dropouts; x is (B, …, in) or (B, in, H, W)."""
+        weight_dtype = self.lora_down.weight.dtype
+        lx = self.lora_down(x if x.dtype == weight_dtype else x.to(weight_dtype))
+        scale = self.scale
+        if self.training and self.dropout:
+            lx = F.dropout(lx, p=self.dropout)
+        if self.training and self.rank_dropout:
+            mask = torch.rand((lx.size(0), self.lora_dim), device=lx.device) > self.rank_dropout
+            if self.is_conv:
+                mask = mask[:, :, None, None]
+            elif lx.dim() == 3:
+                mask = mask[:, None, :]
+            lx = lx * mask.to(lx.dtype)
+            scale = scale / (1.0 - self.rank_dropout)
+        return self.lora_up(lx) * scale
+
+    def delta_weight(self) -> torch.Tensor:
+        return lora_delta_weight(self.lora_down.weight, self.lora_up.weight, self.scale)
+
+
+class LoRANetwork(Network):
+    """A LoRA / LoCon network; see :func:`create_network` and :func:`network_from_weights`."""
+
+
+def _check_probability(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{name} must be in [0, 1), got {value!r}. Use e.g. 0.1, or leave it unset.")
+    return float(value) or None
+
+
+def create_network(
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    *,
+    dim: int | None = None,
+    alpha: float | None = None,
+    conv_dim: int | None = None,
+    conv_alpha: float | None = None,
+    dropout: float | None = None,
+    rank_dropout: float | None = None,
+    module_dropout: float | None = None,
+    train_unet: bool = True,
+    train_text_encoder: bool = True,
+    multiplier: float = 1.0,
+    generator: torch.Generator | None = None,
+    **extra,
+) -> LoRANetwork:
+    """Build a fresh LoRA (LoCon with ``conv_dim``) for the parts being trained; not yet applied.
+
+    Defaults as sd-scripts: dim 4, alpha 1, conv_alpha 1 when conv_dim is set. ``extra`` takes the
+    remaining parsed network_args (LoRA+ ratios), kept in ``network.info``.
+    """
+    dim = check_positive_int("network_dim", DEFAULT_DIM if dim is None else dim)
+    alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+    if conv_dim:
+        conv_dim = check_positive_int("conv_dim", conv_dim)
+        conv_alpha = DEFAULT_ALPHA if conv_alpha is None else float(conv_alpha)
+    else:
+        conv_dim, conv_alpha = None, None
+    options = {
+        "dropout": _check_probability("network_dropout", dropout),
+        "rank_dropout": _check_probability("rank_dropout", rank_dropout),
+        "module_dropout": _check_probability("module_dropout", module_dropout),
+        "multiplier": multiplier,
+        "generator": generator,
+    }
+    if not (train_unet and unet is not None) and not (train_text_encoder and text_encoder is not None):
+        raise ConfigError("The network would train nothing: enable the UNet or the text encoder.")
+    sizes = {keys.KIND_LINEAR: (dim, alpha), keys.KIND_CONV: (conv_dim, conv_alpha)}
+
+    def build(targets: list[keys.Target]) -> list[LoRAModule]:
+        return [
+            LoRAModule(t.lora_name, t.module, sizes[t.kind][0], sizes[t.kind][1], **options)
+            for t in targets
+            if sizes[t.kind][0]
+        ]
+
+    te_modules = (
+        build(keys.find_text_encoder_targets(text_encoder)) if train_text_encoder and text_encoder else []
+    )
+    unet_modules = build(keys.find_unet_targets(unet, conv_dim is not None)) if train_unet and unet else []
+    info = {"dim": dim, "alpha": alpha, "conv_dim": conv_dim, "conv_alpha": conv_alpha, **extra}
+    info.update({k: v for k, v in options.items() if k != "generator"})
+    logger.info("LoRA: %d text-encoder modules, %d UNet modules", len(te_modules), len(unet_modules))
+    return LoRANetwork(te_modules, unet_modules, multiplier=multiplier, info=info)
+
+
+def network_from_weights(
+    source,
+    unet: nn.Module | None,
+    text_encoder: nn.Module | None,
+    *,
+    multiplier: float = 1.0,
+    dropout: float | None = None,
+    rank_dropout: float | None = None,
+    module_dropout: float | None = None,
+    train_unet: bool = True,
+    train_text_encoder: bool = True,
+) -> tuple[LoRANetwork, LoadReport]:
+    """Build a network sized from a LoRA file (ours or sd-scripts') and load its weights.
+
+    Each module's rank comes from its ``lora_down`` and its alpha from the file (alpha = rank when
+    absent). File modules that match no layer of the model are listed in the report's ``unexpected``.
+    """
+    state_dict, description = read_state_dict(source)
+    grouped = group_by_module(state_dict)
+    candidates = []
+    if train_text_encoder and text_encoder is not None:
+        candidates += keys.find_text_encoder_targets(text_encoder)
+    if train_unet and unet is not None:
+        candidates += keys.find_unet_targets(unet, include_conv_blocks=True)
+    options = {"dropout": dropout, "rank_dropout": rank_dropout, "module_dropout": module_dropout}
+    modules = {"te": [], "unet": []}
+    for target in candidates:
+        entries = grouped.get(target.lora_name)
+        if entries is None or keys.DOWN_SUFFIX not in entries:
+            continue
+        rank = entries[keys.DOWN_SUFFIX].shape[0]
+        alpha = entries.get(keys.ALPHA_SUFFIX)
+        module = LoRAModule(
+            target.lora_name,
+            target.module,
+            rank,
+            float(alpha) if alpha is not None else rank,
+            multiplier,
+            **options,
+        )
+        modules["te" if target.lora_name.startswith(keys.TE_PREFIX) else "unet"].append(module)
+    if not modules["te"] and not modules["unet"]:
+        raise ModelLoadError(
+            f"No module of {description} matches this model (e.g. {next(iter(grouped), 'no keys')}). "
+            "Is it a LoRA for another architecture (SDXL, SD3, Flux) or a LyCORIS file (LoHa/LoKr)?"
+        )
+    info = {"dim": _most_common_rank(modules, False), "conv_dim": _most_common_rank(modules, True), **options}
+    network = LoRANetwork(modules["te"], modules["unet"], multiplier=multiplier, info=info)
+    report = network.load_weights(state_dict)
+    report.source = description
+    return network, report
+
+
+def _most_common_rank(modules: dict, conv: bool) -> int | None:
+    ranks = [
+        m.lora_dim
+        for m in modules["te"] + modules["unet"]
+        if (m.is_conv and m.lora_down.kernel_size != (1, 1)) == conv
+    ]
+    return collections.Counter(ranks).most_common(1)[0][0] if ranks else None

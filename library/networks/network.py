@@ -1,0 +1,269 @@
+"""A network = a set of adapter modules over a UNet and a text encoder, keyed by the file contract.
+
+Modules are registered under their contract names (``lora_unet_…``), so ``state_dict()`` has exactly
+the keys of a LoRA file. Loading, saving, optimizer groups and multipliers live here and are shared
+by every algorithm built on :class:`~library.networks.base.NetworkModule`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from library.errors import ConfigError, ModelLoadError
+from library.networks import keys
+from library.networks.base import NetworkModule
+from library.util.atomic import atomic_path
+from library.util.safetensors_io import load_safetensors, save_safetensors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadReport:
+    """What :meth:`Network.load_weights` did, by module (contract) name."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    alpha_defaulted: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} modules loaded from {self.source}"]
+        if self.missing:
+            parts.append(
+                f"{len(self.missing)} network modules not in the file (kept as initialised), "
+                f"e.g. {', '.join(self.missing[:3])}"
+            )
+        if self.unexpected:
+            parts.append(
+                f"{len(self.unexpected)} file modules not in the network (ignored), "
+                f"e.g. {', '.join(self.unexpected[:3])}"
+            )
+        if self.alpha_defaulted:
+            parts.append(f"{len(self.alpha_defaulted)} modules had no alpha in the file (alpha = rank used)")
+        return "; ".join(parts)
+
+
+def read_state_dict(source) -> tuple[dict[str, torch.Tensor], str]:
+    """(tensors, description) from a path (.safetensors, or .ckpt/.pt/.bin loaded weights-only) or a dict."""
+    if isinstance(source, dict):
+        return dict(source), "a state dict"
+    path = Path(source)
+    if not path.is_file():
+        raise ModelLoadError(f"Network weights file {path} does not exist. Check network_weights.")
+    if path.suffix.lower() == ".safetensors":
+        return load_safetensors(path), str(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types
+        raise ModelLoadError(
+            f"Cannot load network weights {path} as a plain tensor file ({exc}). Only tensors are "
+            "loaded from .ckpt/.pt files for safety; convert the file to .safetensors."
+        ) from exc
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelLoadError(f"{path} is not a flat dict of tensors, so it is not a LoRA file.")
+    return data, str(path)
+
+
+def group_by_module(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{lora_name: {suffix: tensor}}; keys without a known suffix are grouped under their full name."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        name, suffix = keys.split_key(key)
+        grouped.setdefault(name, {})[suffix or key] = value
+    return grouped
+
+
+class Network(nn.Module):
+    """Adapter modules for the text encoder and the UNet; ``state_dict()`` follows the file contract."""
+
+    def __init__(
+        self,
+        text_encoder_modules: list[NetworkModule],
+        unet_modules: list[NetworkModule],
+        multiplier: float = 1.0,
+        info: dict | None = None,
+    ):
+        super().__init__()
+        self.text_encoder_names = [m.lora_name for m in text_encoder_modules]
+        self.unet_names = [m.lora_name for m in unet_modules]
+        for module in [*text_encoder_modules, *unet_modules]:
+            if module.lora_name in self._modules:
+                raise ValueError(f"duplicate network module {module.lora_name}")
+            self.add_module(module.lora_name, module)
+        self.multiplier = multiplier
+        #: creation options (dim, alpha, conv_dim, …) for metadata and logs.
+        self.info = dict(info or {})
+        self.set_multiplier(multiplier)
+
+    @property
+    def text_encoder_modules(self) -> list[NetworkModule]:
+        return [self._modules[n] for n in self.text_encoder_names]
+
+    @property
+    def unet_modules(self) -> list[NetworkModule]:
+        return [self._modules[n] for n in self.unet_names]
+
+    def network_modules(self) -> list[NetworkModule]:
+        return self.text_encoder_modules + self.unet_modules
+
+    def apply_to(self) -> None:
+        """Hook every module into its original layer."""
+        for module in self.network_modules():
+            module.apply_to()
+
+    def remove(self) -> None:
+        """Restore every original layer's forward."""
+        for module in self.network_modules():
+            module.remove()
+
+    def set_multiplier(self, multiplier: float) -> None:
+        """Strength of the whole network (0 = the base model, 1 = as trained)."""
+        self.multiplier = multiplier
+        for module in self.network_modules():
+            module.multiplier = multiplier
+
+    def param_groups(
+        self,
+        unet_lr: float | None,
+        text_encoder_lr: float | None,
+        default_lr: float,
+        loraplus_unet_ratio: float | None = None,
+        loraplus_text_encoder_ratio: float | None = None,
+    ) -> list[dict]:
+        """Optimizer parameter groups: one for the text encoder, one for the UNet.
+
+        A None lr falls back to ``default_lr``; lr 0 freezes that part (requires_grad off, no group).
+        With a LoRA+ ratio (Hayou et al. 2024) the ``lora_up`` weights get their own group at
+        lr × ratio. Each group carries a ``name`` for logging.
+        """
+        groups: list[dict] = []
+        parts = [
+            ("text_encoder", self.text_encoder_modules, text_encoder_lr, loraplus_text_encoder_ratio),
+            ("unet", self.unet_modules, unet_lr, loraplus_unet_ratio),
+        ]
+        for name, modules, lr, plus_ratio in parts:
+            lr = default_lr if lr is None else lr
+            params = [(n, p) for m in modules for n, p in m.named_parameters()]
+            if not params:
+                continue
+            if lr == 0:
+                for _, p in params:
+                    p.requires_grad_(False)
+                continue
+            for _, p in params:
+                p.requires_grad_(True)
+            if plus_ratio:
+                plain = [p for n, p in params if not n.startswith("lora_up")]
+                ups = [p for n, p in params if n.startswith("lora_up")]
+                groups.append({"name": name, "params": plain, "lr": lr})
+                groups.append({"name": f"{name}_plus", "params": ups, "lr": lr * plus_ratio})
+            else:
+                groups.append({"name": name, "params": [p for _, p in params], "lr": lr})
+        return groups
+
+    def load_weights(self, source, strict: bool = False) -> LoadReport:
+        """Copy weights from a file or state dict into this network (continue training).
+
+        Shapes must match (a rank mismatch raises :class:`ModelLoadError` naming the key and both
+        shapes). Modules missing from the file keep their initial weights; file modules unknown to
+        the network are ignored; both are listed in the report (and raise with ``strict``).
+        A module with no ``alpha`` in the file gets alpha = rank, as sd-scripts does.
+        """
+        state_dict, description = read_state_dict(source)
+        grouped = group_by_module(state_dict)
+        report = LoadReport(source=description)
+        own = self.state_dict()
+        mismatches = []
+        for name in self.text_encoder_names + self.unet_names:
+            if name not in grouped:
+                report.missing.append(name)
+                continue
+            for key, value in _module_entries(self._modules[name], grouped[name], report).items():
+                if key not in own:
+                    continue
+                if tuple(own[key].shape) != tuple(value.shape):
+                    mismatches.append((key, tuple(value.shape), tuple(own[key].shape)))
+            report.loaded.append(name)
+        report.unexpected = sorted(set(grouped) - set(self._modules))
+        if mismatches:
+            raise ModelLoadError(_mismatch_message(description, mismatches, self.info))
+        if strict and (report.missing or report.unexpected):
+            raise ModelLoadError(f"network weights do not match the network exactly: {report.summary()}")
+        self._copy_in(grouped, report.loaded, report)
+        logger.info("network weights: %s", report.summary())
+        return report
+
+    def _copy_in(self, grouped: dict, names: list[str], report: LoadReport) -> None:
+        with torch.no_grad():
+            for name in names:
+                module = self._modules[name]
+                entries = _module_entries(module, grouped[name], report, record=False)
+                targets = dict(module.named_parameters()) | dict(module.named_buffers())
+                for key, value in entries.items():
+                    local = key[len(name) + 1 :]
+                    if local in targets:
+                        targets[local].copy_(value.to(targets[local].dtype))
+                module.on_weights_loaded()
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        dtype: torch.dtype | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Path:
+        """Save the weights by the contract; ``.safetensors`` gets metadata and the sshs hashes.
+
+        ``dtype`` (e.g. torch.float16 for save_precision fp16) applies to every tensor, alpha
+        included, as sd-scripts does. Other suffixes (.ckpt/.pt) are a plain torch tensor dict
+        (metadata is not stored there). The write is atomic.
+        """
+        tensors = {
+            k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
+        }
+        path = Path(path)
+        if path.suffix.lower() == ".safetensors":
+            return save_safetensors(path, tensors, metadata)
+        with atomic_path(path) as tmp:
+            torch.save(tensors, tmp)
+        return path
+
+
+def _module_entries(
+    module: NetworkModule, entries: dict[str, torch.Tensor], report: LoadReport, record: bool = True
+) -> dict[str, torch.Tensor]:
+    """State-dict entries (full keys) for one module from the file, alpha defaulted to rank when absent."""
+    name = module.lora_name
+    out = {name + suffix: value for suffix, value in entries.items() if suffix in keys.SUFFIXES}
+    alpha_key = name + keys.ALPHA_SUFFIX
+    down = entries.get(keys.DOWN_SUFFIX)
+    if alpha_key not in out and down is not None and hasattr(module, "alpha"):
+        out[alpha_key] = torch.tensor(float(down.shape[0]))
+        if record:
+            report.alpha_defaulted.append(name)
+    return out
+
+
+def _mismatch_message(description: str, mismatches: list, info: dict) -> str:
+    shown = "; ".join(f"{k}: file {f} vs network {n}" for k, f, n in mismatches[:4])
+    more = f" (and {len(mismatches) - 4} more)" if len(mismatches) > 4 else ""
+    return (
+        f"The network weights in {description} do not fit the network being trained "
+        f"(network_dim={info.get('dim')}, conv_dim={info.get('conv_dim')}): {shown}{more}. "
+        "The first dimension of lora_down is the file's rank. Set network_dim (and conv_dim in "
+        "network_args) to the file's ranks, or set dim_from_weights = true to size the network from the file."
+    )
+
+
+def check_positive_int(name: str, value) -> int:
+    """Validate a rank-like option (helper shared by network factories)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
+    return value

@@ -1,0 +1,108 @@
+"""Safetensors files: atomic save with the webui additional-networks hashes, metadata reading.
+
+``sshs_model_hash`` / ``sshs_legacy_hash`` are the hashes kohya-ss/sd-webui-additional-networks
+computes and sd-scripts writes: the file is serialised with only the ``ss_*`` metadata, then
+model hash = sha256 of the bytes after the header (8-byte little-endian header length n, tensor
+data from 8 + n), legacy hash = first 8 hex digits of sha256 of bytes [0x100000, 0x110000).
+The tensor data does not depend on the metadata, so the model hash of the final file equals the
+one computed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from library.errors import ModelLoadError
+from library.util.atomic import atomic_path
+
+MODEL_HASH_KEY = "sshs_model_hash"
+LEGACY_HASH_KEY = "sshs_legacy_hash"
+LEGACY_HASH_OFFSET = 0x100000
+LEGACY_HASH_LENGTH = 0x10000
+
+
+def header_length(data: bytes) -> int:
+    """Length n of the JSON header of serialised safetensors ``data`` (tensor bytes start at 8 + n)."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors payload: shorter than 8 bytes")
+    return struct.unpack("<Q", data[:8])[0]
+
+
+def hashes_of_bytes(data: bytes) -> tuple[str, str]:
+    """(model hash, legacy hash) of a serialised safetensors file, as the webui extension computes them."""
+    start = 8 + header_length(data)
+    model_hash = hashlib.sha256(data[start:]).hexdigest()
+    legacy = hashlib.sha256(data[LEGACY_HASH_OFFSET : LEGACY_HASH_OFFSET + LEGACY_HASH_LENGTH]).hexdigest()
+    return model_hash, legacy[:8]
+
+
+def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def precalculate_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> tuple[str, str]:
+    """(sshs_model_hash, sshs_legacy_hash) of ``tensors`` serialised with only the ``ss_*`` metadata."""
+    ss_only = {k: v for k, v in (metadata or {}).items() if k.startswith("ss_")}
+    return hashes_of_bytes(safetensors.torch.save(_prepare(tensors), ss_only))
+
+
+def save_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+    add_hashes: bool = True,
+) -> Path:
+    """Write ``tensors`` (moved to contiguous CPU memory) with string ``metadata``, atomically.
+
+    With ``add_hashes`` the metadata gains ``sshs_model_hash`` and ``sshs_legacy_hash``.
+    Non-string metadata values are rejected (the format only stores strings).
+    """
+    meta = dict(metadata or {})
+    bad = {k: type(v).__name__ for k, v in meta.items() if not isinstance(v, str)}
+    if bad:
+        raise TypeError(f"safetensors metadata values must be strings; got {bad}")
+    prepared = _prepare(tensors)
+    if add_hashes:
+        meta[MODEL_HASH_KEY], meta[LEGACY_HASH_KEY] = precalculate_hashes(prepared, meta)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        safetensors.torch.save_file(prepared, str(tmp), metadata=meta)
+    return target
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The parsed JSON header of a safetensors file (tensor entries and ``__metadata__``)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > 100 * 1024 * 1024:
+                raise ValueError(f"header length {n} is implausible")
+            return json.loads(f.read(n))
+    except (OSError, ValueError, struct.error) as exc:
+        raise ModelLoadError(
+            f"Cannot read the safetensors header of {path}: {exc}. Check that the file exists and is a "
+            "complete .safetensors file (a download or copy may have been cut short)."
+        ) from exc
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} when it has none)."""
+    return dict(read_header(path).get("__metadata__") or {})
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, on CPU."""
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(
+            f"Cannot load the safetensors file {path}: {exc}. Check that it exists and is complete."
+        ) from exc
