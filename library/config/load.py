@@ -124,6 +124,10 @@ def _check_names(values: dict[str, Any], trainer: str, where: str, schema: Schem
         if name in schema:
             raise ConfigError(f"{where}: option {key!r} is not used by this trainer; remove it.")
         if name in SD_SCRIPTS_NAMES:
+            if value in (False, None, "", 0, []):
+                # switched off: nothing to support (kohya_ss writes every option, most of them off)
+                logger.info("%s: option %r is off; it is not supported here, so it is skipped", where, key)
+                continue
             raise ConfigError(
                 f"{where}: option {key!r} is an sd-scripts option this trainer does not support yet. Remove it "
                 f"from the config; nothing is silently ignored here."
