@@ -1,0 +1,175 @@
+"""``load_base_model``: one entry point for every base-model source.
+
+Sources: ``builtin:tiny`` / ``builtin:tiny-sd2``; a diffusers folder; an LDM single file
+(``.safetensors`` / ``.ckpt``); a Hugging Face hub id (``org/name``, needs internet).
+The tokenizer of a single file is always built offline (:mod:`library.models.tokenizer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from library.errors import ModelLoadError
+from library.models.base_model import BaseModel
+from library.models.families import family_from_text_act, get_family, make_noise_scheduler
+from library.models.safe_load import PICKLE_SUFFIXES, load_state_dict_file
+from library.models.tokenizer import clip_tokenizer
+
+logger = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+
+def load_base_model(
+    name_or_path: str,
+    *,
+    v2: bool | None = None,
+    v_parameterization: bool = False,
+    vae: str | None = None,
+    allow_unsafe_pickle: bool = False,
+) -> BaseModel:
+    """Load a base model as float32 modules in eval mode.
+
+    ``v2`` is a hint: if the detected family disagrees, a warning is logged and the detected family
+    wins. ``v_parameterization`` selects the noise scheduler's prediction type. ``vae`` replaces the
+    model's VAE (a diffusers folder or a single VAE file). Raises ModelLoadError with what was found.
+    """
+    parts, family, name = _load_parts(str(name_or_path), allow_unsafe_pickle)
+    _check_v2_hint(v2, family, name)
+    if vae:
+        from library.models.vae_loading import load_vae
+
+        parts["vae"] = load_vae(vae, parts["vae"].config, allow_unsafe_pickle=allow_unsafe_pickle)
+    for module in (parts["unet"], parts["vae"], parts["text_encoder"]):
+        _own_aligned_storage(module)
+        module.eval()
+    return BaseModel(
+        family=family,
+        tokenizer=parts["tokenizer"],
+        text_encoder=parts["text_encoder"],
+        vae=parts["vae"],
+        unet=parts["unet"],
+        noise_scheduler=make_noise_scheduler("v_prediction" if v_parameterization else "epsilon"),
+        v_parameterization=v_parameterization,
+        name=name,
+    )
+
+
+def _own_aligned_storage(module: torch.nn.Module) -> None:
+    """Give every parameter/buffer its own freshly allocated storage.
+
+    Weights read from safetensors can sit at unaligned addresses inside one file buffer; BLAS then
+    takes other code paths and results differ in the last bits between sources. Fresh copies make
+    the same weights give bit-identical outputs whatever the source, and detach them from the file.
+    """
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            tensor.data = tensor.data.clone()
+
+
+def _check_v2_hint(v2: bool | None, family: str, name: str) -> None:
+    if v2 is None:
+        return
+    expected = "sd2" if v2 else "sd1"
+    if expected != family:
+        logger.warning(
+            "v2=%s was given but %s is a %s model (detected from its layout); using %s.",
+            v2,
+            name,
+            family,
+            family,
+        )
+
+
+def _load_parts(source: str, allow_unsafe_pickle: bool) -> tuple[dict, str, str]:
+    from library.models.tiny import BUILTIN_NAMES, tiny_components
+
+    if source in BUILTIN_NAMES:
+        family = BUILTIN_NAMES[source]
+        return tiny_components(family), family, source
+    if source.startswith("builtin:"):
+        raise ModelLoadError(
+            f"Unknown built-in model {source!r}. Built-in models: {', '.join(sorted(BUILTIN_NAMES))}."
+        )
+    path = Path(source).expanduser()
+    if path.is_dir():
+        parts, family = _load_diffusers(str(path), local=True)
+        return parts, family, path.name
+    if path.is_file():
+        return _load_single_file(path, allow_unsafe_pickle)
+    if HUB_ID.match(source) and not source.startswith((".", "~")):
+        parts, family = _load_diffusers(source, local=False)
+        return parts, family, source.split("/")[-1]
+    raise ModelLoadError(
+        f"Base model {source!r} not found: it is not an existing file or folder, not a Hugging Face "
+        "hub id (org/name) and not a built-in model (builtin:tiny, builtin:tiny-sd2). "
+        "Check pretrained_model_name_or_path."
+    )
+
+
+def _load_diffusers(source: str, local: bool) -> tuple[dict, str]:
+    """Load unet/vae/text_encoder(/tokenizer) subfolders with ``from_pretrained``; return (parts, family)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if local:
+        root = Path(source)
+        if not (root / "model_index.json").is_file() and not (root / "unet").is_dir():
+            found = sorted(p.name for p in root.iterdir())[:10]
+            raise ModelLoadError(
+                f"{root} is not a diffusers model folder: no model_index.json and no unet/ folder "
+                f"(found: {', '.join(found) or 'nothing'}). Give the folder that holds model_index.json, "
+                "or a .safetensors/.ckpt single file."
+            )
+    kwargs = {"local_files_only": local, "torch_dtype": torch.float32}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+    except (OSError, ValueError) as error:
+        where = "folder" if local else "hub repository (needs internet)"
+        raise ModelLoadError(f"Could not load the diffusers {where} {source}: {error}") from error
+    family = family_from_text_act(text_encoder.config.hidden_act)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local)
+    except (OSError, ValueError, TypeError):
+        logger.info("%s has no usable tokenizer/ folder; using the built-in CLIP tokenizer", source)
+        tokenizer = clip_tokenizer(get_family(family).pad_token)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}, family
+
+
+def describe_foreign_keys(state_dict: dict) -> str:
+    """Say what a state dict that is not an SD checkpoint looks like (for error messages)."""
+    keys = list(state_dict)
+    if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        return "it looks like a LoRA (lora_unet_* keys); give it as network_weights, not as the base model"
+    if any(k.startswith("encoder.down.") or k.startswith("decoder.up.") for k in keys):
+        return "it looks like a standalone VAE; give it as vae, not as the base model"
+    if any(k.startswith(("down_blocks.", "conv_in.")) for k in keys):
+        return "it looks like a diffusers UNet weight file; give the whole diffusers folder instead"
+    prefixes = sorted({k.split(".")[0] for k in keys})[:5]
+    return f"its keys start with {', '.join(prefixes) or '(no keys)'}"
+
+
+def _load_single_file(path: Path, allow_unsafe_pickle: bool) -> tuple[dict, str, str]:
+    from library.models.single_file import modules_from_single_file
+
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ModelLoadError(
+            f"{path} is not a model file: expected a diffusers folder or one of {', '.join(SINGLE_FILE_SUFFIXES)}."
+        )
+    state, metadata = load_state_dict_file(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    if not any(k.startswith("model.diffusion_model.") for k in state):
+        kind = "safetensors" if path.suffix.lower() == ".safetensors" else "checkpoint"
+        raise ModelLoadError(
+            f"{path}: {kind} file has no model.diffusion_model.* keys: {describe_foreign_keys(state)}."
+        )
+    modules, configs = modules_from_single_file(state, metadata, source=str(path))
+    family = configs["family"]
+    modules["tokenizer"] = clip_tokenizer(get_family(family).pad_token)
+    return modules, family, path.name

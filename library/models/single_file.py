@@ -1,0 +1,83 @@
+"""Build diffusers modules from an LDM single file, and save modules as one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from library.errors import ModelLoadError
+from library.models.ldm_convert import single_file_metadata, split_single_file, to_single_file
+from library.util.atomic import atomic_path
+
+
+def _load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """Load ``state`` into ``module``; missing or unexpected keys raise ModelLoadError."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(
+            f"{source}: the {what} weights do not match the model built from its config: "
+            f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[:3]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]}). "
+            "The file may be damaged or of an unsupported architecture."
+        )
+
+
+def modules_from_single_file(
+    state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None, source: str = "single file"
+) -> tuple[dict, dict]:
+    """Return ({"unet", "vae", "text_encoder"} float32 modules, configs) from a loaded single file."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    try:
+        unet_sd, vae_sd, te_sd, configs = split_single_file(state_dict, metadata)
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{source}: {error}") from error
+    try:
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    except (TypeError, ValueError) as error:
+        raise ModelLoadError(f"{source}: could not build the model from its config ({error}).") from error
+    _load_exact(unet, unet_sd, "UNet", source)
+    _load_exact(vae, vae_sd, "VAE", source)
+    _load_exact(text_encoder, te_sd, "text encoder", source)
+    modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    for module in modules.values():
+        module.to(torch.float32).eval()
+    return modules, configs
+
+
+def save_single_file(
+    path: str | os.PathLike,
+    unet,
+    vae,
+    text_encoder,
+    family: str,
+    *,
+    dtype: torch.dtype | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Save the three modules as one LDM-layout file (atomically).
+
+    ``.safetensors`` carries the ``sdtrain.*`` configs plus ``extra_metadata``; ``.ckpt``/``.pt``
+    is a ``{"state_dict": ...}`` pickle of tensors only. ``dtype`` casts floating tensors.
+    """
+    path = Path(path)
+    state = to_single_file(unet, vae, text_encoder, family)
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous()
+        for k, v in state.items()
+    }
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import save_file
+
+            metadata = single_file_metadata(unet, vae, text_encoder, family)
+            metadata.update(extra_metadata or {})
+            save_file(state, str(tmp), metadata=metadata)
+        else:
+            torch.save({"state_dict": state}, tmp)
+    return path
