@@ -144,7 +144,7 @@ def parse_config(argv: Sequence[str] | None, trainer: str, schema: Schema = SCHE
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
         flags = [u[2:].split("=")[0] for u in unknown if u.startswith("--")]
-        _check_names(dict.fromkeys(flags or unknown), trainer, "command line", schema)
+        _check_names(dict.fromkeys(flags or unknown, True), trainer, "command line", schema)
         raise ConfigError(f"command line: unexpected argument(s) {' '.join(unknown)!r}.")
     cli = vars(namespace)
     file_values: dict[str, Any] = {}

@@ -192,8 +192,10 @@ OPTIONS = [
     Option("min_snr_gamma", "float", None, "Min-SNR loss weighting (5 is the paper's value).", "noise",
            min=0.0, min_exclusive=True),
     # --- saving ------------------------------------------------------------------------------
-    Option("save_model_as", "str", "safetensors", "File format of the saved network.", "saving",
-           choices=("safetensors", "ckpt", "pt"), trainers=NET),
+    Option("save_model_as", "str", "safetensors",
+           "File format: safetensors, ckpt or pt for networks; safetensors, ckpt, diffusers or "
+           "diffusers_safetensors for DreamBooth models.", "saving",
+           choices=("safetensors", "ckpt", "pt", "diffusers", "diffusers_safetensors")),
     Option("save_precision", "str", None, "Precision of saved weights (unset: float).", "saving",
            choices=("float", "fp16", "bf16"), common=True),
     Option("save_every_n_epochs", "int", None, "Save every n epochs.", "saving", min=1, common=True),
@@ -220,6 +222,21 @@ OPTIONS = [
            transient=True),
     Option("schema_version", "int", 1, "Version of the config format.", "config", min=1, max=1),
 ]
+
+def _area_options() -> list[Option]:
+    """Options declared beside the feature that owns them (one module per area, see AREA_MODULES)."""
+    import importlib
+
+    extra: list[Option] = []
+    for module in AREA_MODULES:
+        extra.extend(importlib.import_module(module).OPTIONS)
+    return extra
+
+
+#: modules holding an ``OPTIONS`` list of further declarations (DreamBooth, sampling, state, ...).
+AREA_MODULES: tuple[str, ...] = ()
+
+OPTIONS = OPTIONS + _area_options()
 
 #: Old or misspelt names that sd-scripts accepts: alias -> current name.
 ALIASES = {"caption_extention": "caption_extension"}

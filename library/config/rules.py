@@ -76,6 +76,13 @@ def check_rules(config, schema: Schema) -> None:
             f"'use_8bit_adam' and 'optimizer_type = {config.optimizer_type}' disagree; remove use_8bit_adam "
             f"(optimizer_type = \"AdamW8bit\" says the same)."
         )
+    allowed_formats = {"network": ("safetensors", "ckpt", "pt"),
+                       "db": ("safetensors", "ckpt", "diffusers", "diffusers_safetensors")}[config.trainer]
+    if config.save_model_as not in allowed_formats:
+        raise ConfigError(
+            f"option 'save_model_as': {config.save_model_as!r} is not a format of this trainer; use one of "
+            f"{', '.join(allowed_formats)}."
+        )
     if config.trainer == "network":
         from library.networks import get_network_type
 

@@ -216,6 +216,7 @@ class _Loop:
             if not acc.sync_gradients:
                 continue
             self.global_step += 1
+            self.target.on_step_end(self.global_step)
             self._after_step(epoch, loss, progress, running)
             if self.global_step >= self.length.total_steps:
                 return True

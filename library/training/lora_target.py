@@ -10,13 +10,14 @@ import torch
 
 from library.networks import get_network_type
 from library.networks.metadata import lora_architecture, modelspec_metadata
+from library.training.target import BaseTarget
 
 logger = logging.getLogger(__name__)
 
 SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class LoRATarget:
+class LoRATarget(BaseTarget):
     """Creates the network named by ``network_module`` and saves it in the LoRA file contract."""
 
     def __init__(self, config):

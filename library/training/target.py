@@ -35,3 +35,13 @@ class TrainTarget(Protocol):
 
     def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
         """Write the trained result to ``path`` atomically."""
+
+    def on_step_end(self, global_step: int) -> None:
+        """Called after every optimizer step (e.g. to freeze the text encoder after step k)."""
+
+
+class BaseTarget:
+    """No-op defaults for the optional hooks of ``TrainTarget``."""
+
+    def on_step_end(self, global_step: int) -> None:
+        return None
