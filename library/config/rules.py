@@ -92,5 +92,14 @@ def check_rules(config, schema: Schema) -> None:
             f"'min_bucket_reso' ({config.min_bucket_reso}) is larger than 'max_bucket_reso' "
             f"({config.max_bucket_reso})."
         )
+    if config.adaptive_noise_scale and not config.noise_offset:
+        raise ConfigError("'adaptive_noise_scale' adds to the noise offset: set 'noise_offset' too (e.g. 0.05).")
+    if config.min_timestep is not None and config.max_timestep is not None and config.min_timestep >= config.max_timestep:
+        raise ConfigError(
+            f"'min_timestep' ({config.min_timestep}) must be below 'max_timestep' ({config.max_timestep})."
+        )
+    if config.zero_terminal_snr and not config.v_parameterization:
+        logger.warning("zero_terminal_snr is meant for v-prediction models; with ε-prediction the last step "
+                       "cannot be learnt")
     if config.v_parameterization and not config.v2:
         logger.warning("v_parameterization is set without v2: only SD 2.x 768-v models predict v")

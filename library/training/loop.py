@@ -120,6 +120,9 @@ def run_training(config, target) -> Path | None:
     config = config.replace(seed=seed)
     set_seed(seed)
     model = load_model(config)
+    if config.zero_terminal_snr:
+        model.noise_scheduler = type(model.noise_scheduler).from_config(model.noise_scheduler.config,
+                                                                        rescale_betas_zero_snr=True)
     _place_model(model, accelerator, config, target.trains_text_encoder)
     if config.cache_latents or config.cache_latents_to_disk:
         from library.data.latent_cache import cache_latents

@@ -1,49 +1,94 @@
-"""Noise sampling and loss weighting for diffusion training: pure functions of tensors.
+"""Noise sampling for diffusion training: pure functions of tensors and an explicit generator.
 
-Formulas: offset noise (Guttenberg, "Diffusion with Offset Noise", 2023): ε + s·n with n ~ N(0, 1) of shape
-(B, C, 1, 1). Min-SNR weighting (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
-Strategy", 2023): w = min(SNR, γ) / SNR for ε-prediction and min(SNR, γ) / (SNR + 1) for v-prediction,
-with SNR(t) = ᾱ_t / (1 - ᾱ_t).
+Sources: offset noise (Guttenberg, "Diffusion with Offset Noise", 2023): ε + s·n, n ~ N(0, 1) of shape
+(B, C, 1, 1); adaptive offset adds |mean latent| × scale to s. Pyramid / multi-resolution noise
+(Whitaker, "Multi-Resolution Noise for Diffusion Model Training", 2023): Σ_i discount^i · up(N(0,1) at
+size/r^i), r ~ U(2, 4), renormalised to unit std. Input perturbation (Ning et al., "Input Perturbation
+Reduces Exposure Bias in Diffusion Models", 2023): the noisy input uses ε + γ·ξ while the target stays ε.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
 
-def sample_noise(
-    latents: torch.Tensor, generator: torch.Generator, noise_offset: float | None = None
-) -> torch.Tensor:
-    """Gaussian noise shaped like ``latents`` (B, C, H, W), plus offset noise when ``noise_offset`` is set.
+@dataclass(frozen=True)
+class NoiseSettings:
+    """The noise options of a run (all off by default)."""
 
-    Drawn on the generator's device (CPU) and moved to the latents' device, so runs are reproducible
-    on any hardware.
+    offset: float | None = None
+    offset_random_strength: bool = False
+    adaptive_scale: float | None = None
+    multires_iterations: int | None = None
+    multires_discount: float = 0.3
+    ip_gamma: float | None = None
+    ip_gamma_random_strength: bool = False
+    min_timestep: int | None = None
+    max_timestep: int | None = None
+
+
+def _uniform(shape: tuple, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, dtype=torch.float32)
+
+
+def offset_strength(latents: torch.Tensor, settings: NoiseSettings, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample, per-channel offset strength (B, C, 1, 1); zeros when offset noise is off."""
+    b, c = latents.shape[:2]
+    strength = torch.full((b, 1, 1, 1), float(settings.offset or 0.0))
+    if settings.offset and settings.offset_random_strength:
+        strength = strength * _uniform((b, 1, 1, 1), generator)
+    strength = strength.expand(b, c, 1, 1)
+    if settings.offset and settings.adaptive_scale:
+        mean = latents.detach().float().cpu().mean(dim=(2, 3), keepdim=True).abs()
+        strength = torch.clamp(strength + settings.adaptive_scale * mean, min=0.0)
+    return strength
+
+
+def pyramid_noise(noise: torch.Tensor, generator: torch.Generator, iterations: int, discount: float) -> torch.Tensor:
+    """Add lower-resolution noise levels to ``noise`` (B, C, H, W) and renormalise to unit std."""
+    b, c, h, w = noise.shape
+    out = noise.clone()
+    for i in range(1, iterations + 1):
+        r = float(_uniform((1,), generator)) * 2 + 2
+        hn, wn = max(1, int(h / r**i)), max(1, int(w / r**i))
+        level = torch.randn((b, c, hn, wn), generator=generator)
+        out = out + F.interpolate(level, size=(h, w), mode="bilinear", align_corners=False) * discount**i
+        if hn == 1 or wn == 1:
+            break
+    return out / out.std()
+
+
+def sample_noise(latents: torch.Tensor, generator: torch.Generator, settings: NoiseSettings) -> torch.Tensor:
+    """The training noise ε for ``latents`` (B, C, H, W): Gaussian, then offset and pyramid noise as set.
+
+    Drawn on the CPU generator and moved to the latents' device, so a run is reproducible anywhere.
     """
-    shape = latents.shape
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    if settings.offset:
+        strength = offset_strength(latents, settings, generator)
+        noise = noise + strength * torch.randn(strength.shape, generator=generator)
+    if settings.multires_iterations:
+        noise = pyramid_noise(noise, generator, settings.multires_iterations, settings.multires_discount)
     return noise.to(device=latents.device, dtype=latents.dtype)
 
 
-def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
-    """Timesteps uniform in [0, num_train_timesteps), shape (B,), int64, on the CPU."""
-    return torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, dtype=torch.int64)
+def input_noise(noise: torch.Tensor, generator: torch.Generator, settings: NoiseSettings) -> torch.Tensor:
+    """The noise that goes into the noisy input: ε, or ε + γ·ξ with input perturbation."""
+    if not settings.ip_gamma:
+        return noise
+    gamma = torch.full((noise.shape[0], 1, 1, 1), settings.ip_gamma)
+    if settings.ip_gamma_random_strength:
+        gamma = gamma * _uniform((noise.shape[0], 1, 1, 1), generator)
+    xi = torch.randn(noise.shape, generator=generator)
+    return noise + (gamma * xi).to(device=noise.device, dtype=noise.dtype)
 
 
-def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) at ``timesteps`` (B,) -> (B,) float32."""
-    alpha_bar = alphas_cumprod.to(torch.float32)[timesteps.cpu()].to(timesteps.device)
-    return alpha_bar / (1.0 - alpha_bar)
-
-
-def min_snr_weight(snr_values: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
-    """Per-sample loss weights of Min-SNR-γ: min(SNR, γ)/SNR (ε) or min(SNR, γ)/(SNR+1) (v). Shape (B,)."""
-    clipped = torch.clamp(snr_values, max=gamma)
-    return clipped / (snr_values + 1.0) if v_prediction else clipped / snr_values
-
-
-def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per sample: (B, C, H, W) x2 -> (B,), computed in float32."""
-    diff = prediction.float() - target.float()
-    return diff.pow(2).mean(dim=tuple(range(1, diff.ndim)))
+def sample_timesteps(batch_size: int, num_train_timesteps: int, generator: torch.Generator,
+                     min_timestep: int | None = None, max_timestep: int | None = None) -> torch.Tensor:
+    """Timesteps uniform in [min_timestep, max_timestep) (default [0, T)), shape (B,), int64, CPU."""
+    low = min_timestep or 0
+    high = max_timestep or num_train_timesteps
+    return torch.randint(low, max(high, low + 1), (batch_size,), generator=generator, dtype=torch.int64)

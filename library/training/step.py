@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from library.training.noise import min_snr_weight, per_sample_mse, sample_noise, sample_timesteps, snr
+from library.training.loss import LossSettings, huber_c_per_sample, loss_weights, per_sample_loss, snr
+from library.training.noise import NoiseSettings, input_noise, sample_noise, sample_timesteps
 
 
 @dataclass(frozen=True)
 class StepSettings:
     """The options the loss needs, taken from the config once."""
 
-    noise_offset: float | None
-    min_snr_gamma: float | None
     v_prediction: bool
-    clip_skip: int | None
-    max_token_length: int | None
+    clip_skip: int | None = None
+    max_token_length: int | None = None
+    noise: NoiseSettings = field(default_factory=NoiseSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
 
     @classmethod
     def from_config(cls, config, model) -> StepSettings:
-        return cls(
-            noise_offset=config.noise_offset,
-            min_snr_gamma=config.min_snr_gamma,
-            v_prediction=model.v_parameterization,
-            clip_skip=config.clip_skip,
-            max_token_length=config.max_token_length,
+        noise = NoiseSettings(
+            offset=config.noise_offset, offset_random_strength=config.noise_offset_random_strength,
+            adaptive_scale=config.adaptive_noise_scale, multires_iterations=config.multires_noise_iterations,
+            multires_discount=config.multires_noise_discount, ip_gamma=config.ip_noise_gamma,
+            ip_gamma_random_strength=config.ip_noise_gamma_random_strength,
+            min_timestep=config.min_timestep, max_timestep=config.max_timestep,
         )
+        loss = LossSettings(
+            loss_type=config.loss_type, huber_schedule=config.huber_schedule, huber_c=config.huber_c,
+            huber_scale=config.huber_scale, min_snr_gamma=config.min_snr_gamma,
+            scale_v_pred_loss_like_noise_pred=config.scale_v_pred_loss_like_noise_pred,
+            debiased_estimation=config.debiased_estimation_loss,
+        )
+        return cls(v_prediction=model.v_parameterization, clip_skip=config.clip_skip,
+                   max_token_length=config.max_token_length, noise=noise, loss=loss)
 
 
 def batch_latents(model, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -47,21 +56,27 @@ def encode_captions(model, captions: list[str], settings: StepSettings, with_gra
 
 def diffusion_loss(model, batch: dict, settings: StepSettings, generator: torch.Generator,
                    train_text_encoder: bool) -> torch.Tensor:
-    """Mean loss of a batch: MSE between the UNet's prediction and ε (or v), weighted per sample by the
-    batch's ``loss_weights`` (prior_loss_weight for reg images) and Min-SNR when set. Returns a scalar."""
+    """Mean loss of a batch: the UNet's prediction against ε (or v), weighted per sample by the batch's
+    ``loss_weights`` (prior_loss_weight for reg images) and the enabled SNR weightings. Returns a scalar.
+
+    Random draws, in order, all from ``generator``: the VAE sample (uncached latents), ε, timesteps, then
+    the input perturbation — so a batch's loss is a pure function of its generator seed.
+    """
     latents = batch_latents(model, batch, generator)
     scheduler = model.noise_scheduler
-    noise = sample_noise(latents, generator, settings.noise_offset)
-    timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, generator)
-    timesteps = timesteps.to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    num_t = scheduler.config.num_train_timesteps
+    noise = sample_noise(latents, generator, settings.noise)
+    timesteps = sample_timesteps(latents.shape[0], num_t, generator, settings.noise.min_timestep,
+                                 settings.noise.max_timestep)
+    noisy = scheduler.add_noise(latents, input_noise(noise, generator, settings.noise), timesteps.to(latents.device))
     hidden = encode_captions(model, batch["captions"], settings, train_text_encoder)
     unet_dtype = model.unet.dtype
-    prediction = model.unet(noisy.to(unet_dtype), timesteps, hidden.to(unet_dtype)).sample
-    target = scheduler.get_velocity(latents, noise, timesteps) if settings.v_prediction else noise
-    loss = per_sample_mse(prediction, target)
-    loss = loss * batch["loss_weights"].to(loss.device)
-    if settings.min_snr_gamma:
-        weights = min_snr_weight(snr(scheduler.alphas_cumprod, timesteps), settings.min_snr_gamma, settings.v_prediction)
-        loss = loss * weights.to(loss.device)
-    return loss.mean()
+    prediction = model.unet(noisy.to(unet_dtype), timesteps.to(latents.device), hidden.to(unet_dtype)).sample
+    target = scheduler.get_velocity(latents, noise, timesteps.to(latents.device)) if settings.v_prediction else noise
+    huber_c = None
+    if settings.loss.loss_type in ("huber", "smooth_l1"):
+        huber_c = huber_c_per_sample(timesteps, settings.loss, scheduler.alphas_cumprod, num_t)
+    loss = per_sample_loss(prediction, target, settings.loss.loss_type, huber_c)
+    weights = batch["loss_weights"].to(torch.float32)
+    weights = weights * loss_weights(snr(scheduler.alphas_cumprod, timesteps), settings.loss, settings.v_prediction)
+    return (loss * weights.to(loss.device)).mean()

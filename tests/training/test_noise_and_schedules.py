@@ -9,7 +9,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from library.errors import ConfigError
-from library.training.noise import min_snr_weight, per_sample_mse, sample_noise, snr
+from library.training.loss import min_snr_weight, per_sample_mse, snr
+from library.training.noise import NoiseSettings, sample_noise
 from library.training.optimizers import build_optimizer, parse_key_value_args
 from library.training.schedulers import build_scheduler, resolve_steps
 
@@ -21,8 +22,8 @@ def _sd_scheduler(prediction_type="epsilon"):
 
 def test_noise_offset_adds_a_per_channel_constant():
     latents = torch.zeros(2, 4, 8, 8)
-    plain = sample_noise(latents, torch.Generator().manual_seed(1))
-    offset = sample_noise(latents, torch.Generator().manual_seed(1), noise_offset=0.1)
+    plain = sample_noise(latents, torch.Generator().manual_seed(1), NoiseSettings())
+    offset = sample_noise(latents, torch.Generator().manual_seed(1), NoiseSettings(offset=0.1))
     gen = torch.Generator().manual_seed(1)
     base = torch.randn(latents.shape, generator=gen)
     extra = torch.randn((2, 4, 1, 1), generator=gen)

@@ -143,8 +143,8 @@ def test_network_weights_continue_training(tmp_path, tiny_dataset):
 
 
 def test_options_that_change_the_result(tmp_path, tiny_dataset):
-    """noise_offset, min_snr_gamma, mixed_precision bf16, gradient checkpointing, clip_skip,
-    max_token_length, AdamW8bit and cached latents all run and change (or keep) the weights as they should."""
+    """Noise, loss, precision, checkpointing, clip_skip, max_token_length and optimizer options all run and
+    change (or keep, for gradient checkpointing) the trained weights."""
     def weights(name, **kw):
         assert train(tmp_path, base_options(tiny_dataset, tmp_path / name, max_train_steps=2, **kw)) == 0
         return read_lora(tmp_path / name / "lora.safetensors")[0]
@@ -154,7 +154,13 @@ def test_options_that_change_the_result(tmp_path, tiny_dataset):
     assert same(base, weights("ckpt", gradient_checkpointing=True))
     for name, kw in {"offset": {"noise_offset": 0.1}, "snr": {"min_snr_gamma": 5.0},
                      "skip": {"clip_skip": 2}, "adam8": {"optimizer_type": "AdamW8bit"},
-                     "bf16": {"mixed_precision": "bf16"}}.items():
+                     "bf16": {"mixed_precision": "bf16"}, "pyramid": {"multires_noise_iterations": 4},
+                     "ip": {"ip_noise_gamma": 0.1}, "l1": {"loss_type": "l1"},
+                     "huber": {"loss_type": "huber", "huber_schedule": "exponential"},
+                     "debiased": {"debiased_estimation_loss": True},
+                     "offset_rand": {"noise_offset": 0.1, "noise_offset_random_strength": True,
+                                     "adaptive_noise_scale": 0.01},
+                     "tsteps": {"min_timestep": 100, "max_timestep": 200}}.items():
         other = weights(name, **kw)
         assert other.keys() == base.keys()
         assert not same(base, other), name
@@ -195,3 +201,9 @@ def test_v2_v_parameterization(tmp_path, tiny_dataset, out):
     meta = read_lora(out / "lora.safetensors")[1]
     assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
     assert meta["modelspec.prediction_type"] == "v" and meta["ss_v2"] == "True"
+    zt = tmp_path / "zt"
+    opts.update(output_dir=str(zt), zero_terminal_snr=True, scale_v_pred_loss_like_noise_pred=True)
+    assert train(tmp_path, opts) == 0
+    tensors, meta = read_lora(zt / "lora.safetensors")
+    assert meta["ss_zero_terminal_snr"] == "True"
+    assert all(torch.isfinite(t).all() for t in tensors.values())
