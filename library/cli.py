@@ -19,6 +19,8 @@ def setup_logging(level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # bitsandbytes warns about optional CPU kernels on every import; its errors still show.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # transformers warns that torchvision is missing whenever a pipeline module is imported; we never use it.
+    logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 def write_output_config(config) -> Path:

@@ -35,6 +35,12 @@ def _network_module_names() -> tuple:
     return tuple(network_module_names())
 
 
+def _sampler_names() -> tuple:
+    from library.training.sampling.samplers import SAMPLERS
+
+    return tuple(SAMPLERS.names())
+
+
 GROUPS = [
     Group("model", "Model", "Base model, its family and precision."),
     Group("folders", "Folders and output", "Where the pictures are and where results go."),
@@ -43,6 +49,7 @@ GROUPS = [
     Group("training", "Training", "Steps, learning rates, optimizer and scheduler."),
     Group("network", "Network", "The LoRA network: type, rank, alpha and what it trains."),
     Group("noise", "Noise and loss", "Noise schedule tweaks and loss weighting."),
+    Group("sampling", "Sample images", "Pictures rendered during training to watch progress."),
     Group("saving", "Saving", "What is saved, how often, in which precision and with which metadata."),
     Group("logging", "Logging", "TensorBoard logs and console output."),
     Group("config", "Config files", "Reading and writing TOML configs."),
@@ -220,6 +227,16 @@ OPTIONS = [
            max=1.0),
     Option("huber_scale", "float", 1.0, "Scale of the Huber parameter c.", "noise", min=0.0,
            min_exclusive=True),
+    # --- sampling ----------------------------------------------------------------------------
+    Option("sample_prompts", "file", None,
+           "Prompt file (.txt lines with --n --w --h --s --l --d --ss options, or .toml/.json).", "sampling",
+           must_exist=True, common=True),
+    Option("sample_every_n_steps", "int", None, "Render samples every n steps.", "sampling", min=1),
+    Option("sample_every_n_epochs", "int", None, "Render samples every n epochs (wins over steps).",
+           "sampling", min=1, common=True),
+    Option("sample_at_first", "bool", False, "Render samples before the first step.", "sampling"),
+    Option("sample_sampler", "str", "ddim", "Sampler for sample images.", "sampling",
+           choices=_sampler_names),
     # --- saving ------------------------------------------------------------------------------
     Option("save_model_as", "str", "safetensors",
            "File format: safetensors, ckpt or pt for networks; safetensors, ckpt, diffusers or "

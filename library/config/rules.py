@@ -92,6 +92,10 @@ def check_rules(config, schema: Schema) -> None:
             f"'min_bucket_reso' ({config.min_bucket_reso}) is larger than 'max_bucket_reso' "
             f"({config.max_bucket_reso})."
         )
+    if config.sample_prompts:
+        from library.training.sampling.prompts import read_prompts
+
+        read_prompts(config.sample_prompts)  # a bad line is an error now, not after an hour of training
     if config.adaptive_noise_scale and not config.noise_offset:
         raise ConfigError("'adaptive_noise_scale' adds to the noise offset: set 'noise_offset' too (e.g. 0.05).")
     if config.min_timestep is not None and config.max_timestep is not None and config.min_timestep >= config.max_timestep:

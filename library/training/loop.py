@@ -25,6 +25,7 @@ from library.training.metadata import RunFacts, minimal, training_metadata
 from library.training.optimizers import build_optimizer, resolve_optimizer_name
 from library.training.prefetch import prefetch
 from library.training.progress import Progress, RunningLoss
+from library.training.sampling.runner import SampleRunner
 from library.training.schedulers import build_scheduler, resolve_steps
 from library.training.step import StepSettings, diffusion_loss
 
@@ -171,18 +172,23 @@ class _Loop:
         self.global_step = 0
         self.settings = StepSettings.from_config(config, model)
         self.base_meta = training_metadata(config, facts)
+        self.sampler = SampleRunner(config, model, accelerator, target, seed)
 
     def run(self) -> Path | None:
         acc, length = self.accelerator, self.length
         progress = Progress(length.total_steps, self.global_step, acc.is_main_process)
         running = RunningLoss()
         epoch = 0
+        if self.sampler.enabled and self.config.sample_at_first:
+            self.sampler.run(self.global_step, None)
         for epoch in range(1, length.num_epochs + 1):
             done = self._run_epoch(epoch, progress, running)
             if acc.is_main_process and self.config.logging_dir:
                 acc.log({"loss/epoch_average": running.mean}, step=epoch)
             if not done and self._due(self.config.save_every_n_epochs, epoch) and epoch < length.num_epochs:
                 self._save_epoch(epoch)
+            if self.sampler.due_at_epoch(epoch) or (done and self.sampler.due_at_step(self.global_step)):
+                self.sampler.run(self.global_step, epoch if self.sampler.due_at_epoch(epoch) else None)
             if done:
                 break
         progress.close()
@@ -243,6 +249,8 @@ class _Loop:
         every = self.config.save_every_n_steps
         if every and self.global_step % every == 0 and self.global_step < self.length.total_steps:
             self._save_step(epoch)
+        if self.sampler.due_at_step(self.global_step) and self.global_step < self.length.total_steps:
+            self.sampler.run(self.global_step, None)
 
     @staticmethod
     def _due(every: int | None, epoch: int) -> bool:

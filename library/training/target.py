@@ -45,3 +45,10 @@ class BaseTarget:
 
     def on_step_end(self, global_step: int) -> None:
         return None
+
+    def before_sampling(self) -> None:
+        """Called before sample images are rendered (the modules are already in eval mode)."""
+        return None
+
+    def after_sampling(self) -> None:
+        return None

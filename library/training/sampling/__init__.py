@@ -1,0 +1,1 @@
+"""Sample images during training: prompt files (sd-scripts' syntax), samplers, generation."""

@@ -1,0 +1,117 @@
+"""Sample prompt files in sd-scripts' formats: .txt lines with inline options, .toml and .json lists.
+
+A .txt line is ``prompt text --n negative --w 512 --h 768 --s 30 --l 7.5 --d 42 --ss euler_a``; lines
+starting with ``#`` and empty lines are skipped. The file is re-read at every sampling event, so edits
+made during training apply to the next samples.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import toml
+
+from library.errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    prompt: str
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int = 30
+    scale: float = 7.5
+    seed: int | None = None
+    sampler: str | None = None
+
+
+#: inline option -> (field, converter)
+_INLINE = {
+    "n": ("negative_prompt", str),
+    "w": ("width", int),
+    "h": ("height", int),
+    "s": ("steps", int),
+    "l": ("scale", float),
+    "d": ("seed", int),
+    "ss": ("sampler", str),
+}
+
+#: .toml / .json keys (sd-scripts' names) -> field
+_KEYS = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width", "height": "height",
+    "sample_steps": "steps", "steps": "steps", "scale": "scale", "cfg_scale": "scale", "seed": "seed",
+    "sample_sampler": "sampler", "sampler": "sampler",
+}
+
+
+class PromptFileError(UserError):
+    """A sample prompt file that cannot be read."""
+
+
+def parse_prompt_line(line: str, where: str) -> SamplePrompt | None:
+    """One .txt line -> a SamplePrompt (None for comments and blank lines)."""
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    parts = re.split(r"\s--(?=\w)", text)
+    values: dict = {"prompt": parts[0].strip()}
+    for part in parts[1:]:
+        key, _, value = part.partition(" ")
+        if key not in _INLINE:
+            raise PromptFileError(
+                f"{where}: unknown option --{key}. Sample prompt options are --n (negative prompt), --w, --h, "
+                f"--s (steps), --l (CFG scale), --d (seed) and --ss (sampler)."
+            )
+        field, convert = _INLINE[key]
+        try:
+            values[field] = convert(value.strip())
+        except ValueError:
+            raise PromptFileError(f"{where}: --{key} {value.strip()!r} is not a valid {convert.__name__}.") from None
+    return _checked(SamplePrompt(**values), where)
+
+
+def _checked(prompt: SamplePrompt, where: str) -> SamplePrompt:
+    steps = min(max(prompt.steps, 1), 1000)
+    for name in ("width", "height"):
+        size = getattr(prompt, name)
+        if size is not None and (size < 64 or size % 8):
+            raise PromptFileError(f"{where}: {name} {size} must be at least 64 and a multiple of 8.")
+    return replace(prompt, steps=steps)
+
+
+def _from_mapping(entry: dict, where: str, defaults: dict | None = None) -> SamplePrompt:
+    values = {}
+    for key, value in {**(defaults or {}), **entry}.items():
+        if key not in _KEYS:
+            raise PromptFileError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_KEYS))}.")
+        values[_KEYS[key]] = value
+    if not values.get("prompt"):
+        raise PromptFileError(f"{where}: an entry has no 'prompt'.")
+    try:
+        return _checked(SamplePrompt(**values), where)
+    except TypeError as exc:
+        raise PromptFileError(f"{where}: {exc}") from None
+
+
+def read_prompts(path: str | Path) -> list[SamplePrompt]:
+    """All prompts of a .txt, .toml or .json prompt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"sample_prompts file {str(path)!r} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        data = toml.loads(text).get("prompt", {})
+        defaults = {k: v for k, v in data.items() if k != "subset"}
+        return [_from_mapping(e, f"{path}: [[prompt.subset]] {i + 1}", defaults)
+                for i, e in enumerate(data.get("subset", []))]
+    if suffix == ".json":
+        data = json.loads(text)
+        return [parse_prompt_line(e, f"{path}: entry {i + 1}") if isinstance(e, str)
+                else _from_mapping(e, f"{path}: entry {i + 1}") for i, e in enumerate(data)]
+    prompts = [parse_prompt_line(line, f"{path}: line {i + 1}") for i, line in enumerate(text.splitlines())]
+    return [p for p in prompts if p is not None]
