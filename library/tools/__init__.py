@@ -1,0 +1,1 @@
+"""The logic behind the command-line tools in ``tools/`` (also called by the GUI)."""

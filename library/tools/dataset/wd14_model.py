@@ -1,0 +1,169 @@
+"""SmilingWolf-style WD14 tagger files: ``model.onnx`` + ``selected_tags.csv``, local or from the hub.
+
+Layout of both v2 and v3 taggers: input NHWC float32 BGR 0-255 (``(B, S, S, 3)``, S = 448 for the real
+models), output ``(B, n_tags)`` sigmoid probabilities in the row order of ``selected_tags.csv``
+(columns ``tag_id,name,category,count``; category 9 = rating, 0 = general, 4 = character).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from library.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+TAGS_FILE = "selected_tags.csv"
+DEFAULT_REPO_ID = "SmilingWolf/wd-v1-4-convnext-tagger-v2"
+DEFAULT_MODEL_DIR = "wd14_tagger_model"
+
+CATEGORY_GENERAL = 0
+CATEGORY_CHARACTER = 4
+CATEGORY_RATING = 9
+
+#: onnxruntime providers from most to least preferred; the available ones are used in this order.
+PROVIDER_PREFERENCE = (
+    "CUDAExecutionProvider",
+    "ROCMExecutionProvider",
+    "DmlExecutionProvider",
+    "CoreMLExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+@dataclass(frozen=True)
+class TagTable:
+    """The rows of ``selected_tags.csv``: ``names[i]`` and ``categories[i]`` describe output column i."""
+
+    names: tuple[str, ...]
+    categories: np.ndarray  # (n_tags,) int
+
+
+def load_tag_table(path: str | Path) -> TagTable:
+    """Read ``selected_tags.csv``; :class:`ModelLoadError` naming the file when it is malformed."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        names = tuple(row["name"] for row in rows)
+        categories = np.array([int(row["category"]) for row in rows], dtype=np.int64)
+    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"Tag list '{path}' cannot be read ({exc!r}). It must be a CSV with the header "
+            f"tag_id,name,category,count as in SmilingWolf's tagger repositories."
+        ) from exc
+    if not names:
+        raise ModelLoadError(f"Tag list '{path}' has no rows.")
+    return TagTable(names, categories)
+
+
+def _hub_download(repo_id: str, filename: str, local_dir: Path, force: bool) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, local_dir=local_dir, force_download=force))
+
+
+def resolve_model_files(
+    model_dir: str | Path,
+    repo_id: str | None,
+    force_download: bool = False,
+    download: Callable[[str, str, Path, bool], Path] = _hub_download,
+) -> tuple[Path, Path]:
+    """Find ``model.onnx`` and ``selected_tags.csv``; download them from ``repo_id`` when absent.
+
+    Looked for, in order: ``model_dir`` itself, then ``model_dir/<repo_id with "/" -> "_">`` (where
+    downloads go, as sd-scripts does). Returns ``(onnx path, csv path)``.
+    """
+    model_dir = Path(model_dir)
+    places = [model_dir] + ([model_dir / repo_id.replace("/", "_")] if repo_id else [])
+    if not force_download:
+        for place in places:
+            if (place / MODEL_FILE).is_file() and (place / TAGS_FILE).is_file():
+                return place / MODEL_FILE, place / TAGS_FILE
+    looked = " and ".join(f"'{p}'" for p in places)
+    if not repo_id:
+        raise ModelLoadError(
+            f"No tagger model found: looked for {MODEL_FILE} and {TAGS_FILE} in {looked}. Put both files "
+            f"in --model_dir or give --repo_id (e.g. {DEFAULT_REPO_ID}) to download them."
+        )
+    target = places[-1]
+    try:
+        files = tuple(download(repo_id, name, target, force_download) for name in (MODEL_FILE, TAGS_FILE))
+    except Exception as exc:  # network, auth or missing-file errors all end the same way
+        raise ModelLoadError(
+            f"No tagger model found: looked for {MODEL_FILE} and {TAGS_FILE} in {looked}, and downloading "
+            f"them from the hub repository '{repo_id}' failed ({type(exc).__name__}: {exc}). Check the "
+            f"repo id and the network, or download the two files by hand into '{target}'."
+        ) from exc
+    return files[0], files[1]
+
+
+def best_providers(available: list[str]) -> list[str]:
+    """The available onnxruntime providers in :data:`PROVIDER_PREFERENCE` order (CPU always last)."""
+    chosen = [p for p in PROVIDER_PREFERENCE if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+class WD14Model:
+    """An onnxruntime session of a WD14 tagger plus its tag table.
+
+    ``predict(batch)`` takes ``(B, S, S, 3)`` float32 BGR 0-255 and returns ``(B, n_tags)`` probabilities.
+    """
+
+    def __init__(self, onnx_path: str | Path, tags_path: str | Path, providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelLoadError(
+                "The WD14 tagger needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu for CUDA)."
+            ) from exc
+        self.tags = load_tag_table(tags_path)
+        chosen = providers or best_providers(ort.get_available_providers())
+        options = ort.SessionOptions()
+        # no busy-waiting between runs: the loader threads need those cores while the model is idle
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(
+                f"Tagger model '{onnx_path}' cannot be loaded by onnxruntime: {exc}"
+            ) from exc
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        shape = model_input.shape
+        if len(shape) != 4 or not isinstance(shape[1], int) or shape[1] != shape[2] or shape[3] != 3:
+            raise ModelLoadError(
+                f"Tagger model '{onnx_path}' has input shape {shape}; a WD14 tagger takes (batch, size, size, 3)."
+            )
+        self.input_size = int(shape[1])
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        n_out = self.session.get_outputs()[0].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.tags.names):
+            raise ModelLoadError(
+                f"Tagger model '{onnx_path}' outputs {n_out} tags but '{tags_path}' lists "
+                f"{len(self.tags.names)}; use the selected_tags.csv that belongs to this model."
+            )
+        logger.info(
+            "WD14 tagger %s on %s, input %dx%d",
+            onnx_path,
+            self.session.get_providers(),
+            self.input_size,
+            self.input_size,
+        )
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """``(B, S, S, 3)`` float32 -> ``(B, n_tags)`` float32 probabilities."""
+        step = self.fixed_batch or len(batch)
+        outputs = [
+            self.session.run(None, {self.input_name: batch[i : i + step]})[0]
+            for i in range(0, len(batch), step)
+        ]
+        return np.concatenate(outputs, axis=0).astype(np.float32)
