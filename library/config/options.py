@@ -248,6 +248,15 @@ OPTIONS = [
     Option("save_every_n_steps", "int", None, "Save every n steps.", "saving", min=1),
     Option("save_last_n_epochs", "int", None, "Keep only the last n epoch saves.", "saving", min=1),
     Option("save_last_n_steps", "int", None, "Keep only the step saves of the last n steps.", "saving", min=1),
+    Option("save_state", "bool", False,
+           "Also save the training state (optimizer, scheduler, RNG, position) with every save, to resume "
+           "exactly.", "saving"),
+    Option("save_state_on_train_end", "bool", False, "Save the training state when training ends.", "saving"),
+    Option("save_last_n_epochs_state", "int", None, "Keep only the last n epoch states (default: as files).",
+           "saving", min=1),
+    Option("save_last_n_steps_state", "int", None, "Keep only the states of the last n steps.", "saving", min=1),
+    Option("resume", "dir", None, "Continue a run from a state folder (<output_name>-...-state).", "saving",
+           must_exist=True),
     Option("no_metadata", "bool", False, "Write only the minimal metadata into the network file.", "saving"),
     Option("training_comment", "str", None, "A comment stored in the metadata.", "saving"),
     Option("metadata_title", "str", None, "modelspec title (default: output_name).", "saving"),
@@ -257,8 +266,10 @@ OPTIONS = [
     Option("metadata_tags", "str", None, "modelspec tags (comma-separated).", "saving"),
     # --- logging -----------------------------------------------------------------------------
     Option("log_prefix", "str", None, "Prefix of the TensorBoard run folder name.", "logging"),
-    Option("log_with", "str", None, "Logger (tensorboard when logging_dir is set).", "logging",
-           choices=("tensorboard",)),
+    Option("log_with", "str", None, "Logger: tensorboard (default when logging_dir is set), wandb or all.",
+           "logging", choices=("tensorboard", "wandb", "all")),
+    Option("log_tracker_name", "str", None, "Run name in the logger (default network_train / dreambooth).",
+           "logging"),
     Option("console_log_level", "str", "INFO", "Console log level.", "logging",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     # --- config ------------------------------------------------------------------------------
@@ -280,7 +291,7 @@ def _area_options() -> list[Option]:
 
 
 #: modules holding an ``OPTIONS`` list of further declarations (DreamBooth, sampling, state, ...).
-AREA_MODULES: tuple[str, ...] = ()
+AREA_MODULES: tuple[str, ...] = ("library.config.options_db", "library.config.options_optim")
 
 OPTIONS = OPTIONS + _area_options()
 

@@ -17,6 +17,8 @@ class StepSettings:
     v_prediction: bool
     clip_skip: int | None = None
     max_token_length: int | None = None
+    #: False with DreamBooth's ``no_token_padding``: captions padded only to the batch's longest.
+    pad_tokens: bool = True
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     loss: LossSettings = field(default_factory=LossSettings)
 
@@ -36,7 +38,8 @@ class StepSettings:
             debiased_estimation=config.debiased_estimation_loss,
         )
         return cls(v_prediction=model.v_parameterization, clip_skip=config.clip_skip,
-                   max_token_length=config.max_token_length, noise=noise, loss=loss)
+                   max_token_length=config.max_token_length, noise=noise, loss=loss,
+                   pad_tokens=not getattr(config, "no_token_padding", False))  # no_token_padding: db only
 
 
 def batch_latents(model, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -49,7 +52,7 @@ def batch_latents(model, batch: dict, generator: torch.Generator) -> torch.Tenso
 
 
 def encode_captions(model, captions: list[str], settings: StepSettings, with_grad: bool) -> torch.Tensor:
-    ids = model.tokenize(captions, settings.max_token_length).to(model.text_encoder.device)
+    ids = model.tokenize(captions, settings.max_token_length, pad=settings.pad_tokens).to(model.text_encoder.device)
     with torch.set_grad_enabled(with_grad):
         return model.encode_tokens(ids, settings.clip_skip)
 

@@ -15,8 +15,10 @@ import torch
 class TrainTarget(Protocol):
     #: file extension of saved results ("safetensors", "ckpt", ...)
     file_ext: str
-    #: whether the text encoder's forward needs gradients
+    #: whether the text encoder's forward needs gradients (read again at every step)
     trains_text_encoder: bool
+    #: model components ("unet", "text_encoder") the loop must place in float32 whatever the compute dtype
+    float32_components: tuple[str, ...]
 
     def attach(self, model, config) -> None:
         """Create/enable the trainable parameters on the loaded base model."""
@@ -39,11 +41,19 @@ class TrainTarget(Protocol):
     def on_step_end(self, global_step: int) -> None:
         """Called after every optimizer step (e.g. to freeze the text encoder after step k)."""
 
+    def on_prepared(self, accelerator) -> None:
+        """Called once after ``accelerator.prepare`` (e.g. to let the grad scaler take fp16 gradients)."""
+
 
 class BaseTarget:
     """No-op defaults for the optional hooks of ``TrainTarget``."""
 
+    float32_components: tuple[str, ...] = ()
+
     def on_step_end(self, global_step: int) -> None:
+        return None
+
+    def on_prepared(self, accelerator) -> None:
         return None
 
     def before_sampling(self) -> None:

@@ -76,7 +76,7 @@ def test_toml_sections_are_grouping_only_and_cli_overrides(tmp_path, base_args):
         (["--mixed_precision", "fp8"], "is not one of no, fp16, bf16"),
         (["--lr_scheduler", "cosin"], "'lr_scheduler'"),
         (["--optimizer_type", "Adamm"], "Did you mean 'AdamW'"),
-        (["--resume", "x"], "sd-scripts option this trainer does not support yet"),
+        (["--huggingface_repo_id", "x"], "sd-scripts option this trainer does not support yet"),
         (["--network_train_unet_only", "--network_train_text_encoder_only"], "nothing would be trained"),
         (["--cache_latents", "--random_crop"], "cannot be combined with 'cache_latents'"),
         (["--max_token_length", "100"], "is not one of 75, 150, 225"),

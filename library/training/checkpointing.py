@@ -1,0 +1,76 @@
+"""Saving during a run: trained files (epoch, step, final), training states, and pruning old ones."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from library.training import outputs, state
+from library.training.metadata import minimal
+
+logger = logging.getLogger(__name__)
+
+
+class Saver:
+    """Writes the target's files and the states as the config asks; only the main process writes files,
+    every process takes part in state saves (accelerate collects them)."""
+
+    def __init__(self, config, target, accelerator, base_meta: dict[str, str]):
+        self.config, self.target, self.accelerator, self.base_meta = config, target, accelerator, base_meta
+        self.ext = target.file_ext
+
+    @property
+    def states_wanted(self) -> bool:
+        return bool(self.config.save_state)
+
+    def save_epoch(self, epoch: int, position: state.TrainPosition) -> None:
+        cfg = self.config
+        self._save_file(outputs.epoch_file(cfg.output_dir, cfg.output_name, epoch, self.ext), epoch, position.step)
+        if self.accelerator.is_main_process:
+            outputs.prune_epoch_saves(cfg.output_dir, cfg.output_name, self.ext, epoch, cfg.save_every_n_epochs,
+                                      cfg.save_last_n_epochs)
+        if self.states_wanted:
+            state.save_state(self.accelerator, state.epoch_state_dir(cfg.output_dir, cfg.output_name, epoch),
+                             position)
+            keep = cfg.save_last_n_epochs_state or cfg.save_last_n_epochs
+            old = epoch - cfg.save_every_n_epochs * keep if keep else 0
+            if old > 0 and self.accelerator.is_main_process:
+                state.prune_state(state.epoch_state_dir(cfg.output_dir, cfg.output_name, old))
+
+    def save_step(self, epoch: int, position: state.TrainPosition) -> None:
+        cfg, step = self.config, position.step
+        self._save_file(outputs.step_file(cfg.output_dir, cfg.output_name, step, self.ext), epoch, step)
+        if self.accelerator.is_main_process:
+            outputs.prune_step_saves(cfg.output_dir, cfg.output_name, self.ext, step, cfg.save_every_n_steps,
+                                     cfg.save_last_n_steps)
+        if self.states_wanted:
+            state.save_state(self.accelerator, state.step_state_dir(cfg.output_dir, cfg.output_name, step), position)
+            keep = cfg.save_last_n_steps_state or cfg.save_last_n_steps
+            every = cfg.save_every_n_steps
+            old = step - every * (keep // every + 1) if keep else 0
+            if old > 0 and self.accelerator.is_main_process:
+                state.prune_state(state.step_state_dir(cfg.output_dir, cfg.output_name, old))
+
+    def save_final(self, epoch: int, position: state.TrainPosition) -> Path:
+        cfg = self.config
+        path = outputs.final_file(cfg.output_dir, cfg.output_name, self.ext)
+        self._save_file(path, epoch, position.step)
+        if cfg.save_state_on_train_end or (cfg.save_state and not self._has_interval()):
+            # sd-scripts silently saves no state without a save interval (sd#1921); we save at the end
+            state.save_state(self.accelerator, state.final_state_dir(cfg.output_dir, cfg.output_name), position)
+        return path
+
+    def _has_interval(self) -> bool:
+        return bool(self.config.save_every_n_epochs or self.config.save_every_n_steps)
+
+    def _save_file(self, path: Path, epoch: int, step: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        meta = {**self.base_meta, **self.target.metadata(self.config)}
+        meta.update(ss_epoch=str(epoch), ss_steps=str(step), ss_training_finished_at=str(time.time()))
+        if self.config.no_metadata:
+            meta = minimal(meta)
+        self.target.save(path, self.config.save_precision, meta, self.config)
+        logger.info("saved %s", path.name)

@@ -1,0 +1,282 @@
+"""The DreamBooth target of ``train_db.py``: a full fine-tune of the UNet and, optionally, the text encoder.
+
+The trained modules are the base model's own modules (float32 master weights, or float16/bfloat16 with
+``full_fp16``/``full_bf16``). Results are whole models: one LDM-layout file (``safetensors``/``ckpt``)
+that AUTOMATIC1111 and ComfyUI load, or a diffusers folder (``diffusers``/``diffusers_safetensors``).
+Parts that are not trained (the VAE, a frozen text encoder) are written from the base model's float32
+weights, untouched by the training precision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from library.config.options_db import check_db_rules, text_encoder_steps
+from library.networks.metadata import IMPL_DIFFUSERS, IMPL_STABILITY_AI, base_architecture, modelspec_metadata
+from library.training.target import BaseTarget
+
+logger = logging.getLogger(__name__)
+
+SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def training_dtype(config) -> torch.dtype:
+    """dtype of the trained weights: float16 with ``full_fp16``, bfloat16 with ``full_bf16``, else float32."""
+    if config.full_fp16:
+        return torch.float16
+    if config.full_bf16:
+        return torch.bfloat16
+    return torch.float32
+
+
+class DreamBoothTarget(BaseTarget):
+    """Trains the base model's UNet (and text encoder) in place and saves whole models."""
+
+    #: trained parts need float32 master weights; a frozen text encoder is saved unchanged, so no cast either.
+    float32_components = ("unet", "text_encoder")
+
+    def __init__(self, config):
+        check_db_rules(config)
+        self.format = save_format_name(config.save_model_as, config.use_safetensors)
+        self.file_ext = SAVE_FORMATS[self.format].ext
+        #: optimizer steps that train the text encoder: None = all, 0 = none
+        self.text_encoder_steps = text_encoder_steps(config)
+        self._text_encoder_active = self.text_encoder_steps != 0
+        self._model = None
+        self._modules: list[torch.nn.Module] = []
+        self._full_fp16 = config.full_fp16
+        #: DDP must tolerate the text encoder's parameters going without gradients once it is frozen
+        self.ddp_find_unused_parameters = self.text_encoder_steps not in (None, 0)
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        """True while the text encoder is trained; the loop reads it at every step."""
+        return self._text_encoder_active
+
+    def attach(self, model, config) -> None:
+        dtype = training_dtype(config)
+        trained = [model.text_encoder, model.unet] if self._text_encoder_active else [model.unet]
+        for module in trained:
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+            module.requires_grad_(True).train()
+        self._modules = trained
+        if not self._text_encoder_active:
+            model.text_encoder.requires_grad_(False)
+            logger.info("the text encoder is not trained")
+        self._model = model
+
+    def param_groups(self, config) -> list[dict]:
+        """Text encoder at ``learning_rate_te`` (default ``learning_rate``), UNet at ``learning_rate``."""
+        groups = []
+        if self._text_encoder_active:
+            te_lr = config.learning_rate if config.learning_rate_te is None else config.learning_rate_te
+            groups.append(
+                {"params": list(self._model.text_encoder.parameters()), "lr": te_lr, "name": "text_encoder"}
+            )
+        groups.append(
+            {"params": list(self._model.unet.parameters()), "lr": config.learning_rate, "name": "unet"}
+        )
+        return groups
+
+    def modules(self) -> list[torch.nn.Module]:
+        return self._modules
+
+    def set_modules(self, modules: list[torch.nn.Module]) -> None:
+        self._modules = modules
+
+    def on_prepared(self, accelerator) -> None:
+        if self._full_fp16 and accelerator.scaler is not None:
+            allow_fp16_gradients(accelerator.scaler)
+
+    def on_step_end(self, global_step: int) -> None:
+        """Freeze the text encoder once ``stop_text_encoder_training`` steps have trained it."""
+        steps = self.text_encoder_steps
+        if not self._text_encoder_active or steps is None or global_step < steps:
+            return
+        text_encoder = self._model.text_encoder
+        text_encoder.requires_grad_(False)
+        text_encoder.train(False)
+        for param in text_encoder.parameters():
+            param.grad = None
+        self._text_encoder_active = False
+        logger.info("stopped text encoder training at step %d", global_step)
+
+    def metadata(self, config) -> dict[str, str]:
+        """``modelspec.*`` for a checkpoint plus the DreamBooth-specific ``ss_*`` values."""
+        model = self._model
+        meta = modelspec_metadata(
+            base_architecture(model.family == "sd2", model.v_parameterization),
+            config.metadata_title or config.output_name,
+            config.resolution,
+            "v" if model.v_parameterization else "epsilon",
+            implementation=IMPL_DIFFUSERS if SAVE_FORMATS[self.format].folder else IMPL_STABILITY_AI,
+            author=config.metadata_author,
+            description=config.metadata_description,
+            license=config.metadata_license,
+            tags=config.metadata_tags,
+        )
+        te_lr = config.learning_rate if config.learning_rate_te is None else config.learning_rate_te
+        meta.update(
+            {
+                "ss_unet_lr": str(config.learning_rate),
+                "ss_text_encoder_lr": str(te_lr if self.text_encoder_steps != 0 else None),
+                "ss_train_text_encoder": str(self.text_encoder_steps != 0),
+                "ss_stop_text_encoder_training": str(config.stop_text_encoder_training),
+                "ss_no_token_padding": str(config.no_token_padding),
+                "ss_full_fp16": str(config.full_fp16),
+                "ss_full_bf16": str(config.full_bf16),
+            }
+        )
+        return meta
+
+    def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
+        SAVE_FORMATS[self.format].write(self._model, Path(path), SAVE_DTYPES[precision], metadata)
+
+
+def allow_fp16_gradients(scaler) -> None:
+    """Let a ``GradScaler`` unscale float16 gradients.
+
+    torch refuses by default because mixed precision expects float32 master weights; with ``full_fp16``
+    the weights themselves are float16 (sd-scripts lifts the same check).
+    """
+    unscale = scaler._unscale_grads_
+    scaler._unscale_grads_ = lambda optimizer, inv_scale, found_inf, _allow_fp16: unscale(
+        optimizer, inv_scale, found_inf, True
+    )
+
+
+# --- saving -------------------------------------------------------------------------------------------
+
+
+def save_single(model, path: Path, dtype: torch.dtype | None, metadata: dict[str, str]) -> None:
+    """One LDM-layout file (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``).
+
+    ``.safetensors`` carries ``metadata``; a ``.ckpt`` is a tensors-only ``{"state_dict": ...}`` pickle.
+    """
+    from library.models.single_file import save_single_file
+
+    save_single_file(
+        path, model.unet, model.vae, model.text_encoder, model.family, dtype=dtype, extra_metadata=metadata
+    )
+
+
+def save_diffusers_folder(model, path: Path, dtype: torch.dtype | None, safetensors: bool) -> None:
+    """A diffusers ``StableDiffusionPipeline`` folder (unet, vae, text_encoder, tokenizer, scheduler).
+
+    The scheduler is DDIM with the training schedule's betas and prediction type (sd-scripts saves DDIM
+    too). Written to a temporary folder beside ``path``, then moved into place.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=cpu_copy(model.vae, dtype),
+        text_encoder=cpu_copy(model.text_encoder, dtype),
+        tokenizer=model.tokenizer,
+        unet=cpu_copy(model.unet, dtype),
+        scheduler=DDIMScheduler.from_config(model.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_folder(path) as tmp:
+        pipeline.save_pretrained(tmp, safe_serialization=safetensors)
+
+
+def cpu_copy(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    """A CPU copy of ``module`` with floating tensors cast to ``dtype`` (None: kept), without ever holding
+    a second copy on the training device. The module is rebuilt on the meta device and takes the copied
+    tensors as they are (no random init)."""
+    state = {k: _cast(v, dtype).to("cpu", copy=True) for k, v in module.state_dict().items()}
+    with torch.device("meta"):
+        clone = (
+            type(module).from_config(module.config)
+            if hasattr(module, "from_config")
+            else type(module)(module.config)
+        )
+    clone.load_state_dict(state, strict=True, assign=True)
+    for name, buffer in module.named_buffers():
+        if name not in state:  # non-persistent buffers (e.g. CLIP's position_ids)
+            owner, _, leaf = name.rpartition(".")
+            setattr(clone.get_submodule(owner), leaf, buffer.detach().to("cpu", copy=True))
+    return clone.eval()
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = tensor.detach()
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+class atomic_folder:
+    """Context manager: yields a temporary folder beside ``target``; on success it replaces ``target``.
+
+    The old folder is moved aside first and deleted last, so a crash leaves the old or the new result,
+    never a half-written one in its place.
+    """
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(
+            tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
+        )
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None and old.is_dir():
+            shutil.rmtree(old)
+        elif old is not None:
+            old.unlink()
+
+
+@dataclass(frozen=True)
+class SaveFormat:
+    """One ``save_model_as`` value: the file extension the loop names files with, and its writer."""
+
+    ext: str
+    folder: bool
+    write: Callable[[object, Path, torch.dtype | None, dict[str, str]], None]
+
+
+def _write_folder(safetensors: bool) -> Callable:
+    def write(model, path: Path, dtype, metadata) -> None:
+        # the loop names results "<name>.<ext>"; a diffusers folder is "<name>", as sd-scripts writes it
+        save_diffusers_folder(model, path.with_suffix(""), dtype, safetensors)
+
+    return write
+
+
+SAVE_FORMATS: dict[str, SaveFormat] = {
+    "safetensors": SaveFormat("safetensors", False, save_single),
+    "ckpt": SaveFormat("ckpt", False, save_single),
+    "diffusers": SaveFormat("diffusers", True, _write_folder(safetensors=False)),
+    "diffusers_safetensors": SaveFormat("diffusers", True, _write_folder(safetensors=True)),
+}
+
+#: sd-scripts' ``use_safetensors`` switches a pickle format to its safetensors twin.
+_SAFETENSORS_TWIN = {"ckpt": "safetensors", "diffusers": "diffusers_safetensors"}
+
+
+def save_format_name(save_model_as: str, use_safetensors: bool) -> str:
+    if use_safetensors:
+        return _SAFETENSORS_TWIN.get(save_model_as, save_model_as)
+    return save_model_as

@@ -1,0 +1,112 @@
+"""Setting up a run: run length, accelerate, the base model on its device, the data plan per process."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+#: ss_base_model_version values of sd-scripts per model family.
+BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
+@dataclass
+class RunLength:
+    steps_per_epoch: int
+    num_epochs: int
+    total_steps: int
+
+
+def run_length(max_train_steps: int, max_train_epochs: int | None, steps_per_epoch: int) -> RunLength:
+    """``max_train_epochs`` wins over ``max_train_steps`` (sd-scripts' rule)."""
+    if max_train_epochs:
+        return RunLength(steps_per_epoch, max_train_epochs, max_train_epochs * steps_per_epoch)
+    return RunLength(steps_per_epoch, math.ceil(max_train_steps / steps_per_epoch), max_train_steps)
+
+
+def make_accelerator(config, find_unused_parameters: bool = False) -> Accelerator:
+    """accelerate for this run: precision, accumulation, trackers under logging_dir/<prefix><time>."""
+    log_with = None
+    project = None
+    if config.logging_dir:
+        log_with = "all" if config.log_with == "all" else (config.log_with or "tensorboard")
+        run_name = f"{config.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
+        run_dir = str(Path(config.logging_dir) / run_name)
+        project = ProjectConfiguration(project_dir=run_dir, logging_dir=run_dir)
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=log_with,
+        project_config=project,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
+
+
+def load_model(config):
+    from library.models.loading import load_base_model
+
+    model = load_base_model(
+        config.pretrained_model_name_or_path,
+        v2=config.v2 if "v2" in config.explicit else None,
+        v_parameterization=config.v_parameterization,
+        vae=config.vae,
+        allow_unsafe_pickle=config.allow_unsafe_pickle,
+    )
+    if config.zero_terminal_snr:
+        model.noise_scheduler = type(model.noise_scheduler).from_config(model.noise_scheduler.config,
+                                                                        rescale_betas_zero_snr=True)
+    return model
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
+def place_model(model, accelerator: Accelerator, config, trains_text_encoder: bool,
+                float32_components: tuple[str, ...] = ()) -> None:
+    """Frozen weights go to the device in the compute dtype; the VAE stays float32 (fp16 VAEs NaN), and so
+    do the target's ``float32_components`` (trained in full, or saved unchanged: a cast would round them)."""
+    dtype = weight_dtype(config.mixed_precision) if accelerator.device.type != "cpu" else torch.float32
+    for module in (model.unet, model.text_encoder, model.vae):
+        module.requires_grad_(False)
+    for name in ("unet", "text_encoder"):
+        module = getattr(model, name)
+        keep = dtype == torch.float32 or name in float32_components
+        module.to(accelerator.device) if keep else module.to(accelerator.device, dtype=dtype)
+    model.vae.to(accelerator.device).eval()
+    model.unet.train(config.gradient_checkpointing)
+    model.text_encoder.train(trains_text_encoder and config.gradient_checkpointing)
+    if config.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        if trains_text_encoder:
+            enable = getattr(model.text_encoder, "activation_checkpointing_enable", None)
+            (enable or model.text_encoder.gradient_checkpointing_enable)()
+
+
+def resolve_seed(seed: int | None) -> int:
+    return seed if seed is not None else random.randint(0, 2**31 - 1)
+
+
+def shard_plan(plan: list, rank: int, world: int) -> list[tuple[int, object]]:
+    """This process's share of an epoch's batches as (global index, batch).
+
+    The plan is padded by cycling from its start so every process gets the same number of batches
+    (DDP needs equal step counts); ``TrainDataset.steps_per_epoch`` counts the same way.
+    """
+    if world == 1:
+        return list(enumerate(plan))
+    per_rank = math.ceil(len(plan) / world)
+    padded = list(itertools.islice(itertools.cycle(plan), per_rank * world))
+    return [(i, padded[i]) for i in range(rank, per_rank * world, world)]
+
+
+def step_seed(seed: int, epoch: int, batch_index: int) -> int:
+    """A distinct, reproducible seed for the random draws of each batch (makes resume exact)."""
+    return (seed * 1_000_003 + epoch * 100_003 + batch_index * 101) % (2**63 - 1)
