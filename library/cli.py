@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from library.errors import UserError
 
@@ -36,12 +36,29 @@ def write_output_config(config) -> Path:
     return path
 
 
+def run_guarded(body: Callable[[], int | None], log_level: str = "INFO") -> int:
+    """Run a command's body: a ``UserError`` prints one ``error:`` paragraph and returns its exit code (2),
+    never a traceback; Ctrl-C returns 130. Shared by the trainers and every tool."""
+    setup_logging(log_level)
+    try:
+        return body() or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # output piped into head/less that closed early
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None = None) -> int:
     """Parse the command line for ``trainer`` ("network"/"db"), then train. Returns the exit code."""
-    from library.config.load import parse_config
 
-    setup_logging()
-    try:
+    def body() -> int:
+        from library.config.load import parse_config
+
         config = parse_config(argv, trainer)
         setup_logging(config.console_log_level)
         if config.output_config:
@@ -50,10 +67,6 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
         from library.training.loop import run_training
 
         run_training(config, make_target(config))
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_guarded(body)

@@ -83,6 +83,10 @@ def check_rules(config, schema: Schema) -> None:
             f"option 'save_model_as': {config.save_model_as!r} is not a format of this trainer; use one of "
             f"{', '.join(allowed_formats)}."
         )
+    if config.trainer == "db":
+        from library.config.options_db import check_db_rules
+
+        check_db_rules(config)
     if config.trainer == "network":
         from library.networks import get_network_type
 

@@ -37,13 +37,19 @@ class BaseModel:
         """VAE latent scaling factor (0.18215 for SD1/SD2)."""
         return float(self.vae.config.scaling_factor)
 
-    def tokenize(self, captions: list[str], max_token_length: int | None = None) -> torch.Tensor:
+    def tokenize(self, captions: list[str], max_token_length: int | None = None, pad: bool = True) -> torch.Tensor:
         """Token ids, LongTensor (B, n_chunks * 77).
 
         ``max_token_length`` None/75: one BOS + 75 + EOS window, padded. 150/225: the caption is
         tokenized up to that many tokens, split into 75-token chunks, each wrapped in BOS ... EOS and
         padded to 77 with the family's pad token (SD1 EOS, SD2 "!"), as sd-scripts and the webui do.
+        ``pad`` False (DreamBooth's ``no_token_padding``): one window, padded only to the batch's longest
+        caption, giving (B, L) with L <= 77.
         """
+        # --- no_token_padding (DreamBooth) ---
+        if not pad:
+            return self._tokenize_unpadded(captions, max_token_length)
+        # --- end no_token_padding ---
         max_tokens = max_token_length or CHUNK_TOKENS
         if max_tokens % CHUNK_TOKENS != 0 or max_tokens <= 0:
             raise ConfigError(f"max_token_length must be 75, 150 or 225, got {max_token_length}.")
@@ -68,20 +74,38 @@ class BaseModel:
         last hidden layer then the final layer norm (SD's convention); chunks are concatenated.
         """
         batch, length = input_ids.shape
-        if length % 77 != 0:
+        # --- no_token_padding (DreamBooth): one unpadded window shorter than 77 ---
+        window = length if length < 77 else 77
+        # --- end no_token_padding ---
+        if length % window != 0:
             raise ValueError(f"input_ids length {length} is not a multiple of 77")
         layers = self.text_encoder.config.num_hidden_layers
         if clip_skip is not None and not 1 <= clip_skip <= layers:
             raise ConfigError(
                 f"clip_skip={clip_skip} is out of range: this text encoder has {layers} layers."
             )
-        chunks = input_ids.reshape(batch * (length // 77), 77).to(self.text_encoder.device)
+        chunks = input_ids.reshape(batch * (length // window), window).to(self.text_encoder.device)
         if clip_skip is None or clip_skip == 1:
             states = self.text_encoder(chunks).last_hidden_state
         else:
             out = self.text_encoder(chunks, output_hidden_states=True)
             states = self.text_encoder.final_layer_norm(out.hidden_states[-clip_skip])
         return states.reshape(batch, length, states.shape[-1])
+
+    # --- no_token_padding (DreamBooth) ---
+    def _tokenize_unpadded(self, captions: list[str], max_token_length: int | None) -> torch.Tensor:
+        """BOS + up to 75 tokens + EOS per caption, padded to the longest row: LongTensor (B, L <= 77)."""
+        if max_token_length not in (None, CHUNK_TOKENS):
+            raise ConfigError(
+                f"no_token_padding works with 75-token captions only, not max_token_length={max_token_length}."
+            )
+        tok = self.tokenizer
+        body_ids = tok(list(captions), add_special_tokens=False, truncation=False).input_ids
+        rows = [[tok.bos_token_id, *ids[:CHUNK_TOKENS], tok.eos_token_id] for ids in body_ids]
+        longest = max(len(row) for row in rows)
+        return torch.tensor([row + [tok.pad_token_id] * (longest - len(row)) for row in rows], dtype=torch.long)
+
+    # --- end no_token_padding ---
 
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Latents (B, 4, H/8, W/8) = a sample of the VAE posterior x ``latent_scale``.

@@ -10,10 +10,6 @@ weights, untouched by the training precision.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +19,7 @@ import torch
 from library.config.options_db import check_db_rules, text_encoder_steps
 from library.networks.metadata import IMPL_DIFFUSERS, IMPL_STABILITY_AI, base_architecture, modelspec_metadata
 from library.training.target import BaseTarget
+from library.util.atomic import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -216,38 +213,6 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
 
-class atomic_folder:
-    """Context manager: yields a temporary folder beside ``target``; on success it replaces ``target``.
-
-    The old folder is moved aside first and deleted last, so a crash leaves the old or the new result,
-    never a half-written one in its place.
-    """
-
-    def __init__(self, target: Path):
-        self.target = Path(target)
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(
-            tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        )
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None and old.is_dir():
-            shutil.rmtree(old)
-        elif old is not None:
-            old.unlink()
-
-
 @dataclass(frozen=True)
 class SaveFormat:
     """One ``save_model_as`` value: the file extension the loop names files with, and its writer."""
@@ -259,8 +224,7 @@ class SaveFormat:
 
 def _write_folder(safetensors: bool) -> Callable:
     def write(model, path: Path, dtype, metadata) -> None:
-        # the loop names results "<name>.<ext>"; a diffusers folder is "<name>", as sd-scripts writes it
-        save_diffusers_folder(model, path.with_suffix(""), dtype, safetensors)
+        save_diffusers_folder(model, path, dtype, safetensors)  # a folder "<name>", as sd-scripts writes it
 
     return write
 
@@ -268,8 +232,8 @@ def _write_folder(safetensors: bool) -> Callable:
 SAVE_FORMATS: dict[str, SaveFormat] = {
     "safetensors": SaveFormat("safetensors", False, save_single),
     "ckpt": SaveFormat("ckpt", False, save_single),
-    "diffusers": SaveFormat("diffusers", True, _write_folder(safetensors=False)),
-    "diffusers_safetensors": SaveFormat("diffusers", True, _write_folder(safetensors=True)),
+    "diffusers": SaveFormat("", True, _write_folder(safetensors=False)),
+    "diffusers_safetensors": SaveFormat("", True, _write_folder(safetensors=True)),
 }
 
 #: sd-scripts' ``use_safetensors`` switches a pickle format to its safetensors twin.

@@ -62,12 +62,12 @@ class TrainStep(torch.nn.Module):
 
 def lr_logs(optimizer, lrs: list[float]) -> dict[str, float]:
     names = [g.get("name", f"group{i}") for i, g in enumerate(optimizer.param_groups)]
-    logs = {LR_LOG_NAMES.get(n, f"lr/{n}"): lr for n, lr in zip(names, lrs)}
+    logs = {LR_LOG_NAMES.get(n, f"lr/{n}"): lr for n, lr in zip(names, lrs, strict=False)}
     effective = getattr(optim_lib, "effective_lrs", None)
     if effective is not None:
         values = effective(optimizer)
         if values is not None:  # D-Adaptation / Prodigy: the lr that is really applied, d·lr
-            logs.update({f"lr/d*{LR_LOG_NAMES.get(n, n).split('/')[-1]}": v for n, v in zip(names, values)})
+            logs.update({f"lr/d*{LR_LOG_NAMES.get(n, n).split('/')[-1]}": v for n, v in zip(names, values, strict=False)})
     return logs
 
 
@@ -81,6 +81,8 @@ def _optimizer_mode(optimizer, train: bool) -> None:
 def run_training(config, target) -> Path | None:
     """Train ``target`` as ``config`` says; returns the final file (None on non-main processes)."""
     accelerator = make_accelerator(config, getattr(target, "ddp_find_unused_parameters", False))
+    if not accelerator.is_main_process:
+        logging.getLogger("library").setLevel(logging.WARNING)  # one copy of the run's messages
     dataset = build_dataset(config)
     steps_per_epoch = dataset.steps_per_epoch(accelerator.num_processes, config.gradient_accumulation_steps)
     length = run_length(config.max_train_steps, config.max_train_epochs, steps_per_epoch)

@@ -41,12 +41,22 @@ def make_accelerator(config, find_unused_parameters: bool = False) -> Accelerato
         run_dir = str(Path(config.logging_dir) / run_name)
         project = ProjectConfiguration(project_dir=run_dir, logging_dir=run_dir)
     return Accelerator(
+        cpu=_distributed_without_gpu(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=log_with,
         project_config=project,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
     )
+
+
+def _distributed_without_gpu() -> bool:
+    """Launched as several processes (torchrun / accelerate launch --multi_gpu) on a machine without a
+    GPU: accelerate needs cpu=True to use gloo (``accelerate launch --cpu`` alone starts one process)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1 and not torch.cuda.is_available() and not torch.backends.mps.is_available()
 
 
 def load_model(config):

@@ -43,7 +43,7 @@ def test_snr_and_min_snr_weights_follow_the_paper():
     gamma = 5.0
     eps_w = min_snr_weight(values, gamma, v_prediction=False)
     v_w = min_snr_weight(values, gamma, v_prediction=True)
-    for s, we, wv in zip(values.tolist(), eps_w.tolist(), v_w.tolist()):
+    for s, we, wv in zip(values.tolist(), eps_w.tolist(), v_w.tolist(), strict=False):
         assert we == pytest.approx(min(s, gamma) / s, rel=1e-5)
         assert wv == pytest.approx(min(s, gamma) / (s + 1), rel=1e-5)
     # high-SNR (small t) samples are down-weighted, low-SNR ones keep weight 1 (eps)

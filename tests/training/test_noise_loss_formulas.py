@@ -18,7 +18,14 @@ from library.training.loss import (
     snr,
     v_pred_like_noise_pred_weight,
 )
-from library.training.noise import NoiseSettings, input_noise, offset_strength, pyramid_noise, sample_noise, sample_timesteps
+from library.training.noise import (
+    NoiseSettings,
+    input_noise,
+    offset_strength,
+    pyramid_noise,
+    sample_noise,
+    sample_timesteps,
+)
 
 SCHED = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 

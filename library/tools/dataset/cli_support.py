@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
-from library.cli import setup_logging
-from library.errors import UserError
+from library.cli import run_guarded
 
 
 def run_tool(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run ``body(args)``; a :class:`UserError` prints ``error: ...`` and returns its exit code (2)."""
-    setup_logging("DEBUG" if getattr(args, "debug", False) else "INFO")
-    try:
-        return body(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except BrokenPipeError:  # output piped into head/less that closed early
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """Run ``body(args)`` with the shared error handling of library.cli (user errors exit 2)."""
+    return run_guarded(lambda: body(args), "DEBUG" if getattr(args, "debug", False) else "INFO")
 
 
 def add_folder_arguments(parser: argparse.ArgumentParser, caption_extension: str) -> None:

@@ -1,0 +1,184 @@
+"""Convert Stable Diffusion checkpoints: LDM single file <-> diffusers folder, precision, pruning.
+
+The key conversion is :mod:`library.models.ldm_convert` (exact renames and reshapes), reached
+through :mod:`library.tools.models.checkpoint`. Single file -> single file (a precision change,
+``.ckpt`` <-> ``.safetensors``, pruning) works on the raw tensors, so nothing but the cast and the
+pruned keys changes. ``prune`` keeps only the UNet, VAE and text-encoder weights
+(``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``): EMA copies
+(``model_ema.*``), optimizer states and schedule buffers go.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from library.errors import ModelLoadError
+from library.models.ldm_convert import UNET_PREFIX, VAE_PREFIX, detect_family, split_single_file
+from library.tools.models import checkpoint
+from library.tools.models.common import dominant_float_dtype, human_size, path_size, precision_dtype
+from library.util.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+TEXT_PREFIX = "cond_stage_model."
+MODEL_PREFIXES = (UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion did: formats, family, precision, sizes and the keys pruned."""
+
+    source: str
+    destination: str
+    fmt: str
+    family: str
+    prediction_type: str | None
+    dtype: str
+    size_before: int
+    size_after: int
+    dropped_keys: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary for the CLI."""
+        out = [
+            f"converted {self.source} -> {self.destination} ({self.fmt}, {self.family}, {self.dtype}"
+            + (f", {self.prediction_type})" if self.prediction_type else ")"),
+            f"size: {human_size(self.size_before)} -> {human_size(self.size_after)}",
+        ]
+        if self.dropped_keys:
+            groups = sorted({k.split(".")[0] for k in self.dropped_keys})
+            out.append(f"dropped {len(self.dropped_keys)} keys not part of the model ({', '.join(groups)})")
+        return out
+
+
+def is_model_key(key: str) -> bool:
+    """True for keys of the UNet, VAE or text encoder in an LDM single file."""
+    return key.startswith(MODEL_PREFIXES)
+
+
+def prune_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(model tensors only, sorted dropped keys): drops ``model_ema.*`` and every non-model key."""
+    kept = {k: v for k, v in state_dict.items() if is_model_key(k)}
+    return kept, sorted(k for k in state_dict if k not in kept)
+
+
+def convert_model(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    *,
+    to: str | None = None,
+    precision: str | None = None,
+    prune: bool = False,
+    v2: bool | None = None,
+    v_parameterization: bool | None = None,
+    allow_unsafe_pickle: bool = False,
+) -> ConvertReport:
+    """Convert ``source`` (single file or diffusers folder) to ``destination``.
+
+    ``to`` defaults from the destination name (see :func:`checkpoint.output_format`);
+    ``precision`` ("float", "fp16", "bf16") defaults to the source's. ``v2`` is a hint (the layout
+    decides); ``v_parameterization`` sets the prediction type written to the output.
+    """
+    fmt = checkpoint.output_format(destination, to)
+    dtype = precision_dtype(precision)
+    source_path = Path(source)
+    if Path(destination).resolve() == source_path.resolve():
+        raise ModelLoadError(f"The destination {destination} is the source; choose another name.")
+    size_before = path_size(source_path)
+    if source_path.is_file() and fmt != "diffusers":
+        report = _single_to_single(
+            source_path, Path(destination), fmt, dtype, prune, v_parameterization, allow_unsafe_pickle
+        )
+    else:
+        report = _through_modules(
+            source, destination, fmt, dtype, v2, v_parameterization, allow_unsafe_pickle
+        )
+    report.size_before = size_before
+    report.size_after = path_size(destination)
+    for line in report.lines():
+        logger.debug(line)
+    return report
+
+
+def _through_modules(source, destination, fmt, dtype, v2, v_parameterization, allow_unsafe_pickle):
+    loaded = checkpoint.load_model(
+        source, v2=v2, v_parameterization=v_parameterization, allow_unsafe_pickle=allow_unsafe_pickle
+    )
+    dtype = dtype or loaded.source_dtype or torch.float32
+    dropped = _non_model_keys(Path(source)) if Path(source).is_file() else []
+    if dropped:
+        logger.info("%d non-model keys (EMA, optimizer...) are not carried into %s", len(dropped), fmt)
+    checkpoint.save_model(
+        loaded.model, destination, fmt=fmt, dtype=dtype, prediction_type=loaded.prediction_type
+    )
+    return ConvertReport(
+        str(source),
+        str(destination),
+        fmt,
+        loaded.family,
+        loaded.prediction_type,
+        str(dtype).replace("torch.", ""),
+        0,
+        0,
+        dropped,
+    )
+
+
+def _non_model_keys(path: Path) -> list[str]:
+    if path.suffix.lower() != ".safetensors":
+        return []
+    from library.util.safetensors_io import read_header
+
+    return sorted(k for k in read_header(path) if k != "__metadata__" and not is_model_key(k))
+
+
+def _single_to_single(
+    source: Path, destination: Path, fmt, dtype, prune, v_parameterization, allow_unsafe_pickle
+) -> ConvertReport:
+    from library.models.loading import describe_foreign_keys
+    from library.models.safe_load import load_state_dict_file
+
+    state, metadata = load_state_dict_file(source, allow_unsafe_pickle=allow_unsafe_pickle)
+    if not any(k.startswith(UNET_PREFIX) for k in state):
+        raise ModelLoadError(
+            f"{source} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* keys): "
+            f"{describe_foreign_keys(state)}."
+        )
+    try:
+        split_single_file(state, metadata)  # checks that every part is there
+    except ModelLoadError as error:
+        raise ModelLoadError(f"{source} is not a complete Stable Diffusion checkpoint: {error}.") from error
+    dropped: list[str] = []
+    if prune:
+        state, dropped = prune_state_dict(state)
+    dtype = dtype or dominant_float_dtype(v for k, v in state.items() if is_model_key(k)) or torch.float32
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    if v_parameterization is not None:
+        metadata[checkpoint.META_PREDICTION] = "v_prediction" if v_parameterization else "epsilon"
+    _write_single(destination, fmt, state, metadata)
+    return ConvertReport(
+        str(source),
+        str(destination),
+        fmt,
+        metadata.get("sdtrain.family") or detect_family(state),
+        metadata.get(checkpoint.META_PREDICTION),
+        str(dtype).replace("torch.", ""),
+        0,
+        0,
+        dropped,
+    )
+
+
+def _write_single(destination: Path, fmt: str, state: dict, metadata: dict[str, str]) -> None:
+    with atomic_path(destination) as tmp:
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
+        else:
+            torch.save({"state_dict": state}, tmp)

@@ -1,0 +1,292 @@
+"""Inspect a LoRA file: type, ranks and alphas, target architecture, metadata, hashes, fit to a base model.
+
+Hashes as the webui and model sites show them: ``sha256`` of the whole file (its first 10 hex
+digits are Civitai's "AutoV2"); the additional-networks model hash = sha256 of the tensor data
+after the safetensors header (``sshs_model_hash``; first 12 hex digits = the webui's LoRA short
+hash / Civitai "AutoV3"); the legacy hash = first 8 hex digits of sha256 of bytes
+[0x100000, 0x110000) (``sshs_legacy_hash``). Stored hashes are compared with the computed ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from library.networks import keys
+from library.tools.models.lora_file import LoraFile, foreign_network_type, read_lora
+from library.util.safetensors_io import (
+    LEGACY_HASH_KEY,
+    LEGACY_HASH_LENGTH,
+    LEGACY_HASH_OFFSET,
+    MODEL_HASH_KEY,
+)
+
+#: cross-attention / text width -> architecture, from the first text-encoder or attn2.to_k module.
+WIDTH_ARCH = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
+SDXL_PREFIXES = (
+    "lora_te1_",
+    "lora_te2_",
+    "lora_unet_input_blocks_",
+    "lora_unet_middle_block_",
+    "lora_unet_output_blocks_",
+)
+TIME_KEYS = ("ss_training_started_at", "ss_training_finished_at")
+JSON_KEYS = ("ss_network_args", "ss_dataset_dirs", "ss_reg_dataset_dirs")
+
+
+@dataclass
+class BaseCheck:
+    """How the LoRA fits a base model."""
+
+    base: str
+    matched: int = 0
+    unknown: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    uncovered_targets: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.unknown and not self.mismatched
+
+
+@dataclass
+class Inspection:
+    path: str
+    network_type: str
+    n_unet: int
+    n_text_encoder: int
+    ranks: dict[int, int]
+    conv_ranks: dict[int, int]
+    alphas: dict[float, int]
+    alpha_defaulted: int
+    dtype: str
+    architecture: str
+    architecture_reason: str
+    metadata: dict[str, str]
+    hashes: dict[str, str]
+    hash_problems: list[str]
+    other_keys: list[str]
+    check: BaseCheck | None = None
+
+
+def file_hashes(path: str | os.PathLike) -> dict[str, str]:
+    """{"sha256", "autov2", "model_hash", "autov3", "legacy_hash"} of a safetensors file, streamed."""
+    path = Path(path)
+    full, model = hashlib.sha256(), hashlib.sha256()
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        full.update(head)
+        header = f.read(n)
+        full.update(header)
+        while chunk := f.read(1 << 20):
+            full.update(chunk)
+            model.update(chunk)
+        f.seek(LEGACY_HASH_OFFSET)
+        legacy = hashlib.sha256(f.read(LEGACY_HASH_LENGTH)).hexdigest()[:8]
+    sha, model_hash = full.hexdigest(), model.hexdigest()
+    return {
+        "sha256": sha,
+        "autov2": sha[:10].upper(),
+        "model_hash": model_hash,
+        "autov3": model_hash[:12].upper(),
+        "legacy_hash": legacy,
+    }
+
+
+def guess_architecture(lora: LoraFile, key_names) -> tuple[str, str]:
+    """("SD1"/"SD2"/"SDXL"/"unknown", why)."""
+    if any(k.startswith(SDXL_PREFIXES) for k in key_names):
+        return "SDXL", "SDXL key layout (lora_te1_/lora_te2_ or input_blocks names)"
+    for name, module in lora.modules.items():
+        if name.startswith(keys.TE_PREFIX + "_") and name.endswith("q_proj"):
+            if module.in_features in WIDTH_ARCH:
+                return WIDTH_ARCH[module.in_features], f"text encoder width {module.in_features}"
+        if name.endswith("attn2_to_k") and module.in_features in WIDTH_ARCH:
+            return WIDTH_ARCH[module.in_features], f"cross-attention width {module.in_features}"
+    meta = lora.metadata
+    arch = meta.get("modelspec.architecture", "")
+    if arch.startswith("stable-diffusion-v2") or meta.get("ss_base_model_version", "").startswith("sd_v2"):
+        return "SD2", "metadata (modelspec.architecture / ss_base_model_version)"
+    if arch.startswith("stable-diffusion-v1") or meta.get("ss_base_model_version", "").startswith("sd_v1"):
+        return "SD1", "metadata (modelspec.architecture / ss_base_model_version)"
+    if meta.get("ss_v2") in ("True", "False"):
+        return ("SD2" if meta["ss_v2"] == "True" else "SD1"), "metadata ss_v2"
+    return "unknown", "no known widths and no architecture metadata"
+
+
+def readable_metadata(metadata: dict[str, str], top_tags: int = 10) -> dict[str, str]:
+    """Metadata for people: timestamps as dates, JSON compacted, tag frequencies as top tags per folder."""
+    out = {}
+    for key, value in sorted(metadata.items()):
+        if key in (MODEL_HASH_KEY, LEGACY_HASH_KEY) or key.startswith("sdtrain."):
+            continue
+        if key in TIME_KEYS:
+            try:
+                value = datetime.datetime.fromtimestamp(float(value)).isoformat(sep=" ", timespec="seconds")
+            except (ValueError, OverflowError, OSError):
+                pass
+        elif key == "ss_tag_frequency":
+            value = _top_tags(value, top_tags)
+        elif key in JSON_KEYS:
+            try:
+                value = json.dumps(json.loads(value), ensure_ascii=False)
+            except ValueError:
+                pass
+        out[key] = value if len(value) <= 400 else value[:400] + "…"
+    return out
+
+
+def _top_tags(value: str, n: int) -> str:
+    try:
+        folders = json.loads(value)
+    except ValueError:
+        return value
+    parts = []
+    for folder, tags in folders.items():
+        best = sorted(tags.items(), key=lambda kv: -kv[1])[:n]
+        parts.append(f"{folder}: " + ", ".join(f"{t} ({c})" for t, c in best))
+    return "; ".join(parts)
+
+
+def check_against_base(lora: LoraFile, base_model: str, *, allow_unsafe_pickle: bool = False) -> BaseCheck:
+    """Which LoRA modules match a layer of ``base_model`` with the right shape."""
+    from library.models.loading import load_base_model
+    from library.tools.models.layers import layer_index
+    from library.tools.models.merge_lora import layer_mismatch
+
+    model = load_base_model(base_model, allow_unsafe_pickle=allow_unsafe_pickle)
+    index = layer_index(model.unet, model.text_encoder)
+    result = BaseCheck(str(base_model))
+    for name, module in lora.modules.items():
+        ref = index.get(name)
+        if ref is None:
+            result.unknown.append(name)
+        elif problem := layer_mismatch(module, ref.module):
+            result.mismatched.append(problem)
+        else:
+            result.matched += 1
+    targets = keys.find_unet_targets(model.unet) + keys.find_text_encoder_targets(model.text_encoder)
+    result.uncovered_targets = sum(t.lora_name not in lora.modules for t in targets)
+    return result
+
+
+def inspect_lora(
+    path: str | os.PathLike, base_model: str | None = None, *, allow_unsafe_pickle: bool = False
+) -> Inspection:
+    """Everything the inspector reports about ``path`` (and its fit to ``base_model`` when given)."""
+    from library.networks.network import read_state_dict
+
+    state_dict, _ = read_state_dict(path)
+    lora = read_lora(state_dict, allow_other_types=True)
+    lora.source, lora.metadata = str(path), _metadata_of(path)
+    foreign = foreign_network_type(state_dict)
+    if not lora.modules and not foreign:
+        read_lora(path)  # raises the "not a LoRA" error naming what the file holds
+    linear = [m for m in lora.modules.values() if not m.is_conv3x3]
+    conv = [m for m in lora.modules.values() if m.is_conv3x3]
+    network_type = (
+        lora.network_type
+        if not foreign
+        else (f"{lora.network_type} + {foreign}" if lora.modules else foreign)
+    )
+    arch, reason = guess_architecture(lora, state_dict)
+    hashes, problems = {}, []
+    if Path(path).suffix.lower() == ".safetensors":
+        hashes = file_hashes(path)
+        for meta_key, ours in ((MODEL_HASH_KEY, "model_hash"), (LEGACY_HASH_KEY, "legacy_hash")):
+            stored = lora.metadata.get(meta_key)
+            if stored and stored != hashes[ours]:
+                problems.append(
+                    f"stored {meta_key} {stored} != computed {hashes[ours]} (tensors changed after saving)"
+                )
+    return Inspection(
+        path=str(path),
+        network_type=network_type,
+        n_unet=sum(n.startswith(keys.UNET_PREFIX + "_") for n in lora.modules),
+        n_text_encoder=sum(not n.startswith(keys.UNET_PREFIX + "_") for n in lora.modules),
+        ranks=dict(sorted(collections.Counter(m.rank for m in linear).items())),
+        conv_ranks=dict(sorted(collections.Counter(m.rank for m in conv).items())),
+        alphas=dict(sorted(collections.Counter(m.alpha for m in lora.modules.values()).items())),
+        alpha_defaulted=len(lora.alpha_defaulted),
+        dtype=str(lora.dtype).replace("torch.", ""),
+        architecture=arch,
+        architecture_reason=reason,
+        metadata=readable_metadata(lora.metadata),
+        hashes=hashes,
+        hash_problems=problems,
+        other_keys=lora.other_keys,
+        check=check_against_base(lora, base_model, allow_unsafe_pickle=allow_unsafe_pickle)
+        if base_model
+        else None,
+    )
+
+
+def _metadata_of(path) -> dict[str, str]:
+    if Path(path).suffix.lower() != ".safetensors":
+        return {}
+    from library.util.safetensors_io import read_metadata
+
+    return read_metadata(path)
+
+
+def _counts(counter: dict) -> str:
+    return (
+        ", ".join(f"{k:g} x{n}" if isinstance(k, float) else f"{k} x{n}" for k, n in counter.items()) or "-"
+    )
+
+
+def report_lines(insp: Inspection, show_metadata: bool = True) -> list[str]:
+    """The inspector's printed report."""
+    lines = [
+        f"file: {insp.path}",
+        f"type: {insp.network_type}, {insp.n_unet} UNet + {insp.n_text_encoder} text-encoder modules, {insp.dtype}",
+        f"architecture: {insp.architecture} ({insp.architecture_reason})",
+        f"rank (Linear / 1x1): {_counts(insp.ranks)}",
+    ]
+    if insp.conv_ranks:
+        lines.append(f"rank (3x3 conv): {_counts(insp.conv_ranks)}")
+    lines.append(
+        f"alpha: {_counts(insp.alphas)}"
+        + (f" ({insp.alpha_defaulted} modules without alpha: alpha = rank)" if insp.alpha_defaulted else "")
+    )
+    if insp.other_keys:
+        lines.append(f"{len(insp.other_keys)} other keys, e.g. {', '.join(insp.other_keys[:3])}")
+    for name, value in insp.hashes.items():
+        lines.append(f"hash {name}: {value}")
+    lines += [f"WARNING: {p}" for p in insp.hash_problems]
+    if show_metadata:
+        lines.append(f"metadata ({len(insp.metadata)} keys):" if insp.metadata else "metadata: none")
+        lines += [f"  {k}: {v}" for k, v in insp.metadata.items()]
+    if insp.check is not None:
+        lines += _check_lines(insp.check)
+    return lines
+
+
+def _check_lines(check: BaseCheck) -> list[str]:
+    lines = [
+        f"check against {check.base}: {check.matched} modules match"
+        + (
+            ""
+            if check.ok
+            else f", {len(check.unknown)} not in the model, {len(check.mismatched)} wrong shape"
+        )
+    ]
+    lines += [f"  not in the model: {name}" for name in check.unknown[:20]]
+    lines += [f"  wrong shape: {text}" for text in check.mismatched[:20]]
+    if len(check.unknown) + len(check.mismatched) > 40:
+        lines.append("  …")
+    if check.uncovered_targets:
+        lines.append(f"  ({check.uncovered_targets} layers a LoRA usually adapts are not in this file)")
+    return lines
+
+
+def check_failed(insp: Inspection) -> bool:
+    """True when ``--check`` found mismatching keys (the CLI exits 1 then)."""
+    return insp.check is not None and not insp.check.ok

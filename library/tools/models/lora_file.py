@@ -1,0 +1,225 @@
+"""LoRA files as the tools see them: per-module (down, up, alpha), read from ours or sd-scripts' files.
+
+Reading goes through :func:`library.networks.network.read_state_dict` / ``group_by_module`` and the
+key contract in :mod:`library.networks.keys`; ΔW through :mod:`library.networks.functional`. Files
+from sd-scripts may hold fp16 tensors, modules without ``alpha`` (alpha = rank then, as sd-scripts
+loads them) and LoCon 3x3 conv modules; all are handled here. Other algorithms (LoHa, LoKr, ...)
+are recognised by their key suffixes so the tools can say what a file is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from library.errors import ModelLoadError
+from library.networks import keys
+from library.networks.functional import lora_delta_weight, lora_scale
+from library.networks.network import group_by_module, read_state_dict
+from library.util.atomic import atomic_path
+from library.util.safetensors_io import read_metadata, save_safetensors
+
+logger = logging.getLogger(__name__)
+
+#: key suffix -> network type, for files the tools can only describe (LyCORIS / diffusers naming).
+FOREIGN_SUFFIXES = {
+    ".hada_w1_a": "LoHa",
+    ".lokr_w1": "LoKr",
+    ".lokr_w1_a": "LoKr",
+    ".lokr_w2": "LoKr",
+    ".lokr_w2_a": "LoKr",
+    ".on_input": "IA3",
+    ".oft_blocks": "OFT",
+    ".oft_diag": "OFT",
+    ".a1.weight": "GLoRA",
+    ".diff": "full (LyCORIS diff)",
+    ".lora_A.weight": "LoRA (diffusers/PEFT layout)",
+    ".dora_scale": "DoRA",
+}
+
+
+@dataclass
+class LoraModule:
+    """One module of a LoRA file. ``down``: (r, in) or (r, in, kh, kw); ``up``: (out, r) or (out, r, 1, 1)."""
+
+    name: str
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    @property
+    def is_conv(self) -> bool:
+        return self.down.dim() == 4
+
+    @property
+    def kernel(self) -> tuple[int, ...]:
+        """(kh, kw) for conv modules, () for Linear."""
+        return tuple(self.down.shape[2:]) if self.is_conv else ()
+
+    @property
+    def is_conv3x3(self) -> bool:
+        """A conv module with a kernel larger than 1x1 (LoCon, sized by conv_dim)."""
+        return self.is_conv and self.kernel != (1, 1)
+
+    @property
+    def scale(self) -> float:
+        return lora_scale(self.alpha, self.rank)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.up.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.down.shape[1])
+
+    def delta(self, multiplier: float = 1.0) -> torch.Tensor:
+        """ΔW · multiplier in float32, shape (out, in) or (out, in, kh, kw)."""
+        return lora_delta_weight(self.down, self.up, self.scale * multiplier)
+
+
+@dataclass
+class LoraFile:
+    """A LoRA/LoCon file: its modules by contract name, metadata and anything it held besides."""
+
+    source: str
+    modules: dict[str, LoraModule]
+    metadata: dict[str, str] = field(default_factory=dict)
+    alpha_defaulted: list[str] = field(default_factory=list)
+    other_keys: list[str] = field(default_factory=list)
+    dtype: torch.dtype | None = None
+
+    @property
+    def network_type(self) -> str:
+        return "LoCon" if any(m.is_conv3x3 for m in self.modules.values()) else "LoRA"
+
+
+def foreign_network_type(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The name of a non-LoRA algorithm (LoHa, LoKr, IA3, ...) whose keys the file holds, else None."""
+    found = {kind for key in state_dict for suffix, kind in FOREIGN_SUFFIXES.items() if key.endswith(suffix)}
+    return ", ".join(sorted(found)) or None
+
+
+def read_lora(source: str | os.PathLike | dict, *, allow_other_types: bool = False) -> LoraFile:
+    """Read a LoRA / LoCon file (``.safetensors`` or a tensor-only ``.ckpt/.pt``) or a state dict.
+
+    Raises ModelLoadError for a file with no lora_down/lora_up pairs, naming what it holds instead
+    (a LoHa file, a checkpoint, ...); with ``allow_other_types`` such keys are only listed.
+    """
+    state_dict, description = read_state_dict(source)
+    metadata = {}
+    if not isinstance(source, dict) and Path(source).suffix.lower() == ".safetensors":
+        metadata = read_metadata(source)
+    modules, alpha_defaulted, other = {}, [], []
+    for name, entries in group_by_module(state_dict).items():
+        down, up = entries.get(keys.DOWN_SUFFIX), entries.get(keys.UP_SUFFIX)
+        if down is None or up is None:
+            other.extend(name + s if s.startswith(".") else s for s in entries)
+            continue
+        alpha = entries.get(keys.ALPHA_SUFFIX)
+        if alpha is None:
+            alpha_defaulted.append(name)
+        modules[name] = LoraModule(
+            name, down, up, float(alpha) if alpha is not None else float(down.shape[0])
+        )
+    foreign = foreign_network_type(state_dict)
+    if not modules and not allow_other_types:
+        what = f"a {foreign} file" if foreign else _describe(state_dict)
+        raise ModelLoadError(
+            f"{description} has no LoRA modules (.lora_down.weight / .lora_up.weight pairs): it is {what}. "
+            "These tools handle LoRA and LoCon files in the kohya (sd-scripts) layout."
+        )
+    if foreign and modules and not allow_other_types:
+        raise ModelLoadError(
+            f"{description} mixes LoRA modules with {foreign} modules; only LoRA/LoCon modules can be "
+            "processed. Use a LyCORIS tool for this file."
+        )
+    dtypes = [t.dtype for t in state_dict.values() if t.is_floating_point() and t.dim() > 0]
+    dtype = max(set(dtypes), key=dtypes.count) if dtypes else None
+    return LoraFile(description, modules, metadata, sorted(alpha_defaulted), sorted(other), dtype)
+
+
+def _describe(state_dict: dict) -> str:
+    from library.models.loading import describe_foreign_keys
+
+    if any(k.startswith("model.diffusion_model.") for k in state_dict):
+        return "a full Stable Diffusion checkpoint, not a LoRA"
+    return f"not a LoRA file ({describe_foreign_keys(state_dict)})"
+
+
+def modules_state_dict(
+    modules: dict[str, LoraModule], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The file tensors of ``modules`` by the key contract; ``dtype`` applies to all (alpha included)."""
+    out = {}
+    for name, module in modules.items():
+        down_key, up_key, alpha_key = keys.module_keys(name)
+        out[down_key] = module.down.detach().to("cpu", dtype or module.down.dtype).contiguous()
+        out[up_key] = module.up.detach().to("cpu", dtype or module.up.dtype).contiguous()
+        out[alpha_key] = torch.tensor(module.alpha, dtype=dtype or torch.float32)
+    return out
+
+
+def save_lora(
+    path: str | os.PathLike,
+    modules: dict[str, LoraModule],
+    metadata: dict[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a LoRA file atomically; ``.safetensors`` gets metadata and fresh sshs hashes."""
+    tensors = modules_state_dict(modules, dtype)
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        meta = {k: v for k, v in (metadata or {}).items() if k not in ("sshs_model_hash", "sshs_legacy_hash")}
+        return save_safetensors(path, tensors, meta)
+    with atomic_path(path) as tmp:
+        torch.save(tensors, tmp)
+    return path
+
+
+def network_metadata(
+    *,
+    family: str,
+    v_parameterization: bool,
+    dim: int | str,
+    alpha: float | str,
+    conv_dim: int | None = None,
+    conv_alpha: float | None = None,
+    title: str = "",
+    resolution: int = 512,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The minimal ``ss_*`` keys sd-scripts keeps in every network file plus ``modelspec.*``."""
+    from library.models.families import get_family
+    from library.networks.metadata import lora_architecture, modelspec_metadata
+
+    spec = get_family(family)
+    v2 = family == "sd2"
+    args = {} if not conv_dim else {"conv_dim": str(conv_dim), "conv_alpha": str(conv_alpha)}
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(dim),
+        "ss_network_alpha": str(alpha),
+        "ss_network_args": json.dumps(args),
+        "ss_v2": str(v2),
+        "ss_base_model_version": spec.base_model_version,
+    }
+    meta.update(
+        modelspec_metadata(
+            lora_architecture(v2, v_parameterization),
+            title or "LoRA",
+            resolution,
+            "v" if v_parameterization else "epsilon",
+        )
+    )
+    meta.update(extra or {})
+    return meta

@@ -1,0 +1,260 @@
+"""Merge LoRAs into a checkpoint (W ← W + ratio · ΔW) or into one LoRA (concatenated ranks or SVD).
+
+Into a checkpoint: every module of every file is added to the layer with the same contract name
+(:mod:`library.tools.models.layers`), in float32, with ``merged_weight`` from
+:mod:`library.networks.functional`; optional per-block weights scale UNet modules by block.
+Into one LoRA: Σ_i ratio_i ΔW_i is represented exactly by stacking the ranks,
+up = [c_1 up_1 | c_2 up_2 …], down = [down_1; down_2 …] with c_i = ratio_i · scale_i (split as
+√|c_i| on each side), alpha = total rank; ``new_rank`` then re-factorises that sum by SVD.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from library.errors import ConfigError, ModelLoadError
+from library.networks.functional import merged_weight
+from library.tools.models import lora_file
+from library.tools.models.layers import LayerRef, UnetBlocks, layer_index
+from library.tools.models.lora_file import LoraFile, LoraModule
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeReport:
+    """Per input file: how many modules were merged and which names matched no layer."""
+
+    entries: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        for e in self.entries:
+            line = f"{e['source']} x {e['ratio']}: {e['merged']} modules merged"
+            if e["unmatched"]:
+                line += f", {len(e['unmatched'])} not in the model (e.g. {', '.join(e['unmatched'][:3])})"
+            out.append(line)
+        return out
+
+
+def check_ratios(models: list, ratios: list[float] | None) -> list[float]:
+    """One ratio per model (all 1.0 when omitted)."""
+    if not ratios:
+        return [1.0] * len(models)
+    if len(ratios) != len(models):
+        raise ConfigError(
+            f"--ratios has {len(ratios)} values for {len(models)} models; give one ratio per model."
+        )
+    return [float(r) for r in ratios]
+
+
+def layer_mismatch(module: LoraModule, layer: torch.nn.Module) -> str | None:
+    """Why ``module`` cannot apply to ``layer`` (shape text), or None when it fits.
+
+    Linear and 1x1 conv are interchangeable (clients reshape), as SD1 (conv) and SD2 (linear)
+    ``proj_in`` / ``proj_out`` show.
+    """
+    weight = layer.weight
+    kernel = tuple(weight.shape[2:]) if weight.dim() == 4 else ()
+    lora_kernel = module.kernel if module.kernel != (1, 1) else ()
+    if kernel == (1, 1):
+        kernel = ()
+    if (module.out_features, module.in_features, lora_kernel) == (weight.shape[0], weight.shape[1], kernel):
+        return None
+    return (
+        f"{module.name}: LoRA out {module.out_features}, in {module.in_features}, kernel {lora_kernel or '-'} "
+        f"vs layer weight {tuple(weight.shape)}"
+    )
+
+
+def merge_into_model(
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    loras: list[tuple[LoraFile, float]],
+    *,
+    block_weights: dict[str, float] | None = None,
+) -> MergeReport:
+    """Add ratio · ΔW of every module to the model's weights, in place.
+
+    ``block_weights`` ({"IN00": w, …}) further scales UNet modules by block; UNet layers outside the
+    25 blocks (time embedding, conv_out) and the text encoder keep the plain ratio. Raises
+    ModelLoadError when a file matches no layer or a module's shape does not fit its layer.
+    """
+    index = layer_index(unet, text_encoder)
+    blocks = UnetBlocks(unet.config) if block_weights else None
+    report = MergeReport()
+    for lora, ratio in loras:
+        matched: list[tuple[LoraModule, LayerRef]] = []
+        unmatched = [name for name in lora.modules if name not in index]
+        matched = [(m, index[n]) for n, m in lora.modules.items() if n in index]
+        bad = [msg for m, ref in matched if (msg := layer_mismatch(m, ref.module))]
+        if not matched or bad:
+            raise ModelLoadError(_no_fit_message(lora, unmatched, bad))
+        with torch.no_grad():
+            for module, ref in matched:
+                multiplier = ratio * _block_weight(blocks, block_weights, ref)
+                weight = ref.module.weight
+                weight.copy_(merged_weight(weight, module.down, module.up, module.alpha, multiplier))
+        if unmatched:
+            logger.warning(
+                "%s: %d modules match no layer of the model, e.g. %s",
+                lora.source,
+                len(unmatched),
+                unmatched[:3],
+            )
+        report.entries.append(
+            {"source": lora.source, "ratio": ratio, "merged": len(matched), "unmatched": unmatched}
+        )
+    return report
+
+
+def _block_weight(blocks: UnetBlocks | None, weights: dict | None, ref: LayerRef) -> float:
+    if blocks is None or ref.part != "unet":
+        return 1.0
+    block = blocks.block_of_path(ref.path)
+    return 1.0 if block is None else weights[block]
+
+
+def _no_fit_message(lora: LoraFile, unmatched: list[str], bad: list[str]) -> str:
+    if bad:
+        return (
+            f"{lora.source} does not fit this model: {len(bad)} modules have other shapes ({'; '.join(bad[:3])}). "
+            "Is it a LoRA for another base model (SD1 vs SD2 vs SDXL)? Check it with tools/inspect_lora.py --check."
+        )
+    return (
+        f"No module of {lora.source} matches a layer of this model (e.g. {', '.join(unmatched[:3]) or 'no modules'}). "
+        "Is it a LoRA for another architecture (SDXL, SD3, Flux)?"
+    )
+
+
+def merge_into_checkpoint(
+    sd_model: str,
+    models: list[str],
+    ratios: list[float] | None,
+    save_to: str,
+    *,
+    save_precision: str | None = None,
+    v2: bool | None = None,
+    block_weights: list[float] | None = None,
+    allow_unsafe_pickle: bool = False,
+) -> MergeReport:
+    """Load ``sd_model``, merge the LoRA files at ``ratios``, save to ``save_to`` (file or diffusers folder)."""
+    from library.tools.models import checkpoint
+    from library.tools.models.common import precision_dtype
+    from library.tools.models.layers import parse_block_weights
+
+    ratios = check_ratios(models, ratios)
+    weights = parse_block_weights(block_weights) if block_weights else None
+    dtype = precision_dtype(save_precision)
+    loras = [(lora_file.read_lora(path), ratio) for path, ratio in zip(models, ratios, strict=True)]
+    loaded = checkpoint.load_model(sd_model, v2=v2, allow_unsafe_pickle=allow_unsafe_pickle)
+    model = loaded.model
+    report = merge_into_model(model.unet, model.text_encoder, loras, block_weights=weights)
+    merged_from = ", ".join(f"{Path(p).name}:{r}" for p, r in zip(models, ratios, strict=True))
+    checkpoint.save_model(
+        model,
+        save_to,
+        dtype=dtype or loaded.source_dtype or torch.float32,
+        prediction_type=loaded.prediction_type,
+        extra_metadata={"modelspec.merged_from": f"{Path(sd_model).name} + {merged_from}"},
+    )
+    return report
+
+
+def concat_modules(loras: list[tuple[LoraFile, float]]) -> dict[str, LoraModule]:
+    """One module per name holding Σ ratio_i ΔW_i exactly, rank = Σ ranks, alpha = rank (scale 1)."""
+    grouped: dict[str, list[tuple[LoraModule, float]]] = collections.defaultdict(list)
+    for lora, ratio in loras:
+        for name, module in lora.modules.items():
+            grouped[name].append((module, ratio))
+    out = {}
+    for name, parts in grouped.items():
+        shapes = {(m.out_features, m.in_features, m.kernel) for m, _ in parts}
+        if len(shapes) > 1:
+            raise ModelLoadError(
+                f"{name} has different layer shapes in the files ({sorted(shapes)}); the LoRAs are for "
+                "different base models and cannot be merged."
+            )
+        downs, ups = [], []
+        for module, ratio in parts:
+            c = ratio * module.scale
+            root = math.sqrt(abs(c))
+            downs.append(module.down.float() * root)
+            ups.append(module.up.float() * (root if c >= 0 else -root))
+        down, up = torch.cat(downs, 0), torch.cat(ups, 1)
+        out[name] = LoraModule(name, down, up, float(down.shape[0]))
+    return out
+
+
+def merge_lora_files(
+    models: list[str],
+    ratios: list[float] | None,
+    save_to: str | os.PathLike,
+    *,
+    new_rank: int | None = None,
+    new_conv_rank: int | None = None,
+    save_precision: str | None = None,
+    device: str | None = None,
+) -> tuple[Path, list]:
+    """Merge LoRA files into one: concatenated ranks, or SVD to ``new_rank`` (``new_conv_rank`` for 3x3 convs).
+
+    Returns (path, per-module resize rows, empty without SVD). Metadata: the first file's minimal
+    ``ss_*`` and ``modelspec.*`` keys, ranks updated, ``modelspec.merged_from`` listing the inputs.
+    """
+    from library.tools.models.common import precision_dtype
+    from library.tools.models.resize_lora import resize_modules
+
+    ratios = check_ratios(models, ratios)
+    loras = [lora_file.read_lora(path) for path in models]
+    modules = concat_modules(list(zip(loras, ratios, strict=True)))
+    rows: list = []
+    if new_rank is not None:
+        modules, rows = resize_modules(modules, new_rank, new_conv_rank=new_conv_rank, device=device)
+    dtype = precision_dtype(save_precision) or loras[0].dtype or torch.float32
+    metadata = merged_metadata(loras[0].metadata, modules, models, ratios)
+    return lora_file.save_lora(save_to, modules, metadata, dtype), rows
+
+
+def merged_metadata(first: dict[str, str], modules: dict[str, LoraModule], models, ratios) -> dict[str, str]:
+    """Minimal metadata for a merged / resized file, ranks and alphas from ``modules``."""
+    from library.training.metadata import MINIMAL_KEYS
+
+    meta = {k: v for k, v in first.items() if k in MINIMAL_KEYS or k.startswith("modelspec.")}
+    linear = [m for m in modules.values() if not m.is_conv3x3]
+    conv = [m for m in modules.values() if m.is_conv3x3]
+    meta["ss_network_module"] = "networks.lora"
+    if linear:
+        meta["ss_network_dim"] = str(_most_common(m.rank for m in linear))
+        meta["ss_network_alpha"] = str(_most_common(m.alpha for m in linear))
+    if conv:
+        args = _json_dict(meta.get("ss_network_args"))
+        args.update(
+            conv_dim=str(_most_common(m.rank for m in conv)),
+            conv_alpha=str(_most_common(m.alpha for m in conv)),
+        )
+        meta["ss_network_args"] = json.dumps(args)
+    if models:
+        meta["modelspec.merged_from"] = ", ".join(
+            f"{Path(p).name}:{r}" for p, r in zip(models, ratios, strict=True)
+        )
+    return meta
+
+
+def _json_dict(text: str | None) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _most_common(values):
+    return collections.Counter(values).most_common(1)[0][0]

@@ -1,0 +1,94 @@
+"""Merge LoRA files into a checkpoint (with --sd_model) or into one LoRA (concatenated ranks, or SVD).
+
+python tools/merge_lora.py --sd_model base.safetensors --models a.safetensors b.safetensors --ratios 0.8 0.5 --save_to merged.safetensors
+python tools/merge_lora.py --models a.safetensors b.safetensors --ratios 1 0.5 --svd --new_rank 32 --save_to ab.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from library.tools.models.common import PRECISION_CHOICES, run_tool  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sd_model", help="base checkpoint (file or diffusers folder); omit to merge LoRAs together"
+    )
+    parser.add_argument("--models", nargs="+", required=True, help="LoRA files (.safetensors / .ckpt / .pt)")
+    parser.add_argument("--ratios", nargs="+", type=float, help="one ratio per LoRA (default 1.0 each)")
+    parser.add_argument(
+        "--save_to", required=True, help="output file (or a folder: diffusers, with --sd_model)"
+    )
+    parser.add_argument("--save_precision", choices=PRECISION_CHOICES, help="default: the input's precision")
+    parser.add_argument(
+        "--v2", action="store_true", default=None, help="base model is SD 2.x (detected if omitted)"
+    )
+    parser.add_argument(
+        "--block_weights", help="with --sd_model: 25 comma-separated UNet block weights (IN00..OUT11)"
+    )
+    parser.add_argument("--concat", action="store_true", help="LoRA merge: concatenate ranks (the default)")
+    parser.add_argument(
+        "--svd", action="store_true", help="LoRA merge: re-factorise the sum by SVD to --new_rank"
+    )
+    parser.add_argument("--new_rank", type=int, help="rank of the SVD merge")
+    parser.add_argument(
+        "--new_conv_rank", type=int, help="rank of 3x3 conv modules in the SVD merge (default new_rank)"
+    )
+    parser.add_argument("--device", help="device for the SVD, e.g. cuda")
+    parser.add_argument(
+        "--allow_unsafe_pickle", action="store_true", help="load .ckpt models that need full pickle"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.svd and not args.new_rank:
+        parser.error("--svd needs --new_rank")
+    if args.sd_model and (args.svd or args.new_rank):
+        parser.error("--svd/--new_rank merge LoRAs together; drop them when merging into --sd_model")
+
+    def body() -> int:
+        from library.tools.models import merge_lora
+        from library.tools.models.resize_lora import summary_lines
+
+        if args.sd_model:
+            report = merge_lora.merge_into_checkpoint(
+                args.sd_model,
+                args.models,
+                args.ratios,
+                args.save_to,
+                save_precision=args.save_precision,
+                v2=args.v2,
+                block_weights=args.block_weights,
+                allow_unsafe_pickle=args.allow_unsafe_pickle,
+            )
+            print("\n".join(report.lines()))
+        else:
+            if args.block_weights:
+                raise SystemExit("error: --block_weights needs --sd_model")
+            _, rows = merge_lora.merge_lora_files(
+                args.models,
+                args.ratios,
+                args.save_to,
+                new_rank=args.new_rank if args.svd else None,
+                new_conv_rank=args.new_conv_rank,
+                save_precision=args.save_precision,
+                device=args.device,
+            )
+            print("\n".join(summary_lines(rows)))
+        print(f"saved {args.save_to}")
+        return 0
+
+    return run_tool(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""DreamBooth: fine-tune the whole UNet (and the text encoder) of Stable Diffusion 1.x/2.x.
+
+Options: --help; configs: --config_file. Writes a single-file checkpoint or a diffusers folder.
+"""
+
+import sys
+
+from library.cli import run_trainer
+from library.training.db_target import DreamBoothTarget
+
+if __name__ == "__main__":
+    sys.exit(run_trainer("db", DreamBoothTarget))
