@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import toml
 

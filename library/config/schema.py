@@ -6,8 +6,9 @@ TOML config, validation, ``--output_config`` and the GUI form are all derived fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 #: Value kinds. ``path``/``dir``/``file`` are strings with a filesystem meaning (the GUI shows pickers,
 #: validation checks existence where ``must_exist``); ``strs`` is a list of strings (argparse nargs="*");

@@ -58,7 +58,7 @@ class SampleRunner:
             results = generate_samples(self.model, prompts, self.settings, Path(cfg.output_dir) / "sample",
                                        f"{cfg.output_name}_{tag}")
         finally:
-            for m, mode in zip(modules, modes):
+            for m, mode in zip(modules, modes, strict=False):
                 m.train(mode)
             self.target.after_sampling()
         self._log(results, step)
