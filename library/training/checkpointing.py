@@ -16,8 +16,9 @@ class Saver:
     """Writes the target's files and the states as the config asks; only the main process writes files,
     every process takes part in state saves (accelerate collects them)."""
 
-    def __init__(self, config, target, accelerator, base_meta: dict[str, str]):
+    def __init__(self, config, target, accelerator, base_meta: dict[str, str], events=None):
         self.config, self.target, self.accelerator, self.base_meta = config, target, accelerator, base_meta
+        self.events = events
         self.ext = target.file_ext
 
     @property
@@ -52,11 +53,12 @@ class Saver:
             if old > 0 and self.accelerator.is_main_process:
                 state.prune_state(state.step_state_dir(cfg.output_dir, cfg.output_name, old))
 
-    def save_final(self, epoch: int, position: state.TrainPosition) -> Path:
+    def save_final(self, epoch: int, position: state.TrainPosition, stopped: bool = False) -> Path:
+        """The last file; a stopped run also saves its state when any state saving is on, to resume from."""
         cfg = self.config
         path = outputs.final_file(cfg.output_dir, cfg.output_name, self.ext)
         self._save_file(path, epoch, position.step)
-        if cfg.save_state_on_train_end or (cfg.save_state and not self._has_interval()):
+        if cfg.save_state_on_train_end or (cfg.save_state and (stopped or not self._has_interval())):
             # sd-scripts silently saves no state without a save interval (sd#1921); we save at the end
             state.save_state(self.accelerator, state.final_state_dir(cfg.output_dir, cfg.output_name), position)
         return path
@@ -74,3 +76,5 @@ class Saver:
             meta = minimal(meta)
         self.target.save(path, self.config.save_precision, meta, self.config)
         logger.info("saved %s", path.name)
+        if self.events is not None:
+            self.events.emit("saved", path=str(path), step=step)

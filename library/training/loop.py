@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +25,7 @@ from library.training.checkpointing import Saver
 from library.training.data_setup import build_dataset
 from library.training.metadata import RunFacts, training_metadata
 from library.training.prefetch import prefetch
-from library.training.progress import Progress, RunningLoss
+from library.training.progress import EventLog, Progress, RunningLoss
 from library.training.sampling.runner import SampleRunner
 from library.training.schedulers import build_scheduler, resolve_steps
 from library.training.setup import (
@@ -58,6 +60,41 @@ class TrainStep(torch.nn.Module):
 
     def forward(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         return self._compute(batch, generator)
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM (the GUI's Stop) ends the run after the current step, with the weights saved.
+
+    A second Ctrl-C interrupts at once. With several processes the ranks agree on the step to stop at.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("stop requested: finishing the current step, then saving")
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def agreed(self, accelerator) -> bool:
+        if accelerator.num_processes == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        self.requested = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        return self.requested
 
 
 def lr_logs(optimizer, lrs: list[float]) -> dict[str, float]:
@@ -149,18 +186,24 @@ class TrainLoop:
         self.accelerator, self.train_step = accelerator, train_step
         self.optimizer, self.scheduler, self.length, self.seed = optimizer, scheduler, length, config.seed
         self.position = state.TrainPosition(epoch=1, step=0, batches_in_epoch=0)
-        self.saver = Saver(config, target, accelerator, training_metadata(config, facts))
+        self.events = EventLog(accelerator.is_main_process)
+        self.saver = Saver(config, target, accelerator, training_metadata(config, facts), self.events)
+        self.stop = StopRequest()
         self.sampler = SampleRunner(config, model, accelerator, target, config.seed)
         self.running = RunningLoss()
 
     def run(self) -> Path | None:
         acc, length = self.accelerator, self.length
-        progress = Progress(length.total_steps, self.position.step, acc.is_main_process)
+        progress = Progress(length.total_steps, self.position.step, length.num_epochs, self.events,
+                            acc.is_main_process)
         if self.sampler.enabled and self.config.sample_at_first and self.position.step == 0:
             self._sample(None)
         epoch = self.position.epoch
+        self.stop.install()
         for epoch in range(self.position.epoch, length.num_epochs + 1):
             done = self._run_epoch(epoch, progress)
+            if self.stop.requested:
+                break
             if acc.is_main_process and self.config.logging_dir:
                 acc.log({"loss/epoch_average": self.running.mean}, step=epoch)
             if done:
@@ -174,8 +217,14 @@ class TrainLoop:
             if self.sampler.due_at_epoch(epoch):
                 self._sample(epoch)
         progress.close()
+        self.stop.uninstall()
         self._check_ranks_agree()
-        final = self._with_eval(lambda: self.saver.save_final(epoch, self.position))
+        if self.stop.requested:
+            logger.warning("stopped at step %d of %d: saving the weights as they are", self.position.step,
+                           length.total_steps)
+            self.events.emit("stopped", step=self.position.step)
+        final = self._with_eval(lambda: self.saver.save_final(epoch, self.position, stopped=self.stop.requested))
+        self.events.emit("done", path=str(final), step=self.position.step)
         return final if acc.is_main_process else None
 
     def _run_epoch(self, epoch: int, progress: Progress) -> bool:
@@ -203,6 +252,8 @@ class TrainLoop:
             self._after_step(epoch, loss, progress)
             if self.position.step >= self.length.total_steps:
                 return True
+            if self.stop.agreed(acc):
+                return True
         return False
 
     def _after_step(self, epoch: int, loss: torch.Tensor, progress: Progress) -> None:
@@ -216,7 +267,7 @@ class TrainLoop:
             )
         avg = self.running.add(value)
         lrs = self.scheduler.get_last_lr()
-        progress.update(epoch, self.length.num_epochs, value, avg, lrs[-1])
+        progress.update(step, epoch, value, avg, lrs[-1])
         if self.accelerator.is_main_process and self.config.logging_dir:
             self.accelerator.log({"loss/current": value, "loss/average": avg, **lr_logs(self.optimizer, lrs)},
                                  step=step)
@@ -227,7 +278,8 @@ class TrainLoop:
             self._sample(None)
 
     def _sample(self, epoch: int | None) -> None:
-        self._with_eval(lambda: self.sampler.run(self.position.step, epoch))
+        paths = self._with_eval(lambda: self.sampler.run(self.position.step, epoch))
+        self.events.emit("sample", step=self.position.step, paths=[str(p) for p in paths])
 
     def _with_eval(self, action):
         """Run ``action`` with the optimizer in eval mode (schedule-free optimizers average weights)."""
