@@ -270,6 +270,10 @@ OPTIONS = [
            "logging", choices=("tensorboard", "wandb", "all")),
     Option("log_tracker_name", "str", None, "Run name in the logger (default network_train / dreambooth).",
            "logging"),
+    Option("wandb_run_name", "str", None, "The run's name in Weights & Biases.", "logging"),
+    Option("wandb_api_key", "str", None,
+           "Weights & Biases API key (never written to saved configs; prefer `wandb login`).", "logging",
+           transient=True),
     Option("console_log_level", "str", "INFO", "Console log level.", "logging",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     # --- config ------------------------------------------------------------------------------

@@ -100,6 +100,14 @@ def check_rules(config, schema: Schema) -> None:
         from library.training.sampling.prompts import read_prompts
 
         read_prompts(config.sample_prompts)  # a bad line is an error now, not after an hour of training
+    if config.log_with in ("wandb", "all"):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("log_with = \"wandb\" needs the wandb package, which is not installed: "
+                              "pip install wandb (or use log_with = \"tensorboard\").")
+        if not config.logging_dir:
+            raise ConfigError("log_with is set but logging_dir is not: set logging_dir to where logs go.")
     if config.adaptive_noise_scale and not config.noise_offset:
         raise ConfigError("'adaptive_noise_scale' adds to the noise offset: set 'noise_offset' too (e.g. 0.05).")
     if config.min_timestep is not None and config.max_timestep is not None and config.min_timestep >= config.max_timestep:

@@ -167,14 +167,28 @@ def run_training(config, target) -> Path | None:
         reg_dataset_dirs=dataset.reg_dataset_dirs(), bucket_info=dataset.bucket_info(),
     )
     if config.logging_dir:
-        accelerator.init_trackers(config.log_tracker_name or ("network_train" if config.trainer == "network"
-                                                             else "dreambooth"))
+        init_trackers(accelerator, config)
     loop = TrainLoop(config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length, facts)
     if config.resume:
         loop.position = state.load_state(accelerator, config.resume, accelerator.unwrap_model(train_step))
     final = loop.run()
     accelerator.end_training()
     return final
+
+
+def init_trackers(accelerator, config) -> None:
+    """TensorBoard and/or Weights & Biases (imported only when chosen) under the run's name."""
+    name = config.log_tracker_name or ("network_train" if config.trainer == "network" else "dreambooth")
+    init_kwargs = {}
+    if config.log_with in ("wandb", "all"):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("log_with = \"wandb\" needs the wandb package: pip install wandb") from None
+        if config.wandb_api_key:
+            wandb.login(key=config.wandb_api_key)
+        init_kwargs["wandb"] = {"name": config.wandb_run_name} if config.wandb_run_name else {}
+    accelerator.init_trackers(name, config={"output_name": config.output_name}, init_kwargs=init_kwargs)
 
 
 class TrainLoop:

@@ -154,3 +154,16 @@ def test_gui_values_validate_like_cli(base_args):
               "train_data_dir": base_args[5], "network_dim": "8", "flip_aug": "true"}
     cfg = config_from_values(values, "network")
     assert cfg.network_dim == 8 and cfg.flip_aug is True
+
+
+def test_wandb_needs_its_package_and_the_key_is_never_written(tmp_path, base_args, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        parse_config(base_args + ["--log_with", "wandb", "--logging_dir", str(tmp_path)], "network")
+    cfg = parse_config(base_args + ["--wandb_api_key", "SECRET", "--wandb_run_name", "run1"], "network")
+    written = write_output_config(cfg.replace(output_config=str(tmp_path / "c.toml")))
+    text = written.read_text()
+    assert "SECRET" not in text and 'wandb_run_name = "run1"' in text
