@@ -46,7 +46,7 @@ def modules_from_single_file(
     _load_exact(text_encoder, te_sd, "text encoder", source)
     modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
     for module in modules.values():
-        module.to(torch.float32).eval()
+        torch.nn.Module.to(module, torch.float32).eval()  # diffusers' own .to() warns about fp32 modules
     return modules, configs
 
 

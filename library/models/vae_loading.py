@@ -49,4 +49,4 @@ def load_vae(source: str, base_config, *, allow_unsafe_pickle: bool = False):
             f"VAE file {path} does not match the VAE shape: {len(result.missing_keys)} missing keys "
             f"(e.g. {result.missing_keys[:3]})."
         )
-    return vae.to(torch.float32).eval()
+    return torch.nn.Module.to(vae, torch.float32).eval()
