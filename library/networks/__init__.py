@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from library.errors import ConfigError
-from library.networks import lora
+from library.networks import lora, lycoris_bridge
 from library.networks.args import LORA_ARGS, parse_network_args
 from library.util.registry import Registry
 
@@ -47,6 +47,7 @@ LORA = NetworkType(
     known_args=tuple(LORA_ARGS),
 )
 NETWORK_TYPES.register("networks.lora", description="LoRA; LoCon with network_args conv_dim")(LORA)
+NETWORK_TYPES.register("lycoris.kohya", package=lycoris_bridge.PACKAGE, description="LyCORIS: LoHa, LoKr, LoCon, IA3, DyLoRA, full (network_args algo=…)")(NetworkType("lycoris.kohya", lycoris_bridge.create_lycoris_network, lycoris_bridge.lycoris_network_from_weights, lycoris_bridge.parse_lycoris_args, tuple(lycoris_bridge.LYCORIS_ARGS)))  # noqa: E501
 
 
 def get_network_type(name: str) -> NetworkType:

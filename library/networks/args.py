@@ -8,36 +8,43 @@ from collections.abc import Callable
 from library.errors import ConfigError
 
 
-def _positive_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError("must not be negative")
     return value
 
 
-def _probability(text: str) -> float:
+def probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
         raise ValueError("must be in [0, 1)")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise ValueError("must be positive")
     return value
 
 
+def boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError("must be true or false")
+    return lowered in ("true", "1", "yes")
+
+
 #: network_args understood by networks.lora: key -> converter from the string value.
 LORA_ARGS: dict[str, Callable[[str], object]] = {
-    "conv_dim": _positive_int,
+    "conv_dim": non_negative_int,
     "conv_alpha": float,
-    "rank_dropout": _probability,
-    "module_dropout": _probability,
-    "loraplus_lr_ratio": _positive_float,
-    "loraplus_unet_lr_ratio": _positive_float,
-    "loraplus_text_encoder_lr_ratio": _positive_float,
+    "rank_dropout": probability,
+    "module_dropout": probability,
+    "loraplus_lr_ratio": positive_float,
+    "loraplus_unet_lr_ratio": positive_float,
+    "loraplus_text_encoder_lr_ratio": positive_float,
 }
 
 #: sd-scripts keys we know but do not implement yet: an explicit error instead of silently ignoring them.

@@ -27,7 +27,7 @@ from library.training.metadata import RunFacts, training_metadata
 from library.training.prefetch import prefetch
 from library.training.progress import EventLog, Progress, RunningLoss
 from library.training.sampling.runner import SampleRunner
-from library.training.schedulers import build_scheduler, resolve_steps
+from library.training.schedulers import build_scheduler, resolve_steps, scheduler_options
 from library.training.setup import (
     BASE_MODEL_VERSIONS,
     load_model,
@@ -139,13 +139,16 @@ def run_training(config, target) -> Path | None:
             cache_latents(dataset, lambda px: model.encode_images(px.to(accelerator.device)).cpu(),
                           to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size)
     target.attach(model, config)
-    optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam)
+    optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
+                                                      config.use_lion_optimizer)
     optimizer = optim_lib.build_optimizer(target.param_groups(config), optimizer_name, config.learning_rate,
                                           config.optimizer_args)
+    # the schedule counts optimizer steps; the loop steps it itself once per optimizer step (not through
+    # accelerate, which would step it once per process), so counts like lr_warmup_steps mean the same
+    # on one GPU or eight
     scheduler = build_scheduler(
-        optimizer, config.lr_scheduler, warmup=config.lr_warmup_steps,
-        total_steps=length.total_steps * accelerator.num_processes,
-        num_cycles=config.lr_scheduler_num_cycles, power=config.lr_scheduler_power,
+        optimizer, config.lr_scheduler, warmup=config.lr_warmup_steps, total_steps=length.total_steps,
+        num_cycles=config.lr_scheduler_num_cycles, power=config.lr_scheduler_power, **scheduler_options(config),
     )
     settings = StepSettings.from_config(config, model)
 
@@ -153,7 +156,8 @@ def run_training(config, target) -> Path | None:
         with accelerator.autocast():
             return diffusion_loss(model, batch, settings, generator, target.trains_text_encoder)
 
-    train_step, optimizer, scheduler = accelerator.prepare(TrainStep(target.modules(), compute), optimizer, scheduler)
+    train_step, optimizer = accelerator.prepare(TrainStep(target.modules(), compute), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     target.set_modules(list(accelerator.unwrap_model(train_step).trainable))
     target.on_prepared(accelerator)
     facts = RunFacts(
@@ -257,7 +261,8 @@ class TrainLoop:
                 if acc.sync_gradients and self.config.max_grad_norm:
                     acc.clip_grad_norm_(self.train_step.parameters(), self.config.max_grad_norm)
                 self.optimizer.step()
-                self.scheduler.step()
+                if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                    self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             if not acc.sync_gradients:
                 continue
