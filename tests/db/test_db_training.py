@@ -8,29 +8,12 @@ from safetensors import safe_open
 
 from library.config.load import config_from_values
 from library.models.loading import load_base_model
-from library.training.data_setup import build_dataset
-from library.training.step import StepSettings, diffusion_loss
 from tests.db.db_helpers import db_options, max_abs_diff, state_of, train_db
+from tests.training.helpers import held_out_loss
 
 pytestmark = pytest.mark.slow
 
 LDM_PREFIXES_SD1 = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.")
-
-
-def held_out_loss(model, config, draws: int = 4) -> float:
-    """Mean loss over the batches of epoch 1 with fixed noise and timesteps (independent of training)."""
-    dataset = build_dataset(config)
-    settings = StepSettings.from_config(config, model)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i, refs in enumerate(dataset.epoch_batches(1, 0)):
-            batch = dataset.load_batch(refs, epoch=1, seed=0, step=i)
-            for d in range(draws):
-                total += diffusion_loss(
-                    model, batch, settings, torch.Generator().manual_seed(1000 * i + d), False
-                ).item()
-                count += 1
-    return total / count
 
 
 def test_db_lowers_loss_and_writes_an_ldm_single_file(tmp_path, tiny_dataset, tiny_model_files):

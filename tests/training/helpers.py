@@ -9,6 +9,8 @@ import torch
 from safetensors import safe_open
 
 from library.cli import run_trainer
+from library.training.data_setup import build_dataset
+from library.training.step import StepSettings, diffusion_loss
 
 
 def base_options(dataset: Path, out: Path, **overrides) -> dict:
@@ -45,3 +47,18 @@ def train(tmp_path: Path, options: dict, trainer: str = "network", extra_argv: l
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def held_out_loss(model, config, draws: int = 6) -> float:
+    """Mean loss over every batch of epoch 1 with fixed noise and timesteps (independent of training)."""
+    dataset = build_dataset(config)
+    settings = StepSettings.from_config(config, model)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i, refs in enumerate(dataset.epoch_batches(1, 0)):
+            batch = dataset.load_batch(refs, epoch=1, seed=0, step=i)
+            for d in range(draws):
+                gen = torch.Generator().manual_seed(1000 * i + d)
+                total += diffusion_loss(model, batch, settings, gen, False).item()
+                count += 1
+    return total / count

@@ -8,26 +8,9 @@ import torch
 from library.config.load import config_from_values
 from library.models.loading import load_base_model
 from library.networks import get_network_type
-from library.training.data_setup import build_dataset
-from library.training.step import StepSettings, diffusion_loss
-from tests.training.helpers import base_options, read_lora, train
+from tests.training.helpers import base_options, held_out_loss, read_lora, train
 
 pytestmark = pytest.mark.slow
-
-
-def held_out_loss(model, config, draws: int = 6) -> float:
-    """Mean loss over every batch of epoch 1 with fixed noise and timesteps (independent of training)."""
-    dataset = build_dataset(config)
-    settings = StepSettings.from_config(config, model)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i, refs in enumerate(dataset.epoch_batches(1, 0)):
-            batch = dataset.load_batch(refs, epoch=1, seed=0, step=i)
-            for d in range(draws):
-                gen = torch.Generator().manual_seed(1000 * i + d)
-                total += diffusion_loss(model, batch, settings, gen, False).item()
-                count += 1
-    return total / count
 
 
 def test_training_lowers_the_loss(tmp_path, tiny_dataset):
