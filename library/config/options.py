@@ -189,6 +189,9 @@ OPTIONS = [
            must_exist=True, trainers=NET),
     Option("dim_from_weights", "bool", False, "Take ranks and alphas from network_weights.", "network",
            trainers=NET),
+    Option("scale_weight_norms", "float", None,
+           "Max-norm regularisation: scale each LoRA module's update down to this norm (about 1; the "
+           "number of scaled modules is logged).", "network", min=0.0, min_exclusive=True, trainers=NET),
     Option("network_train_unet_only", "bool", False, "Train only the UNet's LoRA modules.", "network",
            trainers=NET),
     Option("network_train_text_encoder_only", "bool", False, "Train only the text encoder's LoRA modules.",

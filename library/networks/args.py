@@ -45,19 +45,19 @@ LORA_ARGS: dict[str, Callable[[str], object]] = {
     "loraplus_lr_ratio": positive_float,
     "loraplus_unet_lr_ratio": positive_float,
     "loraplus_text_encoder_lr_ratio": positive_float,
+    # block-wise settings (library/networks/blocks.py parses the lists when the network is built)
+    "block_dims": str,
+    "block_alphas": str,
+    "conv_block_dims": str,
+    "conv_block_alphas": str,
+    "down_lr_weight": str,
+    "mid_lr_weight": str,
+    "up_lr_weight": str,
+    "block_lr_zero_threshold": float,
 }
 
 #: sd-scripts keys we know but do not implement yet: an explicit error instead of silently ignoring them.
-NOT_YET_SUPPORTED = (
-    "block_dims",
-    "block_alphas",
-    "conv_block_dims",
-    "conv_block_alphas",
-    "down_lr_weight",
-    "mid_lr_weight",
-    "up_lr_weight",
-    "block_lr_zero_threshold",
-)
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
 
 
 def split_network_args(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:

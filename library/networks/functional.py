@@ -47,3 +47,10 @@ def merged_weight(
     """W + multiplier · ΔW, returned in ``weight``'s dtype; rank is taken from ``down``."""
     delta = lora_delta_weight(down, up, lora_scale(alpha, down.shape[0]) * multiplier)
     return (weight.float() + delta.reshape(weight.shape)).to(weight.dtype)
+
+
+def max_norm_factors(delta_norms: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Max-norm regularisation (Srivastava et al. 2014, as sd-scripts' ``scale_weight_norms``): the factor
+    that brings each ΔW's Frobenius norm down to ``max_norm`` (1 where it is already within). Applied as
+    its square root to both ``up`` and ``down``. Shape as ``delta_norms``."""
+    return torch.clamp(max_norm / delta_norms.clamp(min=1e-12), max=1.0)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from library.errors import ConfigError, ModelLoadError
-from library.networks import keys
+from library.networks import blocks, keys
 from library.networks.base import NetworkModule
 from library.networks.functional import lora_delta_weight
 from library.networks.network import LoadReport, Network, check_positive_int, group_by_module, read_state_dict
@@ -106,6 +106,71 @@ class LoRANetwork(Network):
     """A LoRA / LoCon network; see :func:`create_network` and :func:`network_from_weights`."""
 
 
+class BlockPlan:
+    """Rank, alpha and learning-rate weight per module: network-wide, or per UNet block (block_dims …)."""
+
+    def __init__(
+        self,
+        dim,
+        alpha,
+        conv_dim,
+        conv_alpha,
+        block_sizes=None,
+        conv_block_sizes=None,
+        lr_weights=None,
+        zero_threshold=0.0,
+    ):
+        self.sizes = {keys.KIND_LINEAR: (dim, alpha), keys.KIND_CONV: (conv_dim, conv_alpha)}
+        self.block_sizes = {keys.KIND_LINEAR: block_sizes, keys.KIND_CONV: conv_block_sizes}
+        self.lr_weights, self.zero_threshold = lr_weights, zero_threshold
+
+    @classmethod
+    def from_args(cls, extra: dict, dim, alpha, conv_dim, conv_alpha) -> BlockPlan:
+        """Take the block-wise network_args out of ``extra`` (sd-scripts' names)."""
+
+        def sizes(dims_key, alphas_key, default_alpha):
+            dims_text, alphas_text = extra.pop(dims_key, None), extra.pop(alphas_key, None)
+            if dims_text is None:
+                if alphas_text is not None:
+                    raise ConfigError(f"network_args {alphas_key} needs {dims_key} as well.")
+                return None
+            dims = blocks.parse_block_list(dims_text, dims_key)
+            alphas = (
+                blocks.parse_block_list(alphas_text, alphas_key, float)
+                if alphas_text
+                else [default_alpha] * len(dims)
+            )
+            return list(zip(dims, alphas, strict=True))
+
+        block_sizes = sizes("block_dims", "block_alphas", alpha)
+        conv_block_sizes = sizes("conv_block_dims", "conv_block_alphas", conv_alpha or DEFAULT_ALPHA)
+        weights = blocks.block_lr_weights(
+            extra.pop("down_lr_weight", None),
+            extra.pop("mid_lr_weight", None),
+            extra.pop("up_lr_weight", None),
+        )
+        threshold = float(extra.pop("block_lr_zero_threshold", None) or 0.0)
+        return cls(dim, alpha, conv_dim, conv_alpha, block_sizes, conv_block_sizes, weights, threshold)
+
+    @property
+    def uses_conv(self) -> bool:
+        return bool(self.sizes[keys.KIND_CONV][0]) or self.block_sizes[keys.KIND_CONV] is not None
+
+    def size_and_weight(self, target: keys.Target, unet_side: bool) -> tuple[tuple, float]:
+        """((rank, alpha), lr weight) of one target; rank 0/None means no module."""
+        size = self.sizes[target.kind]
+        idx = blocks.block_index(target.lora_name) if unet_side else None
+        if idx is None:
+            return size, 1.0
+        per_block = self.block_sizes[target.kind]
+        if per_block is not None:
+            size = per_block[idx]
+        weight = self.lr_weights[idx] if self.lr_weights else 1.0
+        if self.lr_weights and weight <= self.zero_threshold:
+            return (0, None), weight
+        return size, weight
+
+
 def _check_probability(name: str, value: float | None) -> float | None:
     if value is None:
         return None
@@ -152,20 +217,33 @@ def create_network(
     }
     if not (train_unet and unet is not None) and not (train_text_encoder and text_encoder is not None):
         raise ConfigError("The network would train nothing: enable the UNet or the text encoder.")
-    sizes = {keys.KIND_LINEAR: (dim, alpha), keys.KIND_CONV: (conv_dim, conv_alpha)}
+    plan = BlockPlan.from_args(extra, dim, alpha, conv_dim, conv_alpha)
 
-    def build(targets: list[keys.Target]) -> list[LoRAModule]:
-        return [
-            LoRAModule(t.lora_name, t.module, sizes[t.kind][0], sizes[t.kind][1], **options)
-            for t in targets
-            if sizes[t.kind][0]
-        ]
+    def build(targets: list[keys.Target], unet_side: bool) -> list[LoRAModule]:
+        modules = []
+        for t in targets:
+            size, weight = plan.size_and_weight(t, unet_side)
+            if not size[0]:
+                continue
+            module = LoRAModule(t.lora_name, t.module, size[0], size[1], **options)
+            module.lr_weight = weight
+            modules.append(module)
+        return modules
 
     te_modules = (
-        build(keys.find_text_encoder_targets(text_encoder)) if train_text_encoder and text_encoder else []
+        build(keys.find_text_encoder_targets(text_encoder), False)
+        if train_text_encoder and text_encoder
+        else []
     )
-    unet_modules = build(keys.find_unet_targets(unet, conv_dim is not None)) if train_unet and unet else []
-    info = {"dim": dim, "alpha": alpha, "conv_dim": conv_dim, "conv_alpha": conv_alpha, **extra}
+    unet_modules = build(keys.find_unet_targets(unet, plan.uses_conv), True) if train_unet and unet else []
+    info = {
+        "dim": dim,
+        "alpha": alpha,
+        "conv_dim": conv_dim,
+        "conv_alpha": conv_alpha,
+        **extra,
+        "block_lr_weights": plan.lr_weights,
+    }
     info.update({k: v for k, v in options.items() if k != "generator"})
     logger.info("LoRA: %d text-encoder modules, %d UNet modules", len(te_modules), len(unet_modules))
     return LoRANetwork(te_modules, unet_modules, multiplier=multiplier, info=info)

@@ -18,6 +18,7 @@ from torch import nn
 from library.errors import ConfigError, ModelLoadError
 from library.networks import keys
 from library.networks.base import NetworkModule
+from library.networks.functional import max_norm_factors
 from library.util.atomic import atomic_path
 from library.util.safetensors_io import load_safetensors, save_safetensors
 
@@ -154,20 +155,38 @@ class Network(nn.Module):
             params = [(n, p) for m in modules for n, p in m.named_parameters()]
             if not params:
                 continue
-            if lr == 0:
-                for _, p in params:
-                    p.requires_grad_(False)
-                continue
             for _, p in params:
-                p.requires_grad_(True)
-            if plus_ratio:
-                plain = [p for n, p in params if not n.startswith("lora_up")]
-                ups = [p for n, p in params if n.startswith("lora_up")]
-                groups.append({"name": name, "params": plain, "lr": lr})
-                groups.append({"name": f"{name}_plus", "params": ups, "lr": lr * plus_ratio})
-            else:
-                groups.append({"name": name, "params": [p for _, p in params], "lr": lr})
+                p.requires_grad_(lr != 0)
+            if lr == 0:
+                continue
+            by_weight: dict[float, list] = {}
+            for m in modules:  # block-wise lr weights (down/mid/up_lr_weight) split a part into groups
+                by_weight.setdefault(getattr(m, "lr_weight", 1.0), []).extend(m.named_parameters())
+            for weight, named in by_weight.items():
+                label = name if weight == 1.0 else f"{name}_w{weight:g}"
+                groups.extend(_groups(label, named, lr * weight, plus_ratio))
         return groups
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """Scale down every module whose ΔW norm exceeds ``max_norm``; returns (modules scaled, mean norm,
+        max norm) measured before scaling. Modules without up/down (LyCORIS) are left alone."""
+        norms, scaled = [], 0
+        for module in self.network_modules():
+            up, down = getattr(module, "lora_up", None), getattr(module, "lora_down", None)
+            if up is None or down is None:
+                continue
+            norm = module.delta_weight().float().norm()
+            factor = max_norm_factors(norm, max_norm)
+            if factor < 1.0:
+                root = factor.sqrt().to(up.weight.dtype)
+                up.weight.mul_(root)
+                down.weight.mul_(root)
+                scaled += 1
+            norms.append(norm.item())
+        if not norms:
+            return 0, 0.0, 0.0
+        return scaled, sum(norms) / len(norms), max(norms)
 
     def load_weights(self, source, strict: bool = False) -> LoadReport:
         """Copy weights from a file or state dict into this network (continue training).
@@ -234,6 +253,18 @@ class Network(nn.Module):
         with atomic_path(path) as tmp:
             torch.save(tensors, tmp)
         return path
+
+
+def _groups(name: str, named: list, lr: float, plus_ratio: float | None) -> list[dict]:
+    """One group, or two with LoRA+ (Hayou et al. 2024: the ``lora_up`` weights at lr × ratio)."""
+    if not plus_ratio:
+        return [{"name": name, "params": [p for _, p in named], "lr": lr}]
+    plain = [p for n, p in named if not n.startswith("lora_up")]
+    ups = [p for n, p in named if n.startswith("lora_up")]
+    return [
+        {"name": name, "params": plain, "lr": lr},
+        {"name": f"{name}_plus", "params": ups, "lr": lr * plus_ratio},
+    ]
 
 
 def _module_entries(

@@ -288,8 +288,8 @@ class TrainLoop:
         lrs = self.scheduler.get_last_lr()
         progress.update(step, epoch, value, avg, lrs[-1])
         if self.accelerator.is_main_process and self.config.logging_dir:
-            self.accelerator.log({"loss/current": value, "loss/average": avg, **lr_logs(self.optimizer, lrs)},
-                                 step=step)
+            self.accelerator.log({"loss/current": value, "loss/average": avg, **lr_logs(self.optimizer, lrs),
+                                  **self.target.step_logs()}, step=step)
         every = self.config.save_every_n_steps
         if every and step % every == 0 and step < self.length.total_steps:
             self._with_eval(lambda: self.saver.save_step(epoch, self.position))

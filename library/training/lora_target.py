@@ -27,6 +27,8 @@ class LoRATarget(BaseTarget):
         te_lr = config.text_encoder_lr
         self.trains_text_encoder = not config.network_train_unet_only and te_lr != 0
         self.network = None
+        self.max_norm = config.scale_weight_norms
+        self._logs: dict[str, float] = {}
         self._modules: list[torch.nn.Module] = []
         self._model = None
 
@@ -52,6 +54,15 @@ class LoRATarget(BaseTarget):
         self.network = network
         self._modules = [network]
         self._model = model
+
+    def on_step_end(self, global_step: int) -> None:
+        if self.max_norm:
+            scaled, mean, largest = self.network.apply_max_norm(self.max_norm)
+            self._logs = {"max_norm/keys_scaled": scaled, "max_norm/average_key_norm": mean,
+                          "max_norm/max_key_norm": largest}
+
+    def step_logs(self) -> dict[str, float]:
+        return self._logs
 
     def param_groups(self, config) -> list[dict]:
         ratio = self.args.get("loraplus_lr_ratio")

@@ -81,6 +81,7 @@ def training_metadata(config, facts: RunFacts) -> dict[str, str]:
         "ss_sd_scripts_commit_hash": "",
         "ss_optimizer": facts.optimizer,
         "ss_max_grad_norm": _s(config.max_grad_norm),
+        "ss_scale_weight_norms": _s(getattr(config, "scale_weight_norms", None)),
         "ss_prior_loss_weight": _s(config.prior_loss_weight),
         "ss_caption_dropout_rate": _s(config.caption_dropout_rate),
         "ss_caption_dropout_every_n_epochs": _s(config.caption_dropout_every_n_epochs),

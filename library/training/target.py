@@ -56,6 +56,10 @@ class BaseTarget:
     def on_prepared(self, accelerator) -> None:
         return None
 
+    def step_logs(self) -> dict[str, float]:
+        """Extra scalars to log after a step (e.g. max-norm statistics)."""
+        return {}
+
     def before_sampling(self) -> None:
         """Called before sample images are rendered (the modules are already in eval mode)."""
         return None

@@ -203,8 +203,7 @@ def test_parse_network_args():
         parse_network_args(["conv_dim"])
     with pytest.raises(ConfigError, match="conv_dim='x'"):
         parse_network_args(["conv_dim=x"])
-    with pytest.raises(ConfigError, match="not supported yet"):
-        parse_network_args(["block_dims=2,2,2"])
+    assert parse_network_args(["block_dims=2,2,2"]) == {"block_dims": "2,2,2"}  # lists parsed at creation
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         parse_network_args(["rank_dropout=1.5"])
 

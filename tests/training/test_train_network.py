@@ -179,7 +179,9 @@ def test_cache_latents_to_disk_writes_npz(tmp_path, tiny_dataset, out):
 
 def test_tensorboard_scalars_and_progress_bar(tmp_path, tiny_dataset, out, capsys):
     logs = tmp_path / "logs"
-    assert train(tmp_path, base_options(tiny_dataset, out, logging_dir=str(logs), log_prefix="demo_")) == 0
+    opts = base_options(tiny_dataset, out, logging_dir=str(logs), log_prefix="demo_", scale_weight_norms=1e-4,
+                        network_args=["down_lr_weight=sine", "mid_lr_weight=0.5"])
+    assert train(tmp_path, opts) == 0
     err = capsys.readouterr().err
     assert "avr_loss=" in err and "4/4" in err
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -190,8 +192,10 @@ def test_tensorboard_scalars_and_progress_bar(tmp_path, tiny_dataset, out, capsy
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"loss/current", "loss/average", "lr/unet", "lr/textencoder"} <= tags
+    assert {"loss/current", "loss/average", "lr/unet", "lr/textencoder", "lr/unet_w0.5"} <= tags
     assert len(acc.Scalars("loss/current")) == 4
+    assert acc.Scalars("max_norm/keys_scaled")[-1].value > 0  # every trained module hits the tiny cap
+    assert read_lora(out / "lora.safetensors")[1]["ss_scale_weight_norms"] == "0.0001"
 
 
 def test_v2_v_parameterization(tmp_path, tiny_dataset, out):

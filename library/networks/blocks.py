@@ -1,0 +1,92 @@
+"""Block-wise LoRA settings (sd-scripts' ``network_args``): per-block ranks/alphas and learning-rate weights.
+
+The SD 1.x/2.x UNet is numbered in 25 blocks as sd-scripts and the webui's block-weight tools do:
+0 = the input conv (no LoRA there), 1–11 the down path, 12 the mid block, 13–24 the up path. A module
+``{up|down}_blocks_{i}_{resnets|attentions|downsamplers|upsamplers}_{j}`` has index 3·i + j (samplers 3·i + 2),
+plus 1 for down blocks and 13 for up blocks.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from library.errors import ConfigError
+
+NUM_BLOCKS = 12  # per path (down / up); 25 in all with the mid block and the input conv
+TOTAL_BLOCKS = 2 * NUM_BLOCKS + 1
+MID_BLOCK = NUM_BLOCKS
+
+_UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
+
+
+def block_index(lora_name: str) -> int | None:
+    """The 0–24 block of a UNet module's LoRA name; None for modules outside the numbered blocks."""
+    match = _UPDOWN.search(lora_name)
+    if match:
+        path, i, kind, j = match.group(1), int(match.group(2)), match.group(3), int(match.group(4))
+        idx = 3 * i + (2 if kind in ("upsamplers", "downsamplers") else j)
+        return 1 + idx if path == "down" else NUM_BLOCKS + 1 + idx
+    if "mid_block_" in lora_name:
+        return MID_BLOCK
+    return None
+
+
+def parse_block_list(text: str, name: str, kind=int) -> list:
+    """25 comma-separated values (``block_dims``, ``block_alphas``, ...)."""
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"network_args {name}: {text!r} must be {TOTAL_BLOCKS} comma-separated numbers."
+        ) from None
+    if len(values) != TOTAL_BLOCKS:
+        raise ConfigError(
+            f"network_args {name} has {len(values)} values; it needs {TOTAL_BLOCKS} (IN00-IN11, M00, OUT00-OUT11)."
+        )
+    return values
+
+
+_PRESETS = {
+    "cosine": lambda i, n: math.sin(math.pi * ((n - 1 - i) / (n - 1)) / 2),
+    "sine": lambda i, n: math.sin(math.pi * (i / (n - 1)) / 2),
+    "linear": lambda i, n: i / (n - 1),
+    "reverse_linear": lambda i, n: (n - 1 - i) / (n - 1),
+    "zeros": lambda i, n: 0.0,
+}
+
+
+def parse_lr_weights(text: str, name: str, length: int = NUM_BLOCKS) -> list[float]:
+    """A learning-rate weight list: numbers (short lists padded with 1, long ones cut) or a preset
+    ``cosine|sine|linear|reverse_linear|zeros`` with an optional ``+base`` (e.g. ``sine+.5``)."""
+    head, _, base_text = text.strip().partition("+")
+    if head in _PRESETS:
+        try:
+            base = float(base_text) if base_text else 0.0
+        except ValueError:
+            raise ConfigError(
+                f"network_args {name}: {text!r}: the part after '+' must be a number."
+            ) from None
+        return [_PRESETS[head](i, length) + base for i in range(length)]
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"network_args {name}: {text!r} must be comma-separated numbers or one of "
+            f"{', '.join(_PRESETS)} (optionally +base)."
+        ) from None
+    return (values + [1.0] * length)[:length]
+
+
+def block_lr_weights(down: str | None, mid: str | None, up: str | None) -> list[float] | None:
+    """The lr weight of each of the 25 blocks, or None when no weight is set."""
+    if down is None and mid is None and up is None:
+        return None
+    weights = [1.0] * TOTAL_BLOCKS
+    if down is not None:
+        weights[:MID_BLOCK] = parse_lr_weights(down, "down_lr_weight")
+    if mid is not None:
+        weights[MID_BLOCK] = parse_lr_weights(mid, "mid_lr_weight", 1)[0]
+    if up is not None:
+        weights[MID_BLOCK + 1 :] = parse_lr_weights(up, "up_lr_weight")
+    return weights
