@@ -1,0 +1,1 @@
+"""The Gradio GUI: a view over the option schema, the trainers and the tools (the only gradio user)."""

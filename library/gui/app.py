@@ -1,0 +1,138 @@
+"""The page: training tabs (LoRA, DreamBooth), Queue, Captioning, Dataset and Tools, one job runner and one
+queue per GUI, a timer that refreshes the run panels, and the launcher (``gui.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from library.gui import configs
+from library.gui.jobs import JobRunner
+from library.gui.run_queue import TrainingQueue, start_worker
+from library.gui.tools_tabs import captioning_tab, dataset_tab, tools_tab
+from library.gui.training_tab import panel_values, training_tab
+
+logger = logging.getLogger(__name__)
+
+LOCALHOST = "127.0.0.1"
+
+
+@dataclass
+class GuiContext:
+    """What one GUI owns: its state folder (job + queue files), the runner, the queue and the launcher."""
+
+    state_dir: Path
+    launcher: str = "python"
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir)
+        self.runner = JobRunner(self.state_dir / "job")
+        self.queue = TrainingQueue(
+            self.state_dir / "queue",
+            self.runner,
+            lambda trainer, path: configs.trainer_command(trainer, path, self.launcher),
+        )
+
+
+def queue_tab(ctx: GuiContext) -> gr.Dataframe:
+    gr.Markdown(
+        "Queued runs start one after another; a failed run does not stop the queue. The queue is "
+        f"kept in `{ctx.queue.root}` and survives a restart."
+    )
+    table = gr.Dataframe(
+        headers=["#", "label", "trainer", "state", "exit code", "output"],
+        interactive=False,
+        elem_id="queue-table",
+        value=ctx.queue.rows(),
+    )
+    with gr.Row():
+        number = gr.Textbox(label="Entry #", scale=1)
+        remove = gr.Button("Remove queued entry", scale=1)
+    remove.click(lambda n: (ctx.queue.remove(n.strip()), ctx.queue.rows())[1], [number], [table])
+    return table
+
+
+def build_app(ctx: GuiContext) -> gr.Blocks:
+    """The whole page."""
+    with gr.Blocks(title="SD LoRA / DreamBooth trainer") as app:
+        gr.Markdown("## Stable Diffusion LoRA / DreamBooth training")
+        panels = []
+        with gr.Tabs():
+            for trainer, title in (("network", "LoRA"), ("db", "DreamBooth")):
+                with gr.Tab(title, id=trainer, elem_id=f"tab-{trainer}"):
+                    panels.append(training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher))
+            with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
+                table = queue_tab(ctx)
+            with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
+                captioning_tab()
+            with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
+                dataset_tab()
+            with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
+                tools_tab()
+        timer = gr.Timer(1.0)
+        outputs = [c for p in panels for c in p.outputs()] + [table]
+
+        def refresh():
+            values = panel_values(ctx.runner.view())
+            return values * len(panels) + [ctx.queue.rows()]
+
+        timer.tick(refresh, None, outputs, show_progress="hidden")
+        app.load(refresh, None, outputs)
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="The training GUI (Gradio).")
+    p.add_argument("--listen", default=LOCALHOST, help="address to bind (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="a public gradio.live link (off by default)")
+    p.add_argument("--username", help="login name (with --password)")
+    p.add_argument("--password", help="login password (with --username)")
+    p.add_argument("--inbrowser", action="store_true", help="open the page in the browser")
+    p.add_argument("--state_dir", default="output/gui", help="where the job and queue files live")
+    p.add_argument(
+        "--launcher",
+        choices=sorted(configs.LAUNCHERS),
+        default="python",
+        help="how trainers start: python (this interpreter) or accelerate launch",
+    )
+    return p
+
+
+def exposure_warning(listen: str, share: bool, auth: bool) -> str | None:
+    """The warning printed when the GUI is reachable from other machines without a login."""
+    if auth or (listen in (LOCALHOST, "localhost", "::1") and not share):
+        return None
+    where = "a public share link" if share else f"{listen} (other machines can reach it)"
+    return (
+        f"WARNING: the GUI is served on {where} without --username/--password: anyone who can reach it "
+        f"can start runs and read or write files. Set --username and --password."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if bool(args.username) != bool(args.password):
+        print("error: give both --username and --password, or neither.")
+        return 2
+    auth = (args.username, args.password) if args.username else None
+    warning = exposure_warning(args.listen, args.share, auth is not None)
+    if warning:
+        print(warning)
+    ctx = GuiContext(Path(args.state_dir), args.launcher)
+    start_worker(ctx.queue)
+    app = build_app(ctx)
+    app.queue(default_concurrency_limit=4)
+    app.launch(
+        server_name=args.listen,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        inbrowser=args.inbrowser,
+        footer_links=["settings"],
+    )
+    return 0

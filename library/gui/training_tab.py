@@ -1,0 +1,271 @@
+"""A training tab (LoRA or DreamBooth): the form generated from the schema, config files and presets,
+validation, Start / Stop / Add to queue, and the live run panel (progress, loss and lr plots, samples, log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from library.config.options import SCHEMA
+from library.config.schema import Option
+from library.errors import UserError
+from library.gui import configs
+from library.gui.fields import common_and_advanced, field_spec, field_values, form_options, to_field
+from library.gui.jobs import JobRunner, RunView
+from library.gui.run_queue import TrainingQueue
+
+logger = logging.getLogger(__name__)
+
+TITLES = {"network": "LoRA", "db": "DreamBooth"}
+
+
+def make_component(trainer: str, opt: Option) -> gr.components.Component:
+    """The gradio field for one option, entirely from its declaration."""
+    spec = field_spec(opt)
+    common = {
+        "label": opt.name,
+        "info": spec.info,
+        "elem_id": f"{trainer}-{opt.name}",
+        "value": to_field(opt, opt.default),
+    }
+    if spec.widget == "checkbox":
+        return gr.Checkbox(**common)
+    if spec.widget == "dropdown":
+        return gr.Dropdown(choices=list(spec.choices), allow_custom_value=spec.custom_values, **common)
+    if spec.widget == "number":
+        return gr.Number(precision=0 if opt.kind == "int" else None, **common)
+    if spec.widget == "lines":
+        return gr.Textbox(lines=3, placeholder="one key=value per line", **common)
+    return gr.Textbox(lines=1, max_lines=1, **common)
+
+
+@dataclass
+class RunPanel:
+    """The components that show the current run (one set per tab; all show the same single run)."""
+
+    status: gr.Markdown
+    loss_plot: gr.LinePlot
+    lr_plot: gr.LinePlot
+    samples: gr.Gallery
+    log: gr.Textbox
+
+    def outputs(self) -> list:
+        return [self.status, self.loss_plot, self.lr_plot, self.samples, self.log]
+
+
+def loss_frame(view: RunView):
+    """Long-format table (step, value, series) of the loss and its running mean, for a LinePlot."""
+    import pandas as pd
+
+    rows = [(s, v, "loss") for s, v, _, _ in view.losses if v is not None]
+    rows += [(s, a, "average") for s, _, a, _ in view.losses if a is not None]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def lr_frame(view: RunView):
+    import pandas as pd
+
+    return pd.DataFrame([(s, lr) for s, _, _, lr in view.losses if lr is not None], columns=["step", "lr"])
+
+
+def newest_samples(view: RunView, count: int = 6) -> list:
+    """The newest sample pictures as PIL images (served from gradio's cache, not from arbitrary paths)."""
+    from PIL import Image
+
+    images = []
+    for path in view.samples[-count:]:
+        try:
+            with Image.open(path) as img:
+                images.append((img.convert("RGB"), Path(path).name))
+        except OSError:
+            continue
+    return images
+
+
+def panel_values(view: RunView) -> list:
+    points = sum(1 for _, v, _, _ in view.losses if v is not None)
+    status = f"**{view.summary()}** · loss points: {points}"
+    return [status, loss_frame(view), lr_frame(view), newest_samples(view), view.log_tail]
+
+
+@dataclass
+class TrainingForm:
+    """The callbacks of one training tab, over field values given in ``names`` order (testable directly)."""
+
+    trainer: str
+    runner: JobRunner
+    queue: TrainingQueue
+    launcher: str = "python"
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.names = [o.name for o in form_options(self.trainer)]
+
+    def _fields(self, values) -> dict[str, Any]:
+        return dict(zip(self.names, values, strict=True))
+
+    def _ordered(self, fields: dict[str, Any]) -> list:
+        return [fields[n] for n in self.names]
+
+    def validate(self, *values) -> str:
+        try:
+            configs.validate(self.trainer, self._fields(values))
+        except UserError as exc:
+            return f"❌ {exc}"
+        return "✅ the config is valid"
+
+    def save(self, path: str, *values) -> str:
+        if not path or not path.strip():
+            return "❌ give a file name to save to (e.g. configs/my_lora.toml)."
+        written, error = configs.save_config(self.trainer, self._fields(values), path.strip())
+        return f"saved {written}" + (f" — note, it does not validate yet: {error}" if error else "")
+
+    def load(self, path: str) -> list:
+        try:
+            fields = configs.load_config(self.trainer, path.strip())
+        except UserError as exc:
+            return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
+        return [f"loaded {path.strip()}", *self._ordered(fields)]
+
+    def load_preset(self, name: str) -> list:
+        if not name:
+            return ["❌ pick a preset first", *[gr.skip() for _ in self.names]]
+        return self.load(str(configs.preset_path(name)))
+
+    def import_kohya(self, path: str) -> list:
+        from library.gui.kohya_import import import_kohya_file
+
+        try:
+            result = import_kohya_file(path.strip(), self.trainer)
+        except UserError as exc:
+            return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
+        return [result.message(), *self._ordered(field_values(self.trainer, result.values))]
+
+    def command(self, *values) -> str:
+        try:
+            config = configs.validate(self.trainer, self._fields(values))
+        except UserError as exc:
+            return f"❌ {exc}"
+        path = configs.run_config_path(config)
+        return (
+            " ".join(configs.trainer_command(self.trainer, path, self.launcher))
+            + f"\n\n# {path}:\n"
+            + (configs.effective_toml(config))
+        )
+
+    def start(self, *values) -> str:
+        if self.runner.busy():
+            return "❌ a run is already going (one run at a time): stop it or add this config to the queue."
+        try:
+            path = configs.write_run_config(self.trainer, self._fields(values))
+        except UserError as exc:
+            return f"❌ {exc}"
+        command = configs.trainer_command(self.trainer, path, self.launcher)
+        self.runner.start(command, label=f"{TITLES[self.trainer]} {path.stem}", cwd=os.getcwd())
+        return f"started: {' '.join(command)}"
+
+    def stop(self) -> str:
+        return (
+            "stopping: the trainer finishes the step and saves" if self.runner.stop() else "no run is going"
+        )
+
+    def enqueue(self, *values) -> str:
+        try:
+            config = configs.validate(self.trainer, self._fields(values))
+        except UserError as exc:
+            return f"❌ {exc}"
+        number = self.queue.add(self.trainer, configs.effective_toml(config), label=config.output_name or "")
+        return f"added to the queue as entry {number}"
+
+
+def config_bar(form: TrainingForm, fields: list, message: gr.Markdown) -> None:
+    """Preset, load/save/save-as and kohya_ss import controls, wired to ``form``."""
+    t = form.trainer
+    with gr.Row():
+        preset = gr.Dropdown(choices=configs.list_presets(t), label="Preset", elem_id=f"{t}-preset", scale=2)
+        preset_btn = gr.Button("Load preset", elem_id=f"{t}-load-preset", scale=1)
+    with gr.Row():
+        path = gr.Textbox(
+            label="Config file", placeholder="configs/my_run.toml", elem_id=f"{t}-config-path", scale=3
+        )
+        load_btn = gr.Button("Load", elem_id=f"{t}-load", scale=1)
+        save_btn = gr.Button("Save", elem_id=f"{t}-save", scale=1)
+    with gr.Row():
+        save_as = gr.Textbox(
+            label="Save as", placeholder="configs/copy.toml", elem_id=f"{t}-save-as-path", scale=3
+        )
+        save_as_btn = gr.Button("Save as", elem_id=f"{t}-save-as", scale=1)
+    with gr.Accordion("Import a kohya_ss GUI config (.json)", open=False):
+        with gr.Row():
+            kohya_path = gr.Textbox(label="kohya_ss JSON file", elem_id=f"{t}-kohya-path", scale=3)
+            kohya_btn = gr.Button("Import", elem_id=f"{t}-kohya-import", scale=1)
+    preset_btn.click(form.load_preset, [preset], [message, *fields])
+    load_btn.click(form.load, [path], [message, *fields])
+    save_btn.click(form.save, [path, *fields], [message])
+    save_as_btn.click(form.save, [save_as, *fields], [message]).then(lambda p: p, [save_as], [path])
+    kohya_btn.click(form.import_kohya, [kohya_path], [message, *fields])
+
+
+def form_fields(trainer: str) -> list:
+    """All fields: the common options first (open), then "Advanced" with one accordion per schema group."""
+    made: dict[str, Any] = {}
+    common, advanced = common_and_advanced(trainer)
+    with gr.Accordion("Common options", open=True):
+        for opt in common:
+            made[opt.name] = make_component(trainer, opt)
+    with gr.Accordion("Advanced", open=False):
+        titles = {g.key: g for g in SCHEMA.groups}
+        for key, opts in advanced.items():
+            with gr.Accordion(titles[key].title, open=False):
+                gr.Markdown(titles[key].description)
+                for opt in opts:
+                    made[opt.name] = make_component(trainer, opt)
+    return [made[o.name] for o in form_options(trainer)]
+
+
+def run_panel(trainer: str) -> RunPanel:
+    status = gr.Markdown("idle", elem_id=f"{trainer}-run-status")
+    with gr.Row():
+        loss = gr.LinePlot(
+            x="step", y="value", color="series", title="Loss", elem_id=f"{trainer}-loss-plot", height=260
+        )
+        lr = gr.LinePlot(x="step", y="lr", title="Learning rate", elem_id=f"{trainer}-lr-plot", height=260)
+    samples = gr.Gallery(label="Newest samples", columns=6, height=200, elem_id=f"{trainer}-samples")
+    log = gr.Textbox(
+        label="Log (last lines)", lines=8, max_lines=8, elem_id=f"{trainer}-log", autoscroll=True
+    )
+    return RunPanel(status, loss, lr, samples, log)
+
+
+def training_tab(trainer: str, runner: JobRunner, queue: TrainingQueue, launcher: str) -> RunPanel:
+    """Build the tab's content (call inside ``gr.Tab``); returns its run panel for the page timer."""
+    form = TrainingForm(trainer, runner, queue, launcher)
+    message = gr.Markdown("", elem_id=f"{trainer}-message")
+    bar = gr.Column()
+    fields = form_fields(trainer)
+    with bar:
+        config_bar(form, fields, message)
+    with gr.Row():
+        buttons = {
+            name: gr.Button(label, elem_id=f"{trainer}-{name}", variant=variant)
+            for name, label, variant in (
+                ("validate", "Validate", "secondary"),
+                ("command", "Print command", "secondary"),
+                ("start", "Start", "primary"),
+                ("stop", "Stop", "stop"),
+                ("enqueue", "Add to queue", "secondary"),
+            )
+        }
+    command = gr.Textbox(label="Command", lines=4, elem_id=f"{trainer}-command")
+    buttons["validate"].click(form.validate, fields, [message])
+    buttons["command"].click(form.command, fields, [command])
+    buttons["start"].click(form.start, fields, [message])
+    buttons["stop"].click(form.stop, None, [message])
+    buttons["enqueue"].click(form.enqueue, fields, [message])
+    return run_panel(trainer)

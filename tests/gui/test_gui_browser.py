@@ -1,0 +1,137 @@
+"""The GUI in a real headless browser (Playwright + Debian's chromium): quickstart preset, Start to the end
+with progress and a loss plot, Stop mid-run, a screenshot of every tab (saved in tests/gui/artifacts/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.gui.server import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    GuiServer,
+    choose,
+    field,
+    need_browser,
+    set_field,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+TABS = ["network", "db", "queue", "captioning", "dataset", "tools"]
+
+
+@pytest.fixture(scope="module")
+def gui(tmp_path_factory):
+    need_browser()
+    root = tmp_path_factory.mktemp("gui_browser")
+    shutil.copytree(REPO / "dataset_examples", root / "data")
+    # one repeat instead of five: 6 pictures + 6 reg per epoch, 6 steps at batch size 2
+    (root / "data" / "train" / "5_sks circle").rename(root / "data" / "train" / "1_sks circle")
+    server = GuiServer(root)
+    yield server, root
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def page(gui):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(gui[0].url)
+        page.wait_for_selector("#network-start")
+        yield page
+        browser.close()
+
+
+def fill_quickstart(page, root: Path, out: str, epochs: int) -> None:
+    choose(page, "network-preset", "quickstart")
+    page.click("#network-load-preset")
+    page.wait_for_function("document.querySelector('#network-message').innerText.includes('quickstart')")
+    assert field(page, "network-max_train_epochs").input_value() == "3"  # the preset's value is shown
+    set_field(page, "network-train_data_dir", root / "data" / "train")
+    set_field(page, "network-reg_data_dir", root / "data" / "reg")
+    set_field(page, "network-output_dir", root / out)
+    set_field(page, "network-max_train_epochs", epochs)
+    set_field(page, "network-resolution", 64)
+
+
+def status_text(page) -> str:
+    return page.inner_text("#network-run-status")
+
+
+def wait_status(page, pattern: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = status_text(page)
+        if re.search(pattern, text):
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"status never matched {pattern!r}; last: {text!r}")
+
+
+def test_gui_starts_quickly(gui):
+    server, _ = gui
+    print(f"GUI start (process start to first page served): {server.startup_s:.1f} s")
+    assert server.startup_s < 10
+
+
+def test_quickstart_runs_to_the_end(gui, page):
+    _, root = gui
+    fill_quickstart(page, root, "run1", epochs=1)
+    page.click("#network-start")
+    page.wait_for_function("document.querySelector('#network-message').innerText.includes('started')")
+    text = wait_status(page, r"^(done|failed)", 240)
+    assert text.startswith("done"), page.inner_text("#network-log")
+    total = re.search(r"step (\d+)/(\d+)", text)
+    assert total and total.group(1) == total.group(2) and int(total.group(2)) > 0
+    assert int(re.search(r"loss points: (\d+)", text).group(1)) == int(total.group(2))
+    page.wait_for_selector("#network-loss-plot svg [role='graphics-object'] path", timeout=10000)
+    axis = page.locator("#network-loss-plot [aria-roledescription='axis']").first.get_attribute("aria-label")
+    assert "step" in axis
+    assert (root / "run1" / "quickstart_lora.safetensors").stat().st_size > 1000
+    assert (root / "run1" / "quickstart_lora.toml").exists()  # Start wrote the config it ran
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for tab in TABS:
+        page.click(f"#tab-{tab}-button") if page.locator(f"#tab-{tab}-button").count() else page.get_by_role(
+            "tab", name=tab_title(tab)
+        ).click()
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(ARTIFACTS / f"tab-{tab}.png"), full_page=True)
+        assert (ARTIFACTS / f"tab-{tab}.png").stat().st_size > 5000
+    page.get_by_role("tab", name="LoRA").click()
+
+
+def tab_title(key: str) -> str:
+    return {
+        "network": "LoRA",
+        "db": "DreamBooth",
+        "queue": "Queue",
+        "captioning": "Captioning",
+        "dataset": "Dataset",
+        "tools": "Tools",
+    }[key]
+
+
+def test_stop_ends_the_run(gui, page):
+    server, root = gui
+    fill_quickstart(page, root, "run2", epochs=200)
+    page.click("#network-start")
+    wait_status(page, r"^running · step [2-9]", 120)
+    page.click("#network-stop")
+    text = wait_status(page, r"^(stopped|done|failed)", 60)
+    assert text.startswith("stopped"), text
+    state = json.loads((root / "gui_state" / "job" / "job.json").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(state["pid"], 0)
+    assert list((root / "run2").glob("quickstart_lora*.safetensors"))  # saved on stop

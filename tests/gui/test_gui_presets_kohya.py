@@ -1,0 +1,109 @@
+"""Presets validate with the CLI's validation and load into the forms; kohya_ss GUI JSON import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from library.config.load import config_from_values
+from library.errors import ConfigError
+from library.gui import configs
+from library.gui.kohya_import import import_kohya, import_kohya_file
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = {
+    "quickstart": "network",
+    "sd15_character_lora_adamw8bit": "network",
+    "sd15_style_lora_lion": "network",
+    "sd15_lora_prodigy": "network",
+    "sd15_dreambooth": "db",
+    "sd2_vpred_lora": "network",
+}
+
+
+@pytest.mark.parametrize("name,trainer", sorted(SHIPPED.items()))
+def test_presets_validate_and_are_listed(name, trainer, tmp_path):
+    assert name in configs.list_presets(trainer)
+    fields = configs.load_config(trainer, configs.preset_path(name))
+    fields.update(train_data_dir=str(REPO / "dataset_examples" / "train"), reg_data_dir="")
+    config = configs.validate(trainer, fields)
+    assert config.output_name and config.output_dir
+
+
+def test_print_command_is_an_argument_list():
+    argv = configs.trainer_command("network", "out/x.toml")
+    assert argv[1].endswith("train_network.py") and argv[-2:] == ["--config_file", "out/x.toml"]
+    assert configs.trainer_command("db", "a b.toml", "accelerate")[:2] == ["accelerate", "launch"]
+
+
+KOHYA = {
+    "LoRA_type": "Kohya LoCon",
+    "conv_dim": 8,
+    "conv_alpha": 4,
+    "epoch": 6,
+    "max_resolution": "512,768",
+    "lr_warmup": 10,
+    "optimizer": "AdamW8bit",
+    "optimizer_args": "weight_decay=0.01 betas=0.9,0.99",
+    "network_dim": 16,
+    "network_alpha": 8,
+    "learning_rate": 0.0001,
+    "train_batch_size": 2,
+    "pretrained_model_name_or_path": "builtin:tiny",
+    "output_dir": "out",
+    "output_name": "k",
+    "train_data_dir": str(REPO / "dataset_examples" / "train"),
+    "shuffle_caption": True,
+    "keep_tokens": 1,
+    "xformers": "xformers",
+    "sdxl": False,
+    "vae": "",
+    "gpu_ids": "",
+    "num_processes": 1,
+    "some_future_field": "value",
+    "use_wandb": True,
+    "color_aug": False,
+    "clip_skip": 2,
+}
+
+
+def test_kohya_json_maps_renamed_fields_and_reports_the_rest():
+    result = import_kohya(KOHYA)
+    v = result.values
+    assert v["network_module"] == "networks.lora"
+    assert v["network_args"] == ["conv_dim=8", "conv_alpha=4"]
+    assert v["max_train_epochs"] == 6 and v["resolution"] == "512,768" and v["lr_warmup_steps"] == "10%"
+    assert v["optimizer_type"] == "AdamW8bit" and v["optimizer_args"] == [
+        "weight_decay=0.01",
+        "betas=0.9,0.99",
+    ]
+    assert v["clip_skip"] == 2 and "vae" not in v
+    assert set(result.unmapped) == {"some_future_field", "use_wandb"}
+    assert v["xformers"] is True
+    assert "some_future_field" in result.message()
+    unsupported = {k: v for k, v in v.items()}
+    config = config_from_values(unsupported, "network")
+    assert config.resolution == (512, 768) and config.network_dim == 16
+
+
+def test_kohya_lycoris_and_bad_files(tmp_path):
+    assert import_kohya({"LoRA_type": "LyCORIS/LoHa"}).values["network_args"] == ["algo=loha"]
+    assert "LoRA_type" in import_kohya({"LoRA_type": "Flux1"}).unmapped
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json"):
+        import_kohya_file(bad)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"epoch": 2}))
+    assert import_kohya_file(good).values == {"max_train_epochs": 2}
+
+
+def test_listen_everywhere_without_login_warns():
+    from library.gui.app import exposure_warning
+
+    assert exposure_warning("127.0.0.1", False, False) is None
+    assert "--username" in exposure_warning("0.0.0.0", False, False)
+    assert exposure_warning("0.0.0.0", False, True) is None
+    assert "share" in exposure_warning("127.0.0.1", True, False)
