@@ -94,8 +94,8 @@ CAPTION_TOOLS = (
         "Caption editing",
         "edit_captions.py",
         (
-            Arg("Sub-command (e.g. add, replace, remove, fold, stats)"),
             Arg("Image folder"),
+            Arg("Sub-command and its arguments, one per line (e.g. fold, Smith, 1boy, beard)", many=True),
             Arg("Dry run", "--dry_run", switch=True),
         ),
     ),
