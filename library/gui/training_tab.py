@@ -65,13 +65,16 @@ def loss_frame(view: RunView):
 
     rows = [(s, v, "loss") for s, v, _, _ in view.losses if v is not None]
     rows += [(s, a, "average") for s, _, a, _ in view.losses if a is not None]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    # explicit dtypes: an untyped frame makes the browser plot the axes as categories
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype(
+        {"step": "int64", "value": "float64", "series": "str"})
 
 
 def lr_frame(view: RunView):
     import pandas as pd
 
-    return pd.DataFrame([(s, lr) for s, _, _, lr in view.losses if lr is not None], columns=["step", "lr"])
+    rows = [(s, lr) for s, _, _, lr in view.losses if lr is not None]
+    return pd.DataFrame(rows, columns=["step", "lr"]).astype({"step": "int64", "lr": "float64"})
 
 
 def newest_samples(view: RunView, count: int = 6) -> list:
@@ -91,7 +94,10 @@ def newest_samples(view: RunView, count: int = 6) -> list:
 def panel_values(view: RunView) -> list:
     points = sum(1 for _, v, _, _ in view.losses if v is not None)
     status = f"**{view.summary()}** · loss points: {points}"
-    return [status, loss_frame(view), lr_frame(view), newest_samples(view), view.log_tail]
+    # no points yet: leave the plots alone (a first empty frame fixes the colour legend to nothing, and the
+    # lines of the series that arrive later are never drawn)
+    loss, lr = (loss_frame(view), lr_frame(view)) if points else (gr.skip(), gr.skip())
+    return [status, loss, lr, newest_samples(view), view.log_tail]
 
 
 @dataclass

@@ -96,9 +96,14 @@ def test_quickstart_runs_to_the_end(gui, page):
     total = re.search(r"step (\d+)/(\d+)", text)
     assert total and total.group(1) == total.group(2) and int(total.group(2)) > 0
     assert int(re.search(r"loss points: (\d+)", text).group(1)) == int(total.group(2))
-    page.wait_for_selector("#network-loss-plot svg [role='graphics-object'] path", timeout=10000)
-    axis = page.locator("#network-loss-plot [aria-roledescription='axis']").first.get_attribute("aria-label")
-    assert "step" in axis
+    page.wait_for_selector("#network-loss-plot [aria-roledescription='line mark']", timeout=10000)
+    axes = [a.get_attribute("aria-label")
+            for a in page.locator("#network-loss-plot [aria-roledescription='axis']").all()]
+    assert any(a.startswith("X-axis titled 'step'") for a in axes)
+    assert all("linear scale" in a for a in axes), axes  # numbers, not categories
+    lines = [m.get_attribute("aria-label")
+             for m in page.locator("#network-loss-plot [aria-roledescription='line mark']").all()]
+    assert any("series: loss" in line for line in lines) and any("series: average" in line for line in lines)
     assert (root / "run1" / "quickstart_lora.safetensors").stat().st_size > 1000
     assert (root / "run1" / "quickstart_lora.toml").exists()  # Start wrote the config it ran
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
