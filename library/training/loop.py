@@ -175,6 +175,7 @@ def run_training(config, target) -> Path | None:
     loop = TrainLoop(config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length, facts)
     if config.resume:
         loop.position = state.load_state(accelerator, config.resume, accelerator.unwrap_model(train_step))
+        target.on_step_end(loop.position.step)  # e.g. a text encoder whose training ended before the state
     final = loop.run()
     accelerator.end_training()
     return final
