@@ -16,8 +16,12 @@ SPECS = (*CAPTION_TOOLS, *DATASET_TOOLS, *MODEL_TOOLS)
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.key)
 def test_every_form_flag_is_a_flag_of_its_tool(spec):
-    help_text = subprocess.run([sys.executable, str(ROOT / "tools" / spec.script), "--help"], capture_output=True,
-                               text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / spec.script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert help_text.startswith("usage:")
     for arg in spec.args:
         if arg.flag:
@@ -36,3 +40,30 @@ def test_caption_edit_form_runs_the_tool(tmp_path):
     output = run_tool(spec, values, "")
     assert output.startswith("✅ done"), output
     assert caption.read_text(encoding="utf-8").strip() == "Smith, smith_group, apron"
+
+
+def test_dataset_check_table_tag_frequencies_and_inspect(tmp_path):
+    from library.gui.tools_tabs import check_rows, inspect_text, tag_frequency_rows
+    from library.models.tiny import tiny_components
+    from library.networks.lora import create_network
+
+    root = tmp_path / "train"
+    folder = root / "5_sks dog"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    for i, caption in enumerate(["sks dog, grass", "sks dog, beach", None]):
+        Image.new("RGB", (96, 64), (40 * i, 90, 20)).save(folder / f"{i}.png")
+        if caption:
+            (folder / f"{i}.txt").write_text(caption, encoding="utf-8")
+    summary, rows = check_rows(str(root), "", 64)
+    assert "warnings" in summary
+    assert any(r[0] == "warning" and "caption" in r[1] for r in rows), rows  # the image without a caption
+    assert tag_frequency_rows(str(root))[0] == ["sks dog", 2]
+    parts = tiny_components("sd1")
+    lora = create_network(parts["unet"], parts["text_encoder"], dim=4, alpha=2).save(
+        tmp_path / "l.safetensors"
+    )
+    text = inspect_text(str(lora), "")
+    assert "rank" in text.lower() and "4" in text
+    assert inspect_text(str(tmp_path / "missing.safetensors"), "").startswith("❌")
