@@ -1,8 +1,12 @@
 """Start the training GUI: python gui.py [--listen ADDR] [--port N] [--share] [--username U --password P]."""
 
+import os
 import sys
 
-from library.gui.app import main
+# no usage telemetry to Gradio's servers unless the user opts in (the GUI is often run on private data)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from library.gui.app import main  # noqa: E402  (after the environment is set)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -58,7 +58,7 @@ def queue_tab(ctx: GuiContext) -> gr.Dataframe:
 
 def build_app(ctx: GuiContext) -> gr.Blocks:
     """The whole page."""
-    with gr.Blocks(title="SD LoRA / DreamBooth trainer") as app:
+    with gr.Blocks(title="SD LoRA / DreamBooth trainer", analytics_enabled=False) as app:
         gr.Markdown("## Stable Diffusion LoRA / DreamBooth training")
         panels = []
         with gr.Tabs():
