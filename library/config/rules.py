@@ -100,6 +100,7 @@ def check_rules(config, schema: Schema) -> None:
         from library.training.sampling.prompts import read_prompts
 
         read_prompts(config.sample_prompts)  # a bad line is an error now, not after an hour of training
+    _check_one_lr(config)
     if config.log_with in ("wandb", "all"):
         import importlib.util
 
@@ -119,3 +120,37 @@ def check_rules(config, schema: Schema) -> None:
                        "cannot be learnt")
     if config.v_parameterization and not config.v2:
         logger.warning("v_parameterization is set without v2: only SD 2.x 768-v models predict v")
+
+
+def _part_lrs(config) -> dict[str, float]:
+    """The learning rate of each trained part (UNet, text encoder) as the trainer will use it."""
+    lr = config.learning_rate
+    if config.trainer == "network":
+        parts = {}
+        if not config.network_train_text_encoder_only:
+            parts["unet"] = lr if config.unet_lr is None else config.unet_lr
+        if not config.network_train_unet_only:
+            parts["text encoder"] = lr if config.text_encoder_lr is None else config.text_encoder_lr
+    else:
+        parts = {"unet": lr}
+        if config.train_text_encoder and config.stop_text_encoder_training not in (0, -1):
+            parts["text encoder"] = lr if config.learning_rate_te is None else config.learning_rate_te
+    return {k: v for k, v in parts.items() if v}
+
+
+def _check_one_lr(config) -> None:
+    """D-Adaptation and Prodigy variants refuse groups with different lrs: say so before any model loads."""
+    from library.training.optimizers import needs_one_lr, resolve_optimizer_name
+
+    name = resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam, config.use_lion_optimizer)
+    if not needs_one_lr(name):
+        return
+    lrs = _part_lrs(config)
+    loraplus = [a.split("=")[0] for a in (getattr(config, "network_args", None) or []) if a.startswith("loraplus")]
+    if len(set(lrs.values())) > 1 or loraplus:
+        found = ", ".join(f"{k} {v}" for k, v in lrs.items()) + (f"; {', '.join(loraplus)}" if loraplus else "")
+        raise ConfigError(
+            f"optimizer_type {config.optimizer_type!r} needs one learning rate for everything it trains, but the "
+            f"config has {found}. Set the learning rates equal (1.0 is usual for this optimizer) or leave "
+            f"unet_lr / text_encoder_lr unset, and drop LoRA+ ratios."
+        )

@@ -96,7 +96,19 @@ def _check_same_lr(name: str, params, lr: float) -> None:
         )
 
 
+#: optimizers that refuse param groups with different learning rates (checked when the config is read)
+ONE_LR_OPTIMIZERS: set[str] = set()
+
+
+def needs_one_lr(name: str) -> bool:
+    """True when optimizer ``name`` allows only one learning rate for all parameter groups."""
+    entry = OPTIMIZERS.find(name)
+    return entry is not None and entry.name in ONE_LR_OPTIMIZERS
+
+
 def _register(name: str, module: str, package: str | None, class_name: str, description: str, **defaults):
+    if defaults.get("same_lr"):
+        ONE_LR_OPTIMIZERS.add(name)
     factory = _from_package(module, package or module.split(".")[0], class_name, **defaults)
     OPTIMIZERS.register(name, package=package, description=description)(factory)
 

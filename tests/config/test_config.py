@@ -167,3 +167,15 @@ def test_wandb_needs_its_package_and_the_key_is_never_written(tmp_path, base_arg
     written = write_output_config(cfg.replace(output_config=str(tmp_path / "c.toml")))
     text = written.read_text()
     assert "SECRET" not in text and 'wandb_run_name = "run1"' in text
+
+
+def test_one_lr_optimizers_are_checked_before_any_model_loads(base_args):
+    with pytest.raises(ConfigError, match="needs one learning rate.*unet 1.0, text encoder 0.5"):
+        parse_config(base_args + ["--optimizer_type", "prodigy", "--learning_rate", "1", "--text_encoder_lr",
+                                  "0.5"], "network")
+    with pytest.raises(ConfigError, match="loraplus_lr_ratio"):
+        parse_config(base_args + ["--optimizer_type", "DAdaptAdam", "--learning_rate", "1", "--network_args",
+                                  "loraplus_lr_ratio=4"], "network")
+    cfg = parse_config(base_args + ["--optimizer_type", "Prodigy", "--learning_rate", "1",
+                                    "--network_train_unet_only", "--text_encoder_lr", "0.5"], "network")
+    assert cfg.optimizer_type == "Prodigy"  # the text encoder is not trained: one lr in use
