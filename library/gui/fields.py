@@ -76,7 +76,9 @@ def field_spec(opt: Option) -> FieldSpec:
             entries = (("(unset)", UNSET), *entries)
         return FieldSpec(opt, "dropdown", entries, custom_values=opt.check is not None)
     if opt.kind in ("int", "float"):
-        return FieldSpec(opt, "number")
+        # an optional number is a text box: a browser number field sends 0 when left empty, and 0 is not
+        # "unset" (clip_skip = 0 is an error, noise_offset = 0 is not the same as off in every option)
+        return FieldSpec(opt, "number" if opt.default is not None else "text")
     if opt.kind == "strs":
         return FieldSpec(opt, "lines")
     return FieldSpec(opt, "text")

@@ -140,3 +140,38 @@ def test_stop_ends_the_run(gui, page):
     with pytest.raises(ProcessLookupError):
         os.kill(state["pid"], 0)
     assert list((root / "run2").glob("quickstart_lora*.safetensors"))  # saved on stop
+
+
+def test_page_reload_reattaches_to_the_running_job(gui, page):
+    _, root = gui
+    fill_quickstart(page, root, "run3", epochs=200)
+    page.click("#network-start")
+    wait_status(page, r"^running · step [1-9]", 120)
+    page.reload()
+    page.wait_for_selector("#network-start")
+    text = wait_status(page, r"^running · step \d+", 30)  # the fresh page shows the same run, still going
+    step_before = int(re.search(r"step (\d+)", text).group(1))
+    wait_status(page, rf"^running · step (?!{step_before}/)\d+", 60)  # and it keeps moving
+    page.click("#network-stop")
+    assert wait_status(page, r"^(stopped|done|failed)", 60).startswith("stopped")
+
+
+def test_dreambooth_tab_trains_the_tiny_model(gui, page):
+    _, root = gui
+    page.get_by_role("tab", name="DreamBooth").click()
+    page.wait_for_selector("#db-start")
+    set_field(page, "db-pretrained_model_name_or_path", "builtin:tiny")
+    set_field(page, "db-train_data_dir", root / "data" / "train")
+    set_field(page, "db-output_dir", root / "db_run")
+    set_field(page, "db-output_name", "db")
+    set_field(page, "db-resolution", 64)
+    set_field(page, "db-max_train_steps", 3)
+    page.click("#db-start")
+    page.wait_for_function("document.querySelector('#db-message').innerText.trim().length > 0", timeout=30000)
+    assert "started" in page.inner_text("#db-message"), page.inner_text("#db-message")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not re.search(r"^(done|failed)", page.inner_text("#db-run-status")):
+        time.sleep(0.5)
+    assert page.inner_text("#db-run-status").startswith("done"), page.inner_text("#db-log")
+    assert (root / "db_run" / "db.safetensors").stat().st_size > 100_000
+    page.get_by_role("tab", name="LoRA").click()

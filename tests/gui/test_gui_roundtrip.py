@@ -166,7 +166,8 @@ def test_widgets_follow_the_schema():
     assert field_spec(SCHEMA["lr_scheduler"]).widget == "dropdown"
     assert field_spec(SCHEMA["optimizer_type"]).custom_values  # dotted class names are allowed
     assert field_spec(SCHEMA["save_precision"]).choices[0] == ("(unset)", "")
-    assert field_spec(SCHEMA["network_dim"]).widget == "number"
+    assert field_spec(SCHEMA["train_batch_size"]).widget == "number"
+    assert field_spec(SCHEMA["network_dim"]).widget == "text"  # optional: empty means unset, not 0
     assert field_spec(SCHEMA["network_args"]).widget == "lines"
     assert field_spec(SCHEMA["resolution"]).widget == "text"
     comp = make_component("network", SCHEMA["learning_rate"])
