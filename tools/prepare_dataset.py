@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--bucket_reso_steps", type=int, default=64, help="sides of grouped pictures are multiples"
     )
     p.add_argument("--overwrite", action="store_true", help="write into output folders that hold files")
+    p.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also take pictures from subfolders (placed as <subfolder>_<name>)",
+    )
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -57,6 +62,7 @@ def body(args: argparse.Namespace) -> int:
         args.group_size,
         args.bucket_reso_steps,
         args.overwrite,
+        args.recursive,
     )
     report = prepare_dataset(args.images_dir, args.out_dir, opts, args.reg_dir)
     print(

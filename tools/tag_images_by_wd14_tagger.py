@@ -14,6 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from library.tools.dataset.cli_support import add_folder_arguments, run_tool  # noqa: E402
 from library.tools.dataset.wd14_model import DEFAULT_MODEL_DIR, DEFAULT_REPO_ID  # noqa: E402
 
+#: the v3 categories with a --<name>_threshold option (unset = --thresh).
+CATEGORY_OPTIONS = ("copyright", "artist", "meta", "model")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,6 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresh", type=float, default=0.35, help="default threshold of every category")
     p.add_argument("--general_threshold", type=float, help="threshold of general tags (default --thresh)")
     p.add_argument("--character_threshold", type=float, help="threshold of character tags (default --thresh)")
+    for category in CATEGORY_OPTIONS:
+        p.add_argument(
+            f"--{category}_threshold",
+            type=float,
+            help=f"threshold of {category} tags of v3 tag tables (default --thresh; above 1 disables them)",
+        )
+    p.add_argument(
+        "--output_path",
+        type=Path,
+        help="write all tags to this one .json ({path: {tags, image_size}}) or .jsonl file, no caption files",
+    )
     p.add_argument("--caption_separator", default=", ")
     p.add_argument("--remove_underscore", action="store_true", help="'long_hair' -> 'long hair'")
     p.add_argument("--undesired_tags", default="", help="comma-separated tags never written")
@@ -39,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--use_rating_tags", action="store_true", help="put the rating tag first")
     p.add_argument("--use_rating_tags_as_last_tag", action="store_true", help="put the rating tag last")
+    p.add_argument("--use_quality_tags", action="store_true", help="put the quality tag first (v3 tables)")
+    p.add_argument("--use_quality_tags_as_last_tag", action="store_true", help="put the quality tag last")
+    p.add_argument(
+        "--character_tag_expand", action="store_true", help="'chara_name_(series)' -> 'chara_name, series'"
+    )
     p.add_argument("--append_tags", action="store_true", help="add new tags to existing captions")
     p.add_argument("--frequency_tags", action="store_true", help="print a tag count table")
     return p
@@ -54,9 +73,12 @@ def body(args: argparse.Namespace) -> int:
         replacement = tuple(parse_tag_replacement(args.tag_replacement))
     except ValueError as exc:
         raise UserError(f"--tag_replacement: {exc}; write 'source,target;source2,target2'.") from None
+    given = {
+        f"{n}_threshold": getattr(args, f"{n}_threshold") for n in ("general", "character", *CATEGORY_OPTIONS)
+    }
+    thresholds = {key: args.thresh if value is None else value for key, value in given.items()}
     selection = TagSelection(
-        general_threshold=args.thresh if args.general_threshold is None else args.general_threshold,
-        character_threshold=args.thresh if args.character_threshold is None else args.character_threshold,
+        **thresholds,
         remove_underscore=args.remove_underscore,
         undesired_tags=tuple(parse_tag_list(args.undesired_tags, args.caption_separator)),
         always_first_tags=tuple(parse_tag_list(args.always_first_tags, args.caption_separator)),
@@ -64,6 +86,9 @@ def body(args: argparse.Namespace) -> int:
         tag_replacement=replacement,
         use_rating_tags=args.use_rating_tags,
         use_rating_tags_as_last_tag=args.use_rating_tags_as_last_tag,
+        use_quality_tags=args.use_quality_tags,
+        use_quality_tags_as_last_tag=args.use_quality_tags_as_last_tag,
+        character_tag_expand=args.character_tag_expand,
     )
     run = TaggingRun(
         args.caption_extension,
@@ -73,6 +98,7 @@ def body(args: argparse.Namespace) -> int:
         args.batch_size,
         args.max_data_loader_n_workers,
         args.recursive,
+        args.output_path,
     )
     onnx_path, tags_path = resolve_model_files(args.model_dir, args.repo_id, args.force_download)
     model = WD14Model(onnx_path, tags_path)
@@ -80,9 +106,13 @@ def body(args: argparse.Namespace) -> int:
     report = tag_folder(args.train_data_dir, model, selection, run, on_image=show)
     if args.frequency_tags:
         print(format_frequency(report.frequency))
+    written = (
+        f"tags written to {args.output_path}"
+        if args.output_path
+        else f"{len(report.written)} captions written, {len(report.kept_existing)} kept"
+    )
     print(
-        f"tagged {report.images - len(report.unreadable)} of {report.images} pictures: "
-        f"{len(report.written)} captions written, {len(report.kept_existing)} kept, "
+        f"tagged {report.images - len(report.unreadable)} of {report.images} pictures: {written}, "
         f"{len(report.unreadable)} unreadable, {report.seconds_total:.1f} s"
     )
     return 0

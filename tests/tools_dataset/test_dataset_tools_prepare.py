@@ -122,3 +122,42 @@ def test_size_functions():
     assert keep_aspect_size((2000, 1000), 512) == (724, 362)
     assert keep_aspect_size((100, 50), 512) == (100, 50)  # never enlarged
     assert group_target([0.5, 1.0], 64, 8, [(50, 100), (100, 100)]) == [(48, 80), (48, 80)]
+
+
+def test_recursive_takes_pictures_of_subfolders(tmp_path):
+    folder = tmp_path / "raw"
+    textured(folder / "top.png", 1, (64, 64))
+    textured(folder / "set1" / "a.png", 2, (64, 64))
+    textured(folder / "set1" / "deeper" / "b.jpg", 3, (64, 64))
+    (folder / "set1" / "a.txt").write_text("sks dog, beach\n", encoding="utf-8")
+    textured(folder / ".hidden" / "c.png", 4, (64, 64))
+    out = tmp_path / "out"
+    args = (folder, out, "--trigger", "sks", "--class_name", "dog", "--repeats", "3")
+    assert prepare(*args) == 0
+    train = out / "train" / "3_sks dog"
+    assert sorted(p.name for p in train.iterdir()) == ["top.png"]
+    assert prepare(*args, "--recursive", "--overwrite") == 0
+    assert sorted(p.name for p in train.iterdir()) == [
+        "set1_a.png",
+        "set1_a.txt",
+        "set1_deeper_b.jpg",
+        "top.png",
+    ]
+    assert (train / "set1_a.txt").read_text(encoding="utf-8") == "sks dog, beach\n"
+    assert (train / "set1_deeper_b.jpg").read_bytes() == (folder / "set1" / "deeper" / "b.jpg").read_bytes()
+
+
+def test_recursive_name_clash_and_output_inside_the_raw_folder(tmp_path, capsys):
+    folder = tmp_path / "raw"
+    textured(folder / "set1_a.png", 1, (64, 64))
+    textured(folder / "set1" / "a.png", 2, (64, 64))
+    assert prepare(folder, tmp_path / "out", "--class_name", "dog", "--recursive") == 2
+    err = capsys.readouterr().err
+    assert "set1_a.png" in err and "Rename" in err and "Traceback" not in err
+    (folder / "set1_a.png").unlink()
+    assert prepare(folder, folder / "out", "--class_name", "dog", "--recursive") == 0
+    train = folder / "out" / "train" / "10_dog"
+    assert [p.name for p in train.iterdir()] == ["set1_a.png"]
+    # a second run does not pick up the pictures it placed itself
+    assert prepare(folder, folder / "out", "--class_name", "dog", "--recursive", "--overwrite") == 0
+    assert [p.name for p in train.iterdir()] == ["set1_a.png"]

@@ -46,6 +46,7 @@ class PrepareOptions:
     group_size: int | None = None
     steps: int = 64
     overwrite: bool = False
+    recursive: bool = False
 
 
 @dataclass
@@ -131,20 +132,45 @@ def _check_out(folder: Path, overwrite: bool) -> None:
         )
 
 
+def flat_names(source: Path, paths: list[Path]) -> dict[Path, str]:
+    """The file name of each picture in the flat output folder: its path below ``source`` with the
+    folders joined by ``_`` (``sub/deeper/a.png`` -> ``sub_deeper_a.png``; ``a.png`` stays).
+
+    Raises :class:`UserError` naming both pictures when two end up with the same name.
+    """
+    names: dict[Path, str] = {}
+    owner: dict[str, Path] = {}
+    for path in paths:
+        name = "_".join(path.relative_to(source).parts)
+        if name.lower() in owner:
+            raise UserError(
+                f"'{owner[name.lower()]}' and '{path}' would both be placed as '{name}'. Rename one of "
+                f"them (pictures of subfolders are named <subfolder>_<name>)."
+            )
+        owner[name.lower()] = path
+        names[path] = name
+    return names
+
+
 def place_pictures(source: Path, out: Path, opts: PrepareOptions, report: PrepareReport) -> None:
-    """Place the readable pictures of ``source`` (and their captions) into ``out``."""
+    """Place the readable pictures of ``source`` (of its subfolders too with ``opts.recursive``, named
+    by :func:`flat_names`) and their captions into ``out``."""
     _check_out(out, opts.overwrite)
     paths, sizes = [], {}
-    for path in find_images(source):
+    inside_out = out.resolve()
+    for path in find_images(source, opts.recursive):
+        if inside_out in path.resolve().parents:  # the output folder may sit inside the raw folder
+            continue
         try:
             sizes[path] = probe_image(path)
             paths.append(path)
         except DatasetError as exc:
             logger.warning("Skipping: %s", exc)
             report.skipped.append(path)
+    names = flat_names(source, paths)
     out.mkdir(parents=True, exist_ok=True)
     for path, size in _targets(paths, sizes, opts).items():
-        target = out / path.name
+        target = out / names[path]
         if size is None:
             _place_file(path, target, opts.link)
         else:

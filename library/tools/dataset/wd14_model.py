@@ -2,7 +2,11 @@
 
 Layout of both v2 and v3 taggers: input NHWC float32 BGR 0-255 (``(B, S, S, 3)``, S = 448 for the real
 models), output ``(B, n_tags)`` sigmoid probabilities in the row order of ``selected_tags.csv``
-(columns ``tag_id,name,category,count``; category 9 = rating, 0 = general, 4 = character).
+(columns ``tag_id,name,category,count``). The category column holds danbooru numbers (SmilingWolf's
+files use 9 = rating, 0 = general, 4 = character; 1 = artist, 3 = copyright, 5 = meta are danbooru's) or,
+as in the v3-style ``tag_mapping.json`` categories, a name (``General``, ``Artist``, ``Copyright``,
+``Character``, ``Meta``, ``Model``, ``Quality``, ``Rating``, any case). ``Model`` and ``Quality`` have no
+danbooru number: they get the internal codes -1 and -2 (:data:`CATEGORY_BY_NAME` is the one mapping).
 """
 
 from __future__ import annotations
@@ -25,8 +29,25 @@ DEFAULT_REPO_ID = "SmilingWolf/wd-v1-4-convnext-tagger-v2"
 DEFAULT_MODEL_DIR = "wd14_tagger_model"
 
 CATEGORY_GENERAL = 0
+CATEGORY_ARTIST = 1
+CATEGORY_COPYRIGHT = 3
 CATEGORY_CHARACTER = 4
+CATEGORY_META = 5
 CATEGORY_RATING = 9
+CATEGORY_MODEL = -1  # no danbooru number: only written by name
+CATEGORY_QUALITY = -2  # no danbooru number: only written by name
+
+#: category names (lower case) -> codes; a csv category is either one of these names or an integer.
+CATEGORY_BY_NAME = {
+    "general": CATEGORY_GENERAL,
+    "artist": CATEGORY_ARTIST,
+    "copyright": CATEGORY_COPYRIGHT,
+    "character": CATEGORY_CHARACTER,
+    "meta": CATEGORY_META,
+    "rating": CATEGORY_RATING,
+    "model": CATEGORY_MODEL,
+    "quality": CATEGORY_QUALITY,
+}
 
 #: onnxruntime providers from most to least preferred; the available ones are used in this order.
 PROVIDER_PREFERENCE = (
@@ -47,6 +68,22 @@ class TagTable:
     categories: np.ndarray  # (n_tags,) int
 
 
+def parse_category(value: str) -> int:
+    """A csv category cell -> its code: ``"4"`` -> 4, ``"Quality"`` -> :data:`CATEGORY_QUALITY`.
+
+    Raises ``ValueError`` for a word that is not a known category name.
+    """
+    text = value.strip()
+    if text.lower() in CATEGORY_BY_NAME:
+        return CATEGORY_BY_NAME[text.lower()]
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"category {value!r} is neither a number nor one of {', '.join(CATEGORY_BY_NAME)}"
+        ) from None
+
+
 def load_tag_table(path: str | Path) -> TagTable:
     """Read ``selected_tags.csv``; :class:`ModelLoadError` naming the file when it is malformed."""
     path = Path(path)
@@ -54,8 +91,8 @@ def load_tag_table(path: str | Path) -> TagTable:
         with path.open(encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         names = tuple(row["name"] for row in rows)
-        categories = np.array([int(row["category"]) for row in rows], dtype=np.int64)
-    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        categories = np.array([parse_category(row["category"]) for row in rows], dtype=np.int64)
+    except (OSError, KeyError, TypeError, AttributeError, ValueError, UnicodeDecodeError) as exc:
         raise ModelLoadError(
             f"Tag list '{path}' cannot be read ({exc!r}). It must be a CSV with the header "
             f"tag_id,name,category,count as in SmilingWolf's tagger repositories."
