@@ -55,10 +55,14 @@ def page(gui):
 
 
 def fill_quickstart(page, root: Path, out: str, epochs: int) -> None:
+    set_field(page, "network-max_train_epochs", 7)  # a value the preset replaces: shows the load finished
     choose(page, "network-preset", "quickstart")
     page.click("#network-load-preset")
-    page.wait_for_function("document.querySelector('#network-message').innerText.includes('quickstart')")
+    deadline = time.monotonic() + 30
+    while field(page, "network-max_train_epochs").input_value() != "3" and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert field(page, "network-max_train_epochs").input_value() == "3"  # the preset's value is shown
+    assert "quickstart" in page.inner_text("#network-message")
     set_field(page, "network-train_data_dir", root / "data" / "train")
     set_field(page, "network-reg_data_dir", root / "data" / "reg")
     set_field(page, "network-output_dir", root / out)
