@@ -2,6 +2,7 @@
 
 python tools/merge_lora.py --sd_model base.safetensors --models a.safetensors b.safetensors --ratios 0.8 0.5 --save_to merged.safetensors
 python tools/merge_lora.py --models a.safetensors b.safetensors --ratios 1 0.5 --svd --new_rank 32 --save_to ab.safetensors
+LoHa / LoKr files merge into a checkpoint (--sd_model); --block_weights (25 values) works in both modes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--v2", action="store_true", default=None, help="base model is SD 2.x (detected if omitted)"
     )
     parser.add_argument(
-        "--block_weights", help="with --sd_model: 25 comma-separated UNet block weights (IN00..OUT11)"
+        "--block_weights",
+        help="25 comma-separated UNet block weights (IN00..OUT11) scaling each LoRA module by its block",
     )
     parser.add_argument("--concat", action="store_true", help="LoRA merge: concatenate ranks (the default)")
     parser.add_argument(
@@ -72,8 +74,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("\n".join(report.lines()))
         else:
-            if args.block_weights:
-                raise SystemExit("error: --block_weights needs --sd_model")
             _, rows = merge_lora.merge_lora_files(
                 args.models,
                 args.ratios,
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 new_conv_rank=args.new_conv_rank,
                 save_precision=args.save_precision,
                 device=args.device,
+                block_weights=args.block_weights,
             )
             print("\n".join(summary_lines(rows)))
         print(f"saved {args.save_to}")

@@ -73,4 +73,3 @@ def human_size(n_bytes: int) -> str:
 def run_tool(main: Callable[[], int | None]) -> int:
     """Run a tool's body with the shared error handling of library.cli (user errors exit 2)."""
     return run_guarded(main)
-

@@ -1,5 +1,9 @@
 """Inspect a LoRA file: type, ranks and alphas, target architecture, metadata, hashes, fit to a base model.
 
+LoHa / LoKr modules (LyCORIS) are reported like LoRA ones: rank = the factor rank
+(``hada_w1_b.shape[0]``; a LoKr factor's inner size, "full" when both Kronecker sides are whole),
+alpha as stored.
+
 Hashes as the webui and model sites show them: ``sha256`` of the whole file (its first 10 hex
 digits are Civitai's "AutoV2"); the additional-networks model hash = sha256 of the tensor data
 after the safetensors header (``sshs_model_hash``; first 12 hex digits = the webui's LoRA short
@@ -19,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.networks import keys
-from library.tools.models.lora_file import LoraFile, foreign_network_type, read_lora
+from library.tools.models.lora_file import LoraFile, LoraModule, foreign_network_type, read_lora
+from library.tools.models.lycoris_file import LycorisModule
 from library.util.safetensors_io import (
     LEGACY_HASH_KEY,
     LEGACY_HASH_LENGTH,
@@ -104,12 +109,13 @@ def guess_architecture(lora: LoraFile, key_names) -> tuple[str, str]:
     """("SD1"/"SD2"/"SDXL"/"unknown", why)."""
     if any(k.startswith(SDXL_PREFIXES) for k in key_names):
         return "SDXL", "SDXL key layout (lora_te1_/lora_te2_ or input_blocks names)"
-    for name, module in lora.modules.items():
+    for name, module in {**lora.modules, **lora.lycoris}.items():
+        width = module.in_features if isinstance(module, LoraModule) else module.shape2d[1]
         if name.startswith(keys.TE_PREFIX + "_") and name.endswith("q_proj"):
-            if module.in_features in WIDTH_ARCH:
-                return WIDTH_ARCH[module.in_features], f"text encoder width {module.in_features}"
-        if name.endswith("attn2_to_k") and module.in_features in WIDTH_ARCH:
-            return WIDTH_ARCH[module.in_features], f"cross-attention width {module.in_features}"
+            if width in WIDTH_ARCH:
+                return WIDTH_ARCH[width], f"text encoder width {width}"
+        if name.endswith("attn2_to_k") and width in WIDTH_ARCH:
+            return WIDTH_ARCH[width], f"cross-attention width {width}"
     meta = lora.metadata
     arch = meta.get("modelspec.architecture", "")
     if arch.startswith("stable-diffusion-v2") or meta.get("ss_base_model_version", "").startswith("sd_v2"):
@@ -159,21 +165,22 @@ def check_against_base(lora: LoraFile, base_model: str, *, allow_unsafe_pickle: 
     """Which LoRA modules match a layer of ``base_model`` with the right shape."""
     from library.models.loading import load_base_model
     from library.tools.models.layers import layer_index
-    from library.tools.models.merge_lora import layer_mismatch
+    from library.tools.models.merge_lora import module_mismatch
 
     model = load_base_model(base_model, allow_unsafe_pickle=allow_unsafe_pickle)
     index = layer_index(model.unet, model.text_encoder)
     result = BaseCheck(str(base_model))
-    for name, module in lora.modules.items():
+    modules = {**lora.modules, **lora.lycoris}
+    for name, module in modules.items():
         ref = index.get(name)
         if ref is None:
             result.unknown.append(name)
-        elif problem := layer_mismatch(module, ref.module):
+        elif problem := module_mismatch(module, ref.module):
             result.mismatched.append(problem)
         else:
             result.matched += 1
     targets = keys.find_unet_targets(model.unet) + keys.find_text_encoder_targets(model.text_encoder)
-    result.uncovered_targets = sum(t.lora_name not in lora.modules for t in targets)
+    result.uncovered_targets = sum(t.lora_name not in modules for t in targets)
     return result
 
 
@@ -184,17 +191,18 @@ def inspect_lora(
     from library.networks.network import read_state_dict
 
     state_dict, _ = read_state_dict(path)
-    lora = read_lora(state_dict, allow_other_types=True)
+    lora = read_lora(state_dict, allow_other_types=True, allow_lycoris=True)
     lora.source, lora.metadata = str(path), _metadata_of(path)
-    foreign = foreign_network_type(state_dict)
-    if not lora.modules and not foreign:
+    prefixes = tuple(name + "." for name in lora.lycoris)
+    foreign = foreign_network_type({k: v for k, v in state_dict.items() if not k.startswith(prefixes)})
+    if not lora.modules and not lora.lycoris and not foreign:
         read_lora(path)  # raises the "not a LoRA" error naming what the file holds
-    linear = [m for m in lora.modules.values() if not m.is_conv3x3]
-    conv = [m for m in lora.modules.values() if m.is_conv3x3]
+    every = [*lora.modules.values(), *lora.lycoris.values()]
+    linear = [_rank(m) for m in every if not m.is_conv3x3]
+    conv = [_rank(m) for m in every if m.is_conv3x3]
+    has_modules = bool(lora.modules or lora.lycoris)
     network_type = (
-        lora.network_type
-        if not foreign
-        else (f"{lora.network_type} + {foreign}" if lora.modules else foreign)
+        lora.network_type if not foreign else (f"{lora.network_type} + {foreign}" if has_modules else foreign)
     )
     arch, reason = guess_architecture(lora, state_dict)
     hashes, problems = {}, []
@@ -209,11 +217,13 @@ def inspect_lora(
     return Inspection(
         path=str(path),
         network_type=network_type,
-        n_unet=sum(n.startswith(keys.UNET_PREFIX + "_") for n in lora.modules),
-        n_text_encoder=sum(not n.startswith(keys.UNET_PREFIX + "_") for n in lora.modules),
-        ranks=dict(sorted(collections.Counter(m.rank for m in linear).items())),
-        conv_ranks=dict(sorted(collections.Counter(m.rank for m in conv).items())),
-        alphas=dict(sorted(collections.Counter(m.alpha for m in lora.modules.values()).items())),
+        n_unet=sum(n.startswith(keys.UNET_PREFIX + "_") for n in {**lora.modules, **lora.lycoris}),
+        n_text_encoder=sum(
+            not n.startswith(keys.UNET_PREFIX + "_") for n in {**lora.modules, **lora.lycoris}
+        ),
+        ranks=_sorted_counts(linear),
+        conv_ranks=_sorted_counts(conv),
+        alphas=_sorted_counts(_alpha(m) for m in every),
         alpha_defaulted=len(lora.alpha_defaulted),
         dtype=str(lora.dtype).replace("torch.", ""),
         architecture=arch,
@@ -226,6 +236,23 @@ def inspect_lora(
         if base_model
         else None,
     )
+
+
+def _rank(module: LoraModule | LycorisModule) -> int | str:
+    """A module's rank; "full" for a LoKr module whose sides are both stored whole."""
+    rank = module.rank
+    return "full" if rank is None else rank
+
+
+def _alpha(module: LoraModule | LycorisModule) -> float:
+    """The stored alpha, else the rank (scale 1); a whole-sided LoKr stores alpha = dim and ignores it."""
+    if module.alpha is not None:
+        return float(module.alpha)
+    return float(module.rank or 1)
+
+
+def _sorted_counts(values) -> dict:
+    return dict(sorted(collections.Counter(values).items(), key=lambda kv: (isinstance(kv[0], str), kv[0])))
 
 
 def _metadata_of(path) -> dict[str, str]:

@@ -3,8 +3,9 @@
 Reading goes through :func:`library.networks.network.read_state_dict` / ``group_by_module`` and the
 key contract in :mod:`library.networks.keys`; ΔW through :mod:`library.networks.functional`. Files
 from sd-scripts may hold fp16 tensors, modules without ``alpha`` (alpha = rank then, as sd-scripts
-loads them) and LoCon 3x3 conv modules; all are handled here. Other algorithms (LoHa, LoKr, ...)
-are recognised by their key suffixes so the tools can say what a file is.
+loads them) and LoCon 3x3 conv modules; all are handled here. LoHa and LoKr modules are read on
+request (:mod:`library.tools.models.lycoris_file`); other algorithms (IA3, OFT, ...) are recognised
+by their key suffixes so the tools can say what a file is.
 """
 
 from __future__ import annotations
@@ -97,10 +98,15 @@ class LoraFile:
     alpha_defaulted: list[str] = field(default_factory=list)
     other_keys: list[str] = field(default_factory=list)
     dtype: torch.dtype | None = None
+    #: LoHa / LoKr modules (:class:`library.tools.models.lycoris_file.LycorisModule`), read on request.
+    lycoris: dict = field(default_factory=dict)
 
     @property
     def network_type(self) -> str:
-        return "LoCon" if any(m.is_conv3x3 for m in self.modules.values()) else "LoRA"
+        kinds = sorted({m.kind for m in self.lycoris.values()})
+        if self.modules or not kinds:
+            kinds.insert(0, "LoCon" if any(m.is_conv3x3 for m in self.modules.values()) else "LoRA")
+        return " + ".join(kinds)
 
 
 def foreign_network_type(state_dict: dict[str, torch.Tensor]) -> str | None:
@@ -109,18 +115,29 @@ def foreign_network_type(state_dict: dict[str, torch.Tensor]) -> str | None:
     return ", ".join(sorted(found)) or None
 
 
-def read_lora(source: str | os.PathLike | dict, *, allow_other_types: bool = False) -> LoraFile:
+def read_lora(
+    source: str | os.PathLike | dict, *, allow_other_types: bool = False, allow_lycoris: bool = False
+) -> LoraFile:
     """Read a LoRA / LoCon file (``.safetensors`` or a tensor-only ``.ckpt/.pt``) or a state dict.
 
-    Raises ModelLoadError for a file with no lora_down/lora_up pairs, naming what it holds instead
-    (a LoHa file, a checkpoint, ...); with ``allow_other_types`` such keys are only listed.
+    With ``allow_lycoris`` LoHa / LoKr modules are read too (into ``LoraFile.lycoris``). Raises
+    ModelLoadError for a file with no modules the caller handles, naming what it holds instead (a
+    LoHa file, a checkpoint, ...); with ``allow_other_types`` such keys are only listed.
     """
+    from library.tools.models.lycoris_file import read_lycoris_modules
+
     state_dict, description = read_state_dict(source)
     metadata = {}
     if not isinstance(source, dict) and Path(source).suffix.lower() == ".safetensors":
         metadata = read_metadata(source)
+    lycoris, lycoris_keys = (
+        read_lycoris_modules(state_dict, description, strict=not allow_other_types)
+        if allow_lycoris
+        else ({}, set())
+    )
+    rest = {k: v for k, v in state_dict.items() if k not in lycoris_keys}
     modules, alpha_defaulted, other = {}, [], []
-    for name, entries in group_by_module(state_dict).items():
+    for name, entries in group_by_module(rest).items():
         down, up = entries.get(keys.DOWN_SUFFIX), entries.get(keys.UP_SUFFIX)
         if down is None or up is None:
             other.extend(name + s if s.startswith(".") else s for s in entries)
@@ -131,21 +148,22 @@ def read_lora(source: str | os.PathLike | dict, *, allow_other_types: bool = Fal
         modules[name] = LoraModule(
             name, down, up, float(alpha) if alpha is not None else float(down.shape[0])
         )
-    foreign = foreign_network_type(state_dict)
-    if not modules and not allow_other_types:
+    foreign = foreign_network_type(rest)
+    handled = "LoRA/LoCon" + (", LoHa and LoKr" if allow_lycoris else "")
+    if not modules and not lycoris and not allow_other_types:
         what = f"a {foreign} file" if foreign else _describe(state_dict)
         raise ModelLoadError(
             f"{description} has no LoRA modules (.lora_down.weight / .lora_up.weight pairs): it is {what}. "
-            "These tools handle LoRA and LoCon files in the kohya (sd-scripts) layout."
+            f"This tool handles {handled} files in the kohya (sd-scripts) / LyCORIS layout."
         )
-    if foreign and modules and not allow_other_types:
+    if foreign and (modules or lycoris) and not allow_other_types:
         raise ModelLoadError(
-            f"{description} mixes LoRA modules with {foreign} modules; only LoRA/LoCon modules can be "
-            "processed. Use a LyCORIS tool for this file."
+            f"{description} mixes {handled} modules with {foreign} modules, which this tool cannot "
+            "process. Use a LyCORIS tool for this file."
         )
     dtypes = [t.dtype for t in state_dict.values() if t.is_floating_point() and t.dim() > 0]
     dtype = max(set(dtypes), key=dtypes.count) if dtypes else None
-    return LoraFile(description, modules, metadata, sorted(alpha_defaulted), sorted(other), dtype)
+    return LoraFile(description, modules, metadata, sorted(alpha_defaulted), sorted(other), dtype, lycoris)
 
 
 def _describe(state_dict: dict) -> str:

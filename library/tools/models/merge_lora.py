@@ -1,6 +1,6 @@
 """Merge LoRAs into a checkpoint (W ← W + ratio · ΔW) or into one LoRA (concatenated ranks or SVD).
 
-Into a checkpoint: every module of every file is added to the layer with the same contract name
+Into a checkpoint: every module of every file (LoRA, LoCon, LoHa, LoKr) is added to the layer with the same contract name
 (:mod:`library.tools.models.layers`), in float32, with ``merged_weight`` from
 :mod:`library.networks.functional`; optional per-block weights scale UNet modules by block.
 Into one LoRA: Σ_i ratio_i ΔW_i is represented exactly by stacking the ranks,
@@ -21,10 +21,13 @@ from pathlib import Path
 import torch
 
 from library.errors import ConfigError, ModelLoadError
+from library.networks import keys
+from library.networks.blocks import block_index
 from library.networks.functional import merged_weight
 from library.tools.models import lora_file
-from library.tools.models.layers import LayerRef, UnetBlocks, layer_index
+from library.tools.models.layers import BLOCK_NAMES, LayerRef, UnetBlocks, layer_index
 from library.tools.models.lora_file import LoraFile, LoraModule
+from library.tools.models.lycoris_file import LycorisModule
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +95,17 @@ def merge_into_model(
     blocks = UnetBlocks(unet.config) if block_weights else None
     report = MergeReport()
     for lora, ratio in loras:
-        matched: list[tuple[LoraModule, LayerRef]] = []
-        unmatched = [name for name in lora.modules if name not in index]
-        matched = [(m, index[n]) for n, m in lora.modules.items() if n in index]
-        bad = [msg for m, ref in matched if (msg := layer_mismatch(m, ref.module))]
+        items = {**lora.modules, **lora.lycoris}
+        unmatched = [name for name in items if name not in index]
+        matched = [(m, index[n]) for n, m in items.items() if n in index]
+        bad = [msg for m, ref in matched if (msg := module_mismatch(m, ref.module))]
         if not matched or bad:
             raise ModelLoadError(_no_fit_message(lora, unmatched, bad))
         with torch.no_grad():
             for module, ref in matched:
                 multiplier = ratio * _block_weight(blocks, block_weights, ref)
                 weight = ref.module.weight
-                weight.copy_(merged_weight(weight, module.down, module.up, module.alpha, multiplier))
+                weight.copy_(_merged(weight, module, multiplier))
         if unmatched:
             logger.warning(
                 "%s: %d modules match no layer of the model, e.g. %s",
@@ -114,6 +117,26 @@ def merge_into_model(
             {"source": lora.source, "ratio": ratio, "merged": len(matched), "unmatched": unmatched}
         )
     return report
+
+
+def module_mismatch(module: LoraModule | LycorisModule, layer: torch.nn.Module) -> str | None:
+    """:func:`layer_mismatch` for LoRA modules; LoHa / LoKr fit when ΔW's (out, in·k) equals the layer's."""
+    if isinstance(module, LoraModule):
+        return layer_mismatch(module, layer)
+    weight = layer.weight
+    if module.shape2d == (weight.shape[0], weight[0].numel()):
+        return None
+    return (
+        f"{module.name}: {module.kind} ΔW (out, in·k) {module.shape2d} vs layer weight {tuple(weight.shape)}"
+    )
+
+
+def _merged(weight: torch.Tensor, module: LoraModule | LycorisModule, multiplier: float) -> torch.Tensor:
+    """W + multiplier · ΔW in ``weight``'s dtype (LoRA through ``merged_weight``, LoHa/LoKr through lycoris_math)."""
+    if isinstance(module, LoraModule):
+        return merged_weight(weight, module.down, module.up, module.alpha, multiplier)
+    delta = module.delta(multiplier).reshape(weight.shape)
+    return (weight.float() + delta).to(weight.dtype)
 
 
 def _block_weight(blocks: UnetBlocks | None, weights: dict | None, ref: LayerRef) -> float:
@@ -154,7 +177,10 @@ def merge_into_checkpoint(
     ratios = check_ratios(models, ratios)
     weights = parse_block_weights(block_weights) if block_weights else None
     dtype = precision_dtype(save_precision)
-    loras = [(lora_file.read_lora(path), ratio) for path, ratio in zip(models, ratios, strict=True)]
+    loras = [
+        (lora_file.read_lora(path, allow_lycoris=True), ratio)
+        for path, ratio in zip(models, ratios, strict=True)
+    ]
     loaded = checkpoint.load_model(sd_model, v2=v2, allow_unsafe_pickle=allow_unsafe_pickle)
     model = loaded.model
     report = merge_into_model(model.unet, model.text_encoder, loras, block_weights=weights)
@@ -169,12 +195,39 @@ def merge_into_checkpoint(
     return report
 
 
-def concat_modules(loras: list[tuple[LoraFile, float]]) -> dict[str, LoraModule]:
-    """One module per name holding Σ ratio_i ΔW_i exactly, rank = Σ ranks, alpha = rank (scale 1)."""
+def module_block(name: str) -> str | None:
+    """The block ("IN01", "M00", "OUT11", …) of a UNet LoRA module by its name, else None.
+
+    Numbered by :func:`library.networks.blocks.block_index` (sd-scripts' / the webui's SD1/SD2
+    numbering); ``conv_in`` is IN00 (LDM ``input_blocks.0``), as in checkpoint merges
+    (:class:`library.tools.models.layers.UnetBlocks`), though LoRA trainers rarely adapt it.
+    """
+    if name == keys.UNET_PREFIX + "_conv_in":
+        return BLOCK_NAMES[0]
+    if not name.startswith(keys.UNET_PREFIX + "_"):
+        return None
+    index = block_index(name)
+    return None if index is None else BLOCK_NAMES[index]
+
+
+def module_block_weight(name: str, block_weights: dict[str, float] | None) -> float:
+    """The block weight of a LoRA module (:func:`module_block`); 1 for text-encoder modules and UNet
+    modules outside the 25 blocks (time embedding, conv_out) or without ``block_weights``."""
+    block = module_block(name) if block_weights else None
+    return 1.0 if block is None else block_weights[block]
+
+
+def concat_modules(
+    loras: list[tuple[LoraFile, float]], block_weights: dict[str, float] | None = None
+) -> dict[str, LoraModule]:
+    """One module per name holding Σ ratio_i · w_block · ΔW_i exactly, rank = Σ ranks, alpha = rank (scale 1).
+
+    ``block_weights`` ({"IN00": w, …}) scales each UNet module's contribution by its block's weight.
+    """
     grouped: dict[str, list[tuple[LoraModule, float]]] = collections.defaultdict(list)
     for lora, ratio in loras:
         for name, module in lora.modules.items():
-            grouped[name].append((module, ratio))
+            grouped[name].append((module, ratio * module_block_weight(name, block_weights)))
     out = {}
     for name, parts in grouped.items():
         shapes = {(m.out_features, m.in_features, m.kernel) for m, _ in parts}
@@ -203,18 +256,29 @@ def merge_lora_files(
     new_conv_rank: int | None = None,
     save_precision: str | None = None,
     device: str | None = None,
+    block_weights: list[float] | str | None = None,
 ) -> tuple[Path, list]:
     """Merge LoRA files into one: concatenated ranks, or SVD to ``new_rank`` (``new_conv_rank`` for 3x3 convs).
 
-    Returns (path, per-module resize rows, empty without SVD). Metadata: the first file's minimal
+    ``block_weights``: 25 UNet block weights (IN00–IN11, M00, OUT00–OUT11) scaling each module's
+    contribution (see :func:`module_block_weight`). LoHa / LoKr files are refused (their ΔW has no
+    exact LoRA form): merge them into a checkpoint instead. Returns (path, per-module resize rows, empty without SVD). Metadata: the first file's minimal
     ``ss_*`` and ``modelspec.*`` keys, ranks updated, ``modelspec.merged_from`` listing the inputs.
     """
     from library.tools.models.common import precision_dtype
+    from library.tools.models.layers import parse_block_weights
     from library.tools.models.resize_lora import resize_modules
 
     ratios = check_ratios(models, ratios)
-    loras = [lora_file.read_lora(path) for path in models]
-    modules = concat_modules(list(zip(loras, ratios, strict=True)))
+    weights = parse_block_weights(block_weights) if block_weights is not None else None
+    loras = [lora_file.read_lora(path, allow_lycoris=True) for path in models]
+    for lora in loras:
+        if lora.lycoris:
+            raise ModelLoadError(
+                f"{lora.source} is a {lora.network_type} file: its ΔW has no exact LoRA (up · down) form, so it "
+                "cannot be merged into a LoRA. Merge it into a checkpoint with --sd_model instead."
+            )
+    modules = concat_modules(list(zip(loras, ratios, strict=True)), weights)
     rows: list = []
     if new_rank is not None:
         modules, rows = resize_modules(modules, new_rank, new_conv_rank=new_conv_rank, device=device)
