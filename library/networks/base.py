@@ -9,11 +9,13 @@ change as a weight, for merging and tests).
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 
-class NetworkModule(nn.Module):
+class NetworkModule(nn.Module, abc.ABC):
     """One trainable adapter around one frozen original layer.
 
     forward(x) = org(x) + multiplier · delta_forward(x); in train mode the whole adapter path is
@@ -82,10 +84,10 @@ class NetworkModule(nn.Module):
     def on_weights_loaded(self) -> None:
         """Hook called after weights (and buffers such as alpha) were copied in from a file."""
 
+    @abc.abstractmethod
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's added output for input ``x`` (before the multiplier)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def delta_weight(self) -> torch.Tensor:
         """The change of the original weight this adapter stands for (float32, before the multiplier)."""
-        raise NotImplementedError
