@@ -70,6 +70,19 @@ def fill_quickstart(page, root: Path, out: str, epochs: int) -> None:
     set_field(page, "network-resolution", 64)
 
 
+def wait_message(page, elem_id: str, timeout: float) -> str:
+    """The handler's message, once Gradio's pending overlay ("queue: 1/1", "processing | 0.2s") is gone."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = page.inner_text(f"#{elem_id}").strip()
+        overlay_only = re.fullmatch(r"((queue:\s*\d+/\d+|processing)\s*\|?\s*)?([\d.]+(/[\d.]+)?s)?", text)
+        if text and not overlay_only:
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"#{elem_id} never showed a message; last: {text!r}")
+
+
 def status_text(page) -> str:
     return page.inner_text("#network-run-status")
 
@@ -171,8 +184,8 @@ def test_dreambooth_tab_trains_the_tiny_model(gui, page):
     set_field(page, "db-resolution", 64)
     set_field(page, "db-max_train_steps", 3)
     page.click("#db-start")
-    page.wait_for_function("document.querySelector('#db-message').innerText.trim().length > 0", timeout=30000)
-    assert "started" in page.inner_text("#db-message"), page.inner_text("#db-message")
+    message = wait_message(page, "db-message", 30)
+    assert "started" in message, message
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not re.search(r"^(done|failed)", page.inner_text("#db-run-status")):
         time.sleep(0.5)
