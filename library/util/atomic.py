@@ -31,9 +31,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; saved files get the usual permissions
     try:
         yield tmp_path
+        # mkstemp makes 0600, and so do writers that replace the file themselves (safetensors'
+        # save_file): the saved file gets the permissions any new file would get.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
