@@ -64,6 +64,11 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
         if config.output_config:
             write_output_config(config)
             return 0
+        if config.estimate:
+            from library.training.estimate import estimate_run
+
+            print(estimate_run(config, make_target(config)).report())
+            return 0
         from library.training.loop import run_training
 
         run_training(config, make_target(config))

@@ -284,6 +284,9 @@ OPTIONS = [
            transient=True),
     Option("output_config", "path", None, "Write the effective config to this TOML and exit.", "config",
            transient=True),
+    Option("estimate", "bool", False,
+           "Print the memory and time this config needs on this machine's device, then exit (nothing is trained).",
+           "config", transient=True),
     Option("schema_version", "int", 1, "Version of the config format.", "config", min=1, max=1),
 ]
 

@@ -108,3 +108,29 @@ def write_run_config(trainer: str, fields: dict[str, Any]) -> Path:
     path = run_config_path(config)
     write_text_atomic(path, effective_toml(config))
     return path
+
+
+#: an estimate loads the base model (a few seconds for SD1.5, longer from a slow disk)
+ESTIMATE_TIMEOUT = 900
+
+
+def estimate_report(trainer: str, fields: dict[str, Any]) -> str:
+    """The trainer's ``--estimate`` report for the form's config, run as a subprocess (the model it loads
+    is freed with it). Raises ``UserError`` with the trainer's message when the config cannot be estimated."""
+    import subprocess
+    import tempfile
+
+    config = validate(trainer, fields)
+    with tempfile.TemporaryDirectory(prefix="sdtrain-estimate-") as folder:
+        path = Path(folder) / "estimate.toml"
+        path.write_text(effective_toml(config), encoding="utf-8")
+        command = [*trainer_command(trainer, path, "python"), "--estimate"]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=ESTIMATE_TIMEOUT,
+                                  cwd=Path.cwd(), check=False)
+        except subprocess.TimeoutExpired:
+            raise UserError(f"the estimate took longer than {ESTIMATE_TIMEOUT} s (loading the base model?)") from None
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        raise UserError(errors[-1][len("error: "):] if errors else done.stderr.strip()[-2000:] or "no output")
+    return done.stdout.strip()

@@ -165,6 +165,12 @@ class TrainingForm:
             + (configs.effective_toml(config))
         )
 
+    def estimate(self, *values) -> str:
+        try:
+            return configs.estimate_report(self.trainer, self._fields(values))
+        except UserError as exc:
+            return f"❌ {exc}"
+
     def start(self, *values) -> str:
         if self.runner.busy():
             return "❌ a run is already going (one run at a time): stop it or add this config to the queue."
@@ -263,14 +269,16 @@ def training_tab(trainer: str, runner: JobRunner, queue: TrainingQueue, launcher
             for name, label, variant in (
                 ("validate", "Validate", "secondary"),
                 ("command", "Print command", "secondary"),
+                ("estimate", "Estimate memory and time", "secondary"),
                 ("start", "Start", "primary"),
                 ("stop", "Stop", "stop"),
                 ("enqueue", "Add to queue", "secondary"),
             )
         }
-    command = gr.Textbox(label="Command", lines=4, elem_id=f"{trainer}-command")
+    command = gr.Textbox(label="Command or estimate", lines=4, elem_id=f"{trainer}-command")
     buttons["validate"].click(form.validate, fields, [message])
     buttons["command"].click(form.command, fields, [command])
+    buttons["estimate"].click(form.estimate, fields, [command])
     buttons["start"].click(form.start, fields, [message])
     buttons["stop"].click(form.stop, None, [message])
     buttons["enqueue"].click(form.enqueue, fields, [message])

@@ -131,7 +131,7 @@ def run_training(config, target) -> Path | None:
     config = config.replace(seed=seed)
     set_seed(seed)
     model = load_model(config)
-    place_model(model, accelerator, config, target.trains_text_encoder, target.float32_components)
+    place_model(model, accelerator.device, config, target.trains_text_encoder, target.float32_components)
     if config.cache_latents or config.cache_latents_to_disk:
         from library.data.latent_cache import cache_latents
 

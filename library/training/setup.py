@@ -79,18 +79,27 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 
 
-def place_model(model, accelerator: Accelerator, config, trains_text_encoder: bool,
-                float32_components: tuple[str, ...] = ()) -> None:
-    """Frozen weights go to the device in the compute dtype; the VAE stays float32 (fp16 VAEs NaN), and so
-    do the target's ``float32_components`` (trained in full, or saved unchanged: a cast would round them)."""
-    dtype = weight_dtype(config.mixed_precision) if accelerator.device.type != "cpu" else torch.float32
+def compute_dtype(mixed_precision: str, device_type: str) -> torch.dtype:
+    """dtype the frozen weights run in: the mixed-precision dtype on an accelerator, float32 on the CPU."""
+    return weight_dtype(mixed_precision) if device_type != "cpu" else torch.float32
+
+
+def place_model(model, device: torch.device, config, trains_text_encoder: bool,
+                float32_components: tuple[str, ...] = (), dtype: torch.dtype | None = None) -> None:
+    """Frozen weights go to ``device`` in the compute dtype; the VAE stays float32 (fp16 VAEs NaN), and so
+    do the target's ``float32_components`` (trained in full, or saved unchanged: a cast would round them).
+
+    ``dtype`` overrides the compute dtype (the estimate places on the meta device as on a GPU).
+    """
+    if dtype is None:
+        dtype = compute_dtype(config.mixed_precision, device.type)
     for module in (model.unet, model.text_encoder, model.vae):
         module.requires_grad_(False)
     for name in ("unet", "text_encoder"):
         module = getattr(model, name)
         keep = dtype == torch.float32 or name in float32_components
-        module.to(accelerator.device) if keep else module.to(accelerator.device, dtype=dtype)
-    model.vae.to(accelerator.device).eval()
+        module.to(device) if keep else module.to(device, dtype=dtype)
+    model.vae.to(device).eval()
     model.unet.train(config.gradient_checkpointing)
     model.text_encoder.train(trains_text_encoder and config.gradient_checkpointing)
     if config.gradient_checkpointing:

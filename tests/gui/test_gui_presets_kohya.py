@@ -107,3 +107,22 @@ def test_listen_everywhere_without_login_warns():
     assert "--username" in exposure_warning("0.0.0.0", False, False)
     assert exposure_warning("0.0.0.0", False, True) is None
     assert "share" in exposure_warning("127.0.0.1", True, False)
+
+
+@pytest.mark.slow  # a subprocess that loads the model: about 15 s
+def test_estimate_button_reports_the_trainers_estimate(tmp_path):
+    from library.gui.jobs import JobRunner
+    from library.gui.run_queue import TrainingQueue
+    from library.gui.training_tab import TrainingForm
+
+    form = TrainingForm("network", JobRunner(tmp_path / "job"), TrainingQueue(tmp_path / "q", None, None))
+    fields = configs.load_config("network", configs.preset_path("quickstart"))
+    fields.update(train_data_dir=str(REPO / "dataset_examples" / "train"),
+                  reg_data_dir=str(REPO / "dataset_examples" / "reg"), output_dir=str(tmp_path / "out"))
+    report = form.estimate(*[fields[n] for n in form.names])
+    assert report.startswith("Estimate for train_network.py"), report
+    assert "peak" in report and "120 steps" in report  # 3 epochs x 40 steps, as the quick start trains
+    assert not (tmp_path / "out").exists()  # an estimate writes nothing
+    fields.update(pretrained_model_name_or_path=str(tmp_path / "missing.safetensors"))
+    failed = form.estimate(*[fields[n] for n in form.names])
+    assert failed.startswith("❌") and "missing.safetensors" in failed
