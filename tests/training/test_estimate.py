@@ -165,8 +165,28 @@ def test_trace_counts_fused_attention_not_the_score_matrix():
 
 
 def test_cli_prints_the_estimate_and_writes_nothing(tiny_dataset, tmp_path, capsys):
-    options = base_options(tiny_dataset, tmp_path / "out", max_train_steps=10)
+    options = base_options(tiny_dataset, tmp_path / "out", max_train_steps=10, seed=None)  # no seed: drawn
     assert train(tmp_path, options, extra_argv=["--estimate"]) == 0
     text = capsys.readouterr().out
     assert "Estimate for train_network.py" in text and "peak" in text and "10 steps" in text
     assert not (tmp_path / "out").exists()
+
+
+def test_live_bytes_counts_allocations_not_views():
+    from library.training.estimate.tracing import LiveBytes
+
+    weight = torch.empty(256, 256, device="meta")  # made before: belongs to the model, not to the step
+    memory = LiveBytes()
+    with memory:
+        view = weight.t()  # a view of the weight: no new memory
+        a = torch.empty(1000, device="meta")
+        b = a * 2
+        reshaped = b.view(10, 100)
+        a.mul_(3)  # in place: no new memory
+        assert memory.current == 8000
+        del b, reshaped
+        assert memory.current == 4000
+        c = torch.cat([a, a])
+        assert memory.current == 12000
+        del a, c, view
+    assert memory.current == 0 and memory.peak == 12000

@@ -18,12 +18,14 @@ from library.training.estimate.optimizer_state import measure_optimizer_state
 from library.training.estimate.tracing import Trace
 
 GIB = 1024**3
-#: share of the matmul rate a diffusion training step reaches (convolutions, norms and element-wise ops
-#: run below the matmul peak); bench/bench_estimate.py measures it against real steps.
-UTILIZATION = 0.5
+#: share of the matmul rate a diffusion training step reaches (convolutions, norms and element-wise ops run
+#: below the matmul peak), per device type. CPU: measured by bench/bench_estimate.py (0.36-0.40 on a wider
+#: model); CUDA/MPS: not measurable here, a deliberately cautious figure (small batches leave GPUs idle).
+UTILIZATION = {"cpu": 0.38, "cuda": 0.25, "mps": 0.25}
 #: seconds each dispatched operator costs beyond its FLOPs (Python, dispatch, kernel launch), per device
-#: type; bench/bench_estimate.py measures the CPU figure on the tiny model, where this cost dominates
-OP_SECONDS = {"cpu": 40e-6, "cuda": 12e-6, "mps": 20e-6}
+#: type. CPU: bench/bench_estimate.py on the tiny model, where this cost is all there is (18 µs);
+#: CUDA/MPS: launch-bound figures, not measured here.
+OP_SECONDS = {"cpu": 18e-6, "cuda": 10e-6, "mps": 20e-6}
 #: a caption of 75 tokens: the longest one window holds (matters only with no_token_padding)
 LONG_CAPTION = " ".join(["photo"] * 75)
 
@@ -63,8 +65,8 @@ class RunEstimate:
     def seconds_per_step(self) -> float | None:
         if not self.matmul_rate:
             return None
-        overhead = self.ops_per_step * OP_SECONDS.get(self.device.type, OP_SECONDS["cuda"])
-        return self.flops_per_step / (self.matmul_rate * UTILIZATION) + overhead
+        kind = self.device.type if self.device.type in UTILIZATION else "cuda"
+        return self.flops_per_step / (self.matmul_rate * UTILIZATION[kind]) + self.ops_per_step * OP_SECONDS[kind]
 
     @property
     def fits(self) -> bool | None:
@@ -143,8 +145,9 @@ def estimate_run(config, target, device: DeviceInfo | None = None, measure_speed
     dataset is scanned for the run length and the largest batch. Nothing is trained or written.
     """
     from library.training.data_setup import build_dataset
-    from library.training.setup import compute_dtype, load_model, place_model, run_length
+    from library.training.setup import compute_dtype, load_model, place_model, resolve_seed, run_length
 
+    config = config.replace(seed=resolve_seed(config.seed))  # a network's initial weights need one
     device = device or training_device()
     dataset = build_dataset(config)
     steps_per_epoch = dataset.steps_per_epoch(1, config.gradient_accumulation_steps)
@@ -195,13 +198,13 @@ def _resident_lines(model, trained: list, trained_ids: set, config) -> list[Memo
     for name, label in (("unet", "UNet"), ("text_encoder", "text encoder"), ("vae", "VAE")):
         module = getattr(model, name)
         frozen = [t for t in [*module.parameters(), *module.buffers()] if id(t) not in trained_ids]
-        if frozen:
+        if any(isinstance(t, torch.nn.Parameter) for t in frozen):  # not only buffers (position ids)
             dtypes = sorted({str(t.dtype)[6:] for t in frozen})
             lines.append(MemoryLine(f"{label} weights (frozen)", _bytes(frozen),
                                     f"{sum(t.numel() for t in frozen) / 1e6:.1f}M values, {'/'.join(dtypes)}"))
-    what = "network" if config.trainer == "network" else "trained weights"
+    what = "network (trained)" if config.trainer == "network" else "trained weights"
     dtypes = "/".join(sorted({str(p.dtype)[6:] for p in trained}))
-    lines.append(MemoryLine(f"{what} (trained)", _bytes(trained),
+    lines.append(MemoryLine(what, _bytes(trained),
                             f"{sum(p.numel() for p in trained) / 1e6:.2f}M parameters, {dtypes}"))
     lines.append(MemoryLine("gradients", _bytes(trained), "one per trained parameter, same dtype"))
     return lines

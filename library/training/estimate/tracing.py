@@ -35,10 +35,16 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        # an output sharing an input's storage (a view such as a weight's transpose, an in-place op) is
+        # not an allocation: that storage was counted when it was made, or belongs to the weights
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
-                self._track(tensor.untyped_storage())
+                storage = tensor.untyped_storage()
+                if storage._cdata not in inputs:
+                    self._track(storage)
         return out
 
     def _track(self, storage) -> None:
