@@ -35,6 +35,10 @@ def _network_module_names() -> tuple:
     return tuple(network_module_names())
 
 
+def _check_split(value: float) -> str | None:
+    return None if value < 1.0 else "must be below 1 (the share held out, e.g. 0.1)"
+
+
 def _sampler_names() -> tuple:
     from library.training.sampling.samplers import SAMPLERS
 
@@ -49,6 +53,8 @@ GROUPS = [
     Group("training", "Training", "Steps, learning rates, optimizer and scheduler."),
     Group("network", "Network", "The LoRA network: type, rank, alpha and what it trains."),
     Group("noise", "Noise and loss", "Noise schedule tweaks and loss weighting."),
+    Group("validation", "Validation loss",
+          "Hold out part of the pictures and track the loss on them: it rises when the model overfits."),
     Group("sampling", "Sample images", "Pictures rendered during training to watch progress."),
     Group("saving", "Saving", "What is saved, how often, in which precision and with which metadata."),
     Group("logging", "Logging", "TensorBoard logs and console output."),
@@ -230,6 +236,19 @@ OPTIONS = [
            max=1.0),
     Option("huber_scale", "float", 1.0, "Scale of the Huber parameter c.", "noise", min=0.0,
            min_exclusive=True),
+    # --- validation --------------------------------------------------------------------------
+    Option("validation_split", "float", 0.0,
+           "Share of each training folder's pictures held out for the validation loss (e.g. 0.1; 0 = none). "
+           "Regularisation pictures are never held out.", "validation", min=0.0, check=_check_split),
+    Option("validation_seed", "int", None, "Seed of the held-out draw and the validation noise (unset: seed).",
+           "validation"),
+    Option("validate_every_n_steps", "int", None, "Also compute the validation loss every n steps.",
+           "validation", min=1),
+    Option("validate_every_n_epochs", "int", None,
+           "Compute the validation loss every n epochs (unset: every epoch, when pictures are held out).",
+           "validation", min=1),
+    Option("max_validation_steps", "int", None, "Use at most this many validation batches (unset: all).",
+           "validation", min=1),
     # --- sampling ----------------------------------------------------------------------------
     Option("sample_prompts", "file", None,
            "Prompt file (.txt lines with --n --w --h --s --l --d --ss options, or .toml/.json).", "sampling",

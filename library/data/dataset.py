@@ -44,14 +44,17 @@ class TrainDataset:
         specs: the datasets (usually one); each keeps its own buckets and batch size.
         prior_loss_weight: loss weight of regularisation images (train images weigh 1.0).
         max_workers: threads used to probe images.
+        items: the images, when already scanned (scanned from ``specs`` otherwise).
     """
 
     def __init__(
-        self, specs: list[DatasetSpec], prior_loss_weight: float = 1.0, max_workers: int = 4
+        self, specs: list[DatasetSpec], prior_loss_weight: float = 1.0, max_workers: int = 4,
+        items: list[ImageItem] | None = None,
     ) -> None:
         self.specs = specs
         self.prior_loss_weight = float(prior_loss_weight)
-        self.items: list[ImageItem] = scan_datasets(specs, max_workers=max_workers)
+        #: ``items`` given: already scanned (e.g. one side of the validation split)
+        self.items: list[ImageItem] = scan_datasets(specs, max_workers=max_workers) if items is None else items
         balance_datasets(self.items, len(specs))
         self.latents_cached = False
         # (dataset index, bucket) -> item refs, each repeated ``repeats`` times

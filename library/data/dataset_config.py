@@ -26,6 +26,8 @@ DATASET_KEYS: dict[str, str] = {
     "max_bucket_reso": "int",
     "bucket_reso_steps": "int",
     "bucket_no_upscale": "bool",
+    "validation_split": "float",
+    "validation_seed": "int",
 }
 SUBSET_INHERITABLE_KEYS: dict[str, str] = {
     "num_repeats": "int",
@@ -49,8 +51,6 @@ SUBSET_ONLY_KEYS: dict[str, str] = {"image_dir": "str", "is_reg": "bool"}
 # sd-scripts keys that we recognise but do not implement yet.
 UNSUPPORTED_KEYS: frozenset[str] = frozenset(
     {
-        "validation_seed",
-        "validation_split",
         "network_multiplier",
         "resize_interpolation",
         "enable_wildcard",
@@ -75,6 +75,8 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "max_bucket_reso": 1024,
     "bucket_reso_steps": 64,
     "bucket_no_upscale": False,
+    "validation_split": 0.0,
+    "validation_seed": None,
     "num_repeats": 1,
     "class_tokens": None,
     "caption_extension": None,
@@ -163,7 +165,7 @@ def _check_table(table: Any, allowed: dict[str, str], where: str, level: str) ->
         if key in UNSUPPORTED_KEYS:
             raise DatasetError(
                 f"{where}: '{key}' is an sd-scripts dataset option that this trainer does not support yet "
-                f"(fine-tuning with metadata_file, ControlNet, validation split, wildcards, token warm-up, "
+                f"(fine-tuning with metadata_file, ControlNet, wildcards, token warm-up, "
                 f"masks). Remove '{key}' from the dataset config."
             )
         if key in SUBSET_ONLY_KEYS:
@@ -226,6 +228,11 @@ def _check_ranges(values: dict[str, Any], where: str) -> None:
     for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
         if key in values and not 0.0 <= values[key] <= 1.0:
             raise DatasetError(f"{where}: '{key}' = {values[key]} must be between 0 and 1.")
+    if not 0.0 <= values.get("validation_split", 0.0) < 1.0:
+        raise DatasetError(
+            f"{where}: 'validation_split' = {values['validation_split']} must be at least 0 and below 1 "
+            "(the share of each folder's pictures held out for the validation loss, e.g. 0.1)."
+        )
     if values.get("min_bucket_reso", 0) > values.get("max_bucket_reso", 1 << 30):
         raise DatasetError(
             f"{where}: min_bucket_reso ({values['min_bucket_reso']}) is larger than max_bucket_reso "

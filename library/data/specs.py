@@ -62,6 +62,10 @@ class DatasetSpec:
     max_bucket_reso: int = 1024
     bucket_reso_steps: int = 64
     bucket_no_upscale: bool = False
+    #: share of each training subset's images held out for the validation loss (0 = none)
+    validation_split: float = 0.0
+    #: seed of the hold-out draw and of the validation noise; None = the training seed
+    validation_seed: int | None = None
 
 
 SUBSET_FIELDS: tuple[str, ...] = tuple(SubsetSpec.__dataclass_fields__)

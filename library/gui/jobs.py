@@ -38,6 +38,7 @@ class RunView:
     it_s: float | None = None
     eta_s: float | None = None
     losses: list[tuple[int, float, float, float]] = field(default_factory=list)  # step, loss, avg, lr
+    validation: list[tuple[int, float]] = field(default_factory=list)  # step, validation loss
     samples: list[str] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)
     output: str | None = None
@@ -89,6 +90,8 @@ def apply_events(view: RunView, events: list[dict[str, Any]]) -> RunView:
             view.epoch, view.epochs = ev.get("epoch", view.epoch), ev.get("epochs", view.epochs)
             view.it_s, view.eta_s = ev.get("it_s"), ev.get("eta_s")
             view.losses.append((ev["step"], ev.get("loss"), ev.get("avg_loss"), ev.get("lr")))
+        elif kind == "validation":
+            view.validation.append((ev.get("step", 0), ev.get("loss")))
         elif kind == "sample":
             view.samples.extend(ev.get("paths", []))
         elif kind == "saved":

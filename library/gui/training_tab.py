@@ -60,11 +60,12 @@ class RunPanel:
 
 
 def loss_frame(view: RunView):
-    """Long-format table (step, value, series) of the loss and its running mean, for a LinePlot."""
+    """Long-format table (step, value, series) of the loss, its running mean and the validation loss."""
     import pandas as pd
 
     rows = [(s, v, "loss") for s, v, _, _ in view.losses if v is not None]
     rows += [(s, a, "average") for s, _, a, _ in view.losses if a is not None]
+    rows += [(s, v, "validation") for s, v in view.validation if v is not None]
     # explicit dtypes: an untyped frame makes the browser plot the axes as categories
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype(
         {"step": "int64", "value": "float64", "series": "str"})

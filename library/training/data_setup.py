@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from library.data.dataset import TrainDataset
 from library.data.dataset_config import specs_from_dataset_config, specs_from_folders
+from library.data.scan import scan_datasets
+from library.data.validation_split import split_validation
 
 #: training options that act as defaults for every dataset/subset (lowest level of sd-scripts' lookup).
 DATASET_DEFAULT_OPTIONS = (
@@ -11,6 +13,7 @@ DATASET_DEFAULT_OPTIONS = (
     "bucket_no_upscale", "flip_aug", "color_aug", "random_crop", "caption_extension", "shuffle_caption",
     "keep_tokens", "keep_tokens_separator", "secondary_separator", "caption_separator", "caption_prefix",
     "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
+    "validation_split", "validation_seed",
 )
 
 
@@ -20,11 +23,23 @@ def dataset_defaults(config) -> dict:
 
 
 def build_dataset(config) -> TrainDataset:
-    """Scan the pictures and captions named by the config (no model needed)."""
+    """Scan the pictures and captions named by the config (no model needed); the training side of any
+    validation split."""
+    return build_datasets(config)[0]
+
+
+def build_datasets(config) -> tuple[TrainDataset, TrainDataset | None]:
+    """(training dataset, validation dataset or None): ``validation_split`` holds out part of each
+    training folder, drawn with ``validation_seed`` (else ``seed``, else 0)."""
     defaults = dataset_defaults(config)
     if config.dataset_config:
         specs = specs_from_dataset_config(config.dataset_config, defaults)
     else:
         specs = specs_from_folders(config.train_data_dir, config.reg_data_dir, defaults)
-    return TrainDataset(specs, prior_loss_weight=config.prior_loss_weight,
-                        max_workers=max(1, config.max_data_loader_n_workers))
+    workers = max(1, config.max_data_loader_n_workers)
+    if not any(spec.validation_split > 0 for spec in specs):
+        return TrainDataset(specs, prior_loss_weight=config.prior_loss_weight, max_workers=workers), None
+    items = scan_datasets(specs, max_workers=workers)
+    train_items, held_out = split_validation(items, specs, config.seed or 0)
+    train = TrainDataset(specs, prior_loss_weight=config.prior_loss_weight, items=train_items)
+    return train, (TrainDataset(specs, items=held_out) if held_out else None)

@@ -22,7 +22,7 @@ from library.errors import UserError
 from library.training import optimizers as optim_lib
 from library.training import state
 from library.training.checkpointing import Saver
-from library.training.data_setup import build_dataset
+from library.training.data_setup import build_datasets
 from library.training.metadata import RunFacts, training_metadata
 from library.training.prefetch import prefetch
 from library.training.progress import EventLog, Progress, RunningLoss
@@ -39,6 +39,7 @@ from library.training.setup import (
     step_seed,
 )
 from library.training.step import StepSettings, diffusion_loss
+from library.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +121,18 @@ def run_training(config, target) -> Path | None:
     accelerator = make_accelerator(config, getattr(target, "ddp_find_unused_parameters", False))
     if not accelerator.is_main_process:
         logging.getLogger("library").setLevel(logging.WARNING)  # one copy of the run's messages
-    dataset = build_dataset(config)
+    seed = resolve_seed(config.seed)
+    config = config.replace(seed=seed)
+    dataset, validation_set = build_datasets(config)
     steps_per_epoch = dataset.steps_per_epoch(accelerator.num_processes, config.gradient_accumulation_steps)
     length = run_length(config.max_train_steps, config.max_train_epochs, steps_per_epoch)
     if accelerator.is_main_process:
         logger.info("dataset:\n%s", dataset.summary(accelerator.num_processes, config.gradient_accumulation_steps))
+        if validation_set is not None:
+            logger.info("validation: %d pictures held out, %d batches", len(validation_set.items),
+                        validation_set.num_batches())
         logger.info("training: %d epochs x %d steps per epoch = %d steps", length.num_epochs, steps_per_epoch,
                     length.total_steps)
-    seed = resolve_seed(config.seed)
-    config = config.replace(seed=seed)
     set_seed(seed)
     model = load_model(config)
     place_model(model, accelerator.device, config, target.trains_text_encoder, target.float32_components)
@@ -136,8 +140,10 @@ def run_training(config, target) -> Path | None:
         from library.data.latent_cache import cache_latents
 
         with torch.no_grad():
-            cache_latents(dataset, lambda px: model.encode_images(px.to(accelerator.device)).cpu(),
-                          to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size)
+            for data in (dataset, validation_set):
+                if data is not None:
+                    cache_latents(data, lambda px: model.encode_images(px.to(accelerator.device)).cpu(),
+                                  to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size)
     target.attach(model, config)
     optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
                                                       config.use_lion_optimizer)
@@ -152,9 +158,9 @@ def run_training(config, target) -> Path | None:
     )
     settings = StepSettings.from_config(config, model)
 
-    def compute(batch, generator):
+    def compute(batch, generator, step_settings=settings):
         with accelerator.autocast():
-            return diffusion_loss(model, batch, settings, generator, target.trains_text_encoder)
+            return diffusion_loss(model, batch, step_settings, generator, target.trains_text_encoder)
 
     train_step, optimizer = accelerator.prepare(TrainStep(target.modules(), compute), optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -169,10 +175,13 @@ def run_training(config, target) -> Path | None:
         lr_warmup_steps=resolve_steps(config.lr_warmup_steps, length.total_steps),
         tag_frequency=dataset.tag_frequency(), dataset_dirs=dataset.dataset_dirs(),
         reg_dataset_dirs=dataset.reg_dataset_dirs(), bucket_info=dataset.bucket_info(),
+        num_validation_images=len(validation_set.items) if validation_set is not None else 0,
     )
     if config.logging_dir:
         init_trackers(accelerator, config)
-    loop = TrainLoop(config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length, facts)
+    validator = Validator(config, validation_set, model.noise_scheduler.config.num_train_timesteps, seed)
+    loop = TrainLoop(config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length, facts,
+                     validator, compute)
     if config.resume:
         loop.position = state.load_state(accelerator, config.resume, accelerator.unwrap_model(train_step))
         target.on_step_end(loop.position.step)  # e.g. a text encoder whose training ended before the state
@@ -200,7 +209,7 @@ class TrainLoop:
     """The epoch/step iteration with saving, sampling and logging; one instance per run."""
 
     def __init__(self, config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length,
-                 facts):
+                 facts, validator: Validator | None = None, compute=None):
         self.config, self.target, self.model, self.dataset = config, target, model, dataset
         self.accelerator, self.train_step = accelerator, train_step
         self.optimizer, self.scheduler, self.length, self.seed = optimizer, scheduler, length, config.seed
@@ -210,6 +219,8 @@ class TrainLoop:
         self.stop = StopRequest()
         self.sampler = SampleRunner(config, model, accelerator, target, config.seed)
         self.running = RunningLoss()
+        self.validator, self._compute = validator, compute
+        self._last_validation: tuple[int, float] | None = None
 
     def run(self) -> Path | None:
         acc, length = self.accelerator, self.length
@@ -225,6 +236,8 @@ class TrainLoop:
                 break
             if acc.is_main_process and self.config.logging_dir:
                 acc.log({"loss/epoch_average": self.running.mean}, step=epoch)
+            if self.validator is not None and self.validator.due_at_epoch(epoch):
+                self._validate("epoch", epoch)
             if done:
                 if self.sampler.due_at_epoch(epoch) and not self.sampler.due_at_step(self.position.step):
                     self._sample(epoch)
@@ -294,8 +307,30 @@ class TrainLoop:
         every = self.config.save_every_n_steps
         if every and step % every == 0 and step < self.length.total_steps:
             self._with_eval(lambda: self.saver.save_step(epoch, self.position))
+        if self.validator is not None and self.validator.due_at_step(step):
+            self._validate("step", step)
         if self.sampler.due_at_step(step):
             self._sample(None)
+
+    def _validate(self, kind: str, at: int) -> None:
+        """The validation loss, logged as sd-scripts names it (``loss/validation/step_average`` at a step,
+        ``loss/validation/epoch_average`` at an epoch end, with the divergence from the training loss)."""
+        step = self.position.step
+        if self._last_validation is not None and self._last_validation[0] == step:
+            value = self._last_validation[1]  # the weights have not changed since: the same loss
+        else:
+            value = self._with_eval(lambda: self.validator.loss(self._compute, self._settings(), self.target.modules()))
+            self._last_validation = (step, value)
+        logger.info("validation loss %.4f (%s %d)", value, kind, at)
+        self.events.emit("validation", step=step, loss=value, kind=kind)
+        if self.accelerator.is_main_process and self.config.logging_dir:
+            self.accelerator.log({f"loss/validation/{kind}_average": value,
+                                  f"loss/validation/{kind}_divergence": value - self.running.mean}, step=at)
+
+    def _settings(self):
+        from library.training.step import StepSettings
+
+        return StepSettings.from_config(self.config, self.model)
 
     def _sample(self, epoch: int | None) -> None:
         paths = self._with_eval(lambda: self.sampler.run(self.position.step, epoch))

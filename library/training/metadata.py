@@ -28,6 +28,7 @@ class RunFacts:
     reg_dataset_dirs: dict = field(default_factory=dict)
     bucket_info: dict | None = None
     datasets: list | None = None
+    num_validation_images: int = 0
 
 
 def _s(value: Any) -> str:
@@ -83,6 +84,12 @@ def training_metadata(config, facts: RunFacts) -> dict[str, str]:
         "ss_max_grad_norm": _s(config.max_grad_norm),
         "ss_scale_weight_norms": _s(getattr(config, "scale_weight_norms", None)),
         "ss_prior_loss_weight": _s(config.prior_loss_weight),
+        "ss_validation_split": _s(config.validation_split),
+        "ss_validation_seed": _s(config.validation_seed),
+        "ss_validate_every_n_steps": _s(config.validate_every_n_steps),
+        "ss_validate_every_n_epochs": _s(config.validate_every_n_epochs),
+        "ss_max_validation_steps": _s(config.max_validation_steps),
+        "ss_num_validation_images": _s(facts.num_validation_images),
         "ss_caption_dropout_rate": _s(config.caption_dropout_rate),
         "ss_caption_dropout_every_n_epochs": _s(config.caption_dropout_every_n_epochs),
         "ss_caption_tag_dropout_rate": _s(config.caption_tag_dropout_rate),

@@ -38,7 +38,8 @@ class EventLog:
 
     Events: {"event": "start", "total": N, "epochs": E}, {"event": "step", "step", "total", "epoch",
     "epochs", "loss", "avg_loss", "lr", "it_s", "eta_s"}, {"event": "sample", "paths": [...]},
-    {"event": "saved", "path"}, {"event": "stopped", "step"}, {"event": "done", "path"}; each with "time".
+    {"event": "validation", "step", "loss", "kind"}, {"event": "saved", "path"}, {"event": "stopped", "step"},
+    {"event": "done", "path"}; each with "time".
     """
 
     def __init__(self, enabled: bool):
