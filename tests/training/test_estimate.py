@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from library.config.load import config_from_values
@@ -68,6 +69,7 @@ def test_meta_trace_matches_a_real_cpu_step(tiny_dataset, tmp_path):
     assert 0 < est.attention_flops_per_step < est.flops_per_step
 
 
+@pytest.mark.slow  # several estimates
 def test_activations_scale_with_batch_and_shrink_with_checkpointing(tiny_dataset, tmp_path):
     two = estimate(lora_config(tiny_dataset, tmp_path, train_batch_size=2))
     four = estimate(lora_config(tiny_dataset, tmp_path, train_batch_size=4))
@@ -111,6 +113,7 @@ def test_optimizer_state_is_measured_per_optimizer():
     assert measure_optimizer_state([], "AdamW", [], 1e-4).bytes == 0
 
 
+@pytest.mark.slow  # several estimates
 def test_mixed_precision_on_a_gpu_halves_weights_and_activations(tiny_dataset, tmp_path):
     gpu = DeviceInfo("cuda", "test GPU", 8 * 1024**3)
     full = estimate(lora_config(tiny_dataset, tmp_path, mixed_precision="no"), gpu)
@@ -125,6 +128,7 @@ def test_mixed_precision_on_a_gpu_halves_weights_and_activations(tiny_dataset, t
     assert "does NOT fit" not in half.report() and "fits" in half.report()
 
 
+@pytest.mark.slow  # several estimates
 def test_dreambooth_counts_the_whole_unet_and_full_bf16_halves_it(tiny_dataset, tmp_path):
     from tests.db.db_helpers import db_options
 
