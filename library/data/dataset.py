@@ -15,12 +15,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from library.data.augment import color_jitter, hflip, to_tensor
-from library.data.buckets import Size, resize_and_crop
+from library.data.buckets import Size, cover_size, crop_origin, resize_and_crop
 from library.data.captions import process_caption
-from library.data.images import load_image
+from library.data.images import load_alpha, load_image
 from library.data.scan import ImageItem, balance_datasets, scan_datasets, tag_frequency
 from library.data.specs import DatasetSpec, SubsetSpec
 from library.data.summary import format_summary
@@ -57,6 +59,8 @@ class TrainDataset:
         self.items: list[ImageItem] = scan_datasets(specs, max_workers=max_workers) if items is None else items
         balance_datasets(self.items, len(specs))
         self.latents_cached = False
+        #: alpha masks of the centre crops (cached latents), by (item, flipped)
+        self._masks: dict[tuple[int, bool], torch.Tensor] = {}
         # (dataset index, bucket) -> item refs, each repeated ``repeats`` times
         self._groups: dict[tuple[int, Size], list[ItemRef]] = {}
         for ref, item in enumerate(self.items):
@@ -165,15 +169,36 @@ class TrainDataset:
             img = color_jitter(img, rng)
         return to_tensor(img), (left, top)
 
-    def _load_one(self, ref: ItemRef, rng: random.Random) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _load_one(self, ref: ItemRef, rng: random.Random) -> tuple[torch.Tensor, tuple[int, int] | None, bool]:
+        """(pixels or cached latents, crop (left, top) or None for cached latents' centre crop, flipped)."""
         item, subset = self.items[ref], self.subset_of(ref)
         flip = subset.flip_aug and rng.random() < 0.5
         if self.latents_cached:
             latents = item.latents_flipped if flip else item.latents
             if latents is None:
                 raise RuntimeError(f"latents of '{item.path}' are missing (flip={flip})")
-            return latents, (0, 0)
-        return self.load_pixels(ref, rng, flip)
+            return latents, None, flip
+        return (*self.load_pixels(ref, rng, flip), flip)
+
+    def load_mask(self, ref: ItemRef, crop: tuple[int, int] | None, flip: bool) -> torch.Tensor:
+        """The loss mask (1, H, W) in [0, 1] at the bucket size: the alpha channel resized and cropped like
+        the pixels (``crop`` None: the centre crop cached latents were made from), flipped with them."""
+        key = (ref, flip)
+        if crop is None and key in self._masks:
+            return self._masks[key]
+        item = self.items[ref]
+        alpha = load_alpha(item.path)
+        size = cover_size(alpha.size[0], alpha.size[1], item.bucket)
+        if size != alpha.size:
+            alpha = alpha.resize(size, Image.Resampling.BILINEAR)
+        left, top = crop if crop is not None else crop_origin(size, item.bucket, None)
+        alpha = alpha.crop((left, top, left + item.bucket[0], top + item.bucket[1]))
+        if flip:
+            alpha = hflip(alpha)
+        mask = torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)[None]
+        if crop is None:
+            self._masks[key] = mask
+        return mask
 
     def load_batch(self, batch: list[ItemRef], epoch: int, seed: int, step: int) -> dict[str, Any]:
         """Load one batch of the plan.
@@ -185,23 +210,33 @@ class TrainDataset:
             ``pixels`` (B, 3, H, W) float32 in [-1, 1] — or ``latents`` (B, C, h, w) when cached —,
             ``captions`` list[str], ``loss_weights`` (B,) float32 (1.0 train, prior_loss_weight reg),
             ``is_reg`` list[bool], ``paths`` list[Path], ``original_sizes`` list[(w, h)],
-            ``crop_top_lefts`` list[(top, left)], ``target_sizes`` list[(w, h)].
+            ``crop_top_lefts`` list[(top, left)], ``target_sizes`` list[(w, h)], ``loss_masks`` (B, 1, H, W)
+            in [0, 1] when a subset has ``alpha_mask`` (else None).
         """
-        tensors, captions, weights, crops = [], [], [], []
+        tensors, captions, weights, crops, masks = [], [], [], [], []
         for i, ref in enumerate(batch):
             item = self.items[ref]
             image_rng = derive_rng("image", seed, epoch, step, i)
             caption_rng = derive_rng("caption", seed, epoch, step, i)
-            tensor, (left, top) = self._load_one(ref, image_rng)
+            tensor, crop, flip = self._load_one(ref, image_rng)
             tensors.append(tensor)
+            left, top = crop or (0, 0)
             crops.append((top, left))
+            masks.append(self.load_mask(ref, crop, flip) if self.subset_of(ref).alpha_mask else None)
             captions.append(
                 process_caption(item.caption, self.subset_of(ref).caption_options(), caption_rng, epoch)
             )
             weights.append(self.prior_loss_weight if item.is_reg else 1.0)
         key = "latents" if self.latents_cached else "pixels"
+        if any(m is not None for m in masks):  # pictures without alpha_mask count everywhere
+            bucket = self.items[batch[0]].bucket
+            ones = torch.ones(1, bucket[1], bucket[0])
+            loss_masks = torch.stack([ones if m is None else m for m in masks])
+        else:
+            loss_masks = None
         return {
             key: torch.stack(tensors),
+            "loss_masks": loss_masks,
             "captions": captions,
             "loss_weights": torch.tensor(weights, dtype=torch.float32),
             "is_reg": [self.items[r].is_reg for r in batch],

@@ -46,6 +46,7 @@ SUBSET_INHERITABLE_KEYS: dict[str, str] = {
     "flip_aug": "bool",
     "color_aug": "bool",
     "random_crop": "bool",
+    "alpha_mask": "bool",
 }
 SUBSET_ONLY_KEYS: dict[str, str] = {"image_dir": "str", "is_reg": "bool"}
 # sd-scripts keys that we recognise but do not implement yet.
@@ -59,7 +60,6 @@ UNSUPPORTED_KEYS: frozenset[str] = frozenset(
         "token_warmup_step",
         "custom_attributes",
         "cache_info",
-        "alpha_mask",
         "metadata_file",
         "conditioning_data_dir",
     }
@@ -93,6 +93,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "flip_aug": False,
     "color_aug": False,
     "random_crop": False,
+    "alpha_mask": False,
 }
 
 _TYPE_WORDS = {

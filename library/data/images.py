@@ -61,6 +61,25 @@ def load_image(path: str | Path) -> Image.Image:
         ) from exc
 
 
+def load_alpha(path: str | Path) -> Image.Image:
+    """The image's alpha channel as an ``L`` image (EXIF orientation applied); all 255 without alpha.
+
+    Used as a loss mask (``alpha_mask``): transparent parts of a picture do not count in the loss.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if _has_transparency(img):
+                return img.convert("RGBA").getchannel("A")
+            return Image.new("L", img.size, 255)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(
+            f"Image '{path}' cannot be read ({exc}). Re-export it as PNG or JPEG, or remove it from the dataset."
+        ) from exc
+
+
 def _tail(path: Path, n: int) -> bytes:
     with path.open("rb") as f:
         f.seek(0, os.SEEK_END)

@@ -30,6 +30,8 @@ class SubsetSpec:
     flip_aug: bool = False
     color_aug: bool = False
     random_crop: bool = False
+    #: the picture's alpha channel masks the loss (transparent parts are not learned)
+    alpha_mask: bool = False
 
     def caption_options(self) -> CaptionOptions:
         """The caption-processing options of this subset."""

@@ -71,8 +71,13 @@ def huber_c_per_sample(timesteps: torch.Tensor, settings: LossSettings, alphas_c
 
 
 def per_sample_loss(prediction: torch.Tensor, target: torch.Tensor, loss_type: str = "l2",
-                    huber_c: torch.Tensor | None = None) -> torch.Tensor:
-    """Loss averaged per sample: (B, C, H, W) x2 -> (B,), computed in float32."""
+                    huber_c: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss averaged per sample: (B, C, H, W) x2 -> (B,), computed in float32.
+
+    ``mask`` (B, 1, H', W') in [0, 1], at any resolution (the pictures'), is brought to the latents' size by
+    area averaging and multiplies the element-wise loss before the mean, as sd-scripts' masked loss does
+    (the mean is over all elements, masked ones counting as zero).
+    """
     diff = prediction.float() - target.float()
     if loss_type == "l2":
         elementwise = diff.pow(2)
@@ -82,6 +87,9 @@ def per_sample_loss(prediction: torch.Tensor, target: torch.Tensor, loss_type: s
         c = huber_c.to(diff.device).view(-1, *([1] * (diff.ndim - 1)))
         root = torch.sqrt(diff.pow(2) + c.pow(2)) - c
         elementwise = 2 * c * root if loss_type == "huber" else 2 * root
+    if mask is not None:
+        mask = torch.nn.functional.interpolate(mask.float().to(diff.device), size=diff.shape[2:], mode="area")
+        elementwise = elementwise * mask
     return elementwise.mean(dim=tuple(range(1, diff.ndim)))
 
 

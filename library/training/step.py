@@ -79,7 +79,7 @@ def diffusion_loss(model, batch: dict, settings: StepSettings, generator: torch.
     huber_c = None
     if settings.loss.loss_type in ("huber", "smooth_l1"):
         huber_c = huber_c_per_sample(timesteps, settings.loss, scheduler.alphas_cumprod, num_t)
-    loss = per_sample_loss(prediction, target, settings.loss.loss_type, huber_c)
+    loss = per_sample_loss(prediction, target, settings.loss.loss_type, huber_c, batch.get("loss_masks"))
     weights = batch["loss_weights"].to(torch.float32)
     weights = weights * loss_weights(snr(scheduler.alphas_cumprod, timesteps), settings.loss, settings.v_prediction)
     return (loss * weights.to(loss.device)).mean()
