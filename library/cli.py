@@ -23,6 +23,18 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
+def add_log_file(path: str) -> None:
+    """``console_log_file``: the run's log lines also go to ``path`` (appended, folders created)."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(target, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"console_log_file '{path}' cannot be written ({exc}); give a writable file path.") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
 def write_output_config(config) -> Path:
     """``--output_config PATH``: write the effective config (reloadable with --config_file) and stop."""
     from library.config.load import effective_toml
@@ -61,6 +73,8 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
 
         config = parse_config(argv, trainer)
         setup_logging(config.console_log_level)
+        if config.console_log_file:
+            add_log_file(config.console_log_file)
         if config.output_config:
             write_output_config(config)
             return 0

@@ -125,8 +125,9 @@ def _check_names(values: dict[str, Any], trainer: str, where: str, schema: Schem
         if name in schema:
             raise ConfigError(f"{where}: option {key!r} is not used by this trainer; remove it.")
         if name in SD_SCRIPTS_NAMES:
-            if value in (False, None, "", 0, []):
-                # switched off: nothing to support (kohya_ss writes every option, most of them off)
+            if value in (False, None, "", 0, [], "no"):
+                # switched off: nothing to support (kohya_ss writes every option, most of them off;
+                # accelerate-style options say "no", e.g. dynamo_backend = "no")
                 logger.info("%s: option %r is off; it is not supported here, so it is skipped", where, key)
                 continue
             raise ConfigError(

@@ -91,6 +91,13 @@ OPTIONS = [
     Option("xformers", "bool", False, "Accepted for sd-scripts configs.", "model", compat_note=_SDPA_NOTE),
     Option("sdpa", "bool", False, "Accepted for sd-scripts configs.", "model", compat_note=_SDPA_NOTE),
     Option("mem_eff_attn", "bool", False, "Accepted for sd-scripts configs.", "model", compat_note=_SDPA_NOTE),
+    Option("lowram", "bool", False, "Accepted for sd-scripts configs.", "model",
+           compat_note="models are read straight into their place here; lowram has no extra effect"),
+    Option("highvram", "bool", False, "Accepted for sd-scripts configs.", "model",
+           compat_note="models already stay on the device during training; highvram has no extra effect"),
+    Option("skip_cache_check", "bool", False, "Accepted for sd-scripts configs.", "dataset",
+           compat_note="cached latents are checked against their picture's size and modification time only, "
+                       "which is cheap; skip_cache_check has no extra effect"),
     # --- folders -----------------------------------------------------------------------------
     Option("train_data_dir", "dir", None,
            "Folder holding one subfolder per concept, named <repeats>_<class tokens> (e.g. 10_sls 1girl).",
@@ -304,6 +311,9 @@ OPTIONS = [
            transient=True),
     Option("console_log_level", "str", "INFO", "Console log level.", "logging",
            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Option("console_log_file", "path", None, "Also write the log to this file (appended).", "logging"),
+    Option("console_log_simple", "bool", False, "Accepted for sd-scripts configs.", "logging",
+           compat_note="the console log is already plain text; console_log_simple has no extra effect"),
     # --- config ------------------------------------------------------------------------------
     Option("config_file", "file", None, "Read options from this TOML (\".toml\" added if missing).", "config",
            transient=True),
