@@ -10,7 +10,7 @@ SD_SCRIPTS_NAMES = frozenset(
     """
     in_json dataset_repeats dataset_class cache_info debug_dataset enable_wildcard token_warmup_min
     token_warmup_step weighted_captions resize_interpolation face_crop_aug_range
-    conditioning_data_dir skip_cache_check cache_text_encoder_outputs cache_text_encoder_outputs_to_disk
+    skip_cache_check cache_text_encoder_outputs cache_text_encoder_outputs_to_disk
     noise_offset_random_strength adaptive_noise_scale multires_noise_iterations multires_noise_discount
     ip_noise_gamma ip_noise_gamma_random_strength zero_terminal_snr min_timestep max_timestep
     scale_v_pred_loss_like_noise_pred v_pred_like_loss debiased_estimation_loss loss_type huber_schedule

@@ -125,6 +125,9 @@ OPTIONS = [
     Option("flip_aug", "bool", False, "Randomly flip images horizontally.", "dataset"),
     Option("color_aug", "bool", False, "Small random hue/brightness changes.", "dataset"),
     Option("random_crop", "bool", False, "Crop at a random position instead of the centre.", "dataset"),
+    Option("conditioning_data_dir", "dir", None,
+           "Mask pictures for masked_loss, named like the training pictures: the red channel is the mask "
+           "(white learned, black ignored). Also per subset in a dataset config.", "dataset", must_exist=True),
     Option("alpha_mask", "bool", False,
            "Mask the loss with each picture's alpha channel: transparent parts are not learned (also per "
            "subset in a dataset config).", "dataset"),
@@ -241,8 +244,8 @@ OPTIONS = [
            "Weight the loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction).", "noise"),
     Option("loss_type", "str", "l2", "Loss function.", "noise", choices=("l2", "l1", "huber", "smooth_l1")),
     Option("masked_loss", "bool", False,
-           "Mask the loss (the mask is the alpha channel: needs alpha_mask; mask pictures from "
-           "conditioning_data_dir are not supported yet).", "noise"),
+           "Mask the loss with the mask pictures of conditioning_data_dir, or with the alpha channel "
+           "(alpha_mask).", "noise"),
     Option("huber_schedule", "str", "snr", "How the Huber parameter c varies with the timestep.", "noise",
            choices=("constant", "exponential", "snr")),
     Option("huber_c", "float", 0.1, "The Huber loss parameter c.", "noise", min=0.0, min_exclusive=True,

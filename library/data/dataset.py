@@ -22,7 +22,7 @@ from PIL import Image
 from library.data.augment import color_jitter, hflip, to_tensor
 from library.data.buckets import Size, cover_size, crop_origin, resize_and_crop
 from library.data.captions import process_caption
-from library.data.images import load_alpha, load_image
+from library.data.images import load_alpha, load_image, load_mask_picture
 from library.data.scan import ImageItem, balance_datasets, scan_datasets, tag_frequency
 from library.data.specs import DatasetSpec, SubsetSpec
 from library.data.summary import format_summary
@@ -181,13 +181,13 @@ class TrainDataset:
         return (*self.load_pixels(ref, rng, flip), flip)
 
     def load_mask(self, ref: ItemRef, crop: tuple[int, int] | None, flip: bool) -> torch.Tensor:
-        """The loss mask (1, H, W) in [0, 1] at the bucket size: the alpha channel resized and cropped like
-        the pixels (``crop`` None: the centre crop cached latents were made from), flipped with them."""
+        """The loss mask (1, H, W) in [0, 1] at the bucket size: the mask picture's red channel or the alpha
+        channel, resized and cropped like the pixels (``crop`` None: the centre crop cached latents were made from), flipped with them."""
         key = (ref, flip)
         if crop is None and key in self._masks:
             return self._masks[key]
         item = self.items[ref]
-        alpha = load_alpha(item.path)
+        alpha = load_mask_picture(item.mask_path, item.size) if item.mask_path else load_alpha(item.path)
         size = cover_size(alpha.size[0], alpha.size[1], item.bucket)
         if size != alpha.size:
             alpha = alpha.resize(size, Image.Resampling.BILINEAR)
@@ -222,7 +222,8 @@ class TrainDataset:
             tensors.append(tensor)
             left, top = crop or (0, 0)
             crops.append((top, left))
-            masks.append(self.load_mask(ref, crop, flip) if self.subset_of(ref).alpha_mask else None)
+            masked = item.mask_path is not None or self.subset_of(ref).alpha_mask
+            masks.append(self.load_mask(ref, crop, flip) if masked else None)
             captions.append(
                 process_caption(item.caption, self.subset_of(ref).caption_options(), caption_rng, epoch)
             )

@@ -47,6 +47,7 @@ SUBSET_INHERITABLE_KEYS: dict[str, str] = {
     "color_aug": "bool",
     "random_crop": "bool",
     "alpha_mask": "bool",
+    "conditioning_data_dir": "str",
 }
 SUBSET_ONLY_KEYS: dict[str, str] = {"image_dir": "str", "is_reg": "bool"}
 # sd-scripts keys that we recognise but do not implement yet.
@@ -61,7 +62,6 @@ UNSUPPORTED_KEYS: frozenset[str] = frozenset(
         "custom_attributes",
         "cache_info",
         "metadata_file",
-        "conditioning_data_dir",
     }
 )
 # Training-config (CLI) names that map onto dataset keys.
@@ -94,6 +94,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "color_aug": False,
     "random_crop": False,
     "alpha_mask": False,
+    "conditioning_data_dir": None,
 }
 
 _TYPE_WORDS = {
@@ -209,6 +210,8 @@ def _build_subset(values: dict[str, Any], where: str) -> SubsetSpec:
     subset_values = {k: v for k, v in values.items() if k in SubsetSpec.__dataclass_fields__}
     _check_ranges(subset_values, where)
     subset_values["image_dir"] = Path(subset_values["image_dir"])
+    if subset_values.get("conditioning_data_dir"):
+        subset_values["conditioning_data_dir"] = Path(subset_values["conditioning_data_dir"])
     return SubsetSpec(**subset_values)
 
 

@@ -80,6 +80,18 @@ def load_alpha(path: str | Path) -> Image.Image:
         ) from exc
 
 
+def load_mask_picture(path: str | Path, size: tuple[int, int]) -> Image.Image:
+    """A mask picture's red channel as an ``L`` image (white = learned), resized to the picture's ``size``."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mask = to_rgb(ImageOps.exif_transpose(img)).getchannel("R")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"Mask picture '{path}' cannot be read ({exc}). Re-export it as PNG.") from exc
+    return mask if mask.size == tuple(size) else mask.resize(tuple(size), Image.Resampling.BILINEAR)
+
+
 def _tail(path: Path, n: int) -> bytes:
     with path.open("rb") as f:
         f.seek(0, os.SEEK_END)

@@ -33,6 +33,8 @@ class ImageItem:
     caption: str
     caption_source: str
     repeats: int
+    #: the loss mask picture from the subset's conditioning_data_dir (masked_loss), if any
+    mask_path: Path | None = None
     latents: torch.Tensor | None = field(default=None, repr=False)
     latents_flipped: torch.Tensor | None = field(default=None, repr=False)
 

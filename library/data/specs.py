@@ -32,6 +32,8 @@ class SubsetSpec:
     random_crop: bool = False
     #: the picture's alpha channel masks the loss (transparent parts are not learned)
     alpha_mask: bool = False
+    #: folder of mask pictures named like the training pictures (red channel: 1 learned, 0 ignored)
+    conditioning_data_dir: Path | None = None
 
     def caption_options(self) -> CaptionOptions:
         """The caption-processing options of this subset."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from library.data.dataset import TrainDataset
 from library.data.dataset_config import specs_from_dataset_config, specs_from_folders
+from library.data.masks import attach_mask_pictures, check_mask_sources
 from library.data.scan import scan_datasets
 from library.data.validation_split import split_validation
-from library.errors import DatasetError
 
 #: training options that act as defaults for every dataset/subset (lowest level of sd-scripts' lookup).
 DATASET_DEFAULT_OPTIONS = (
@@ -14,7 +14,7 @@ DATASET_DEFAULT_OPTIONS = (
     "bucket_no_upscale", "flip_aug", "color_aug", "random_crop", "caption_extension", "shuffle_caption",
     "keep_tokens", "keep_tokens_separator", "secondary_separator", "caption_separator", "caption_prefix",
     "caption_suffix", "caption_dropout_rate", "caption_dropout_every_n_epochs", "caption_tag_dropout_rate",
-    "validation_split", "validation_seed", "alpha_mask",
+    "validation_split", "validation_seed", "alpha_mask", "conditioning_data_dir",
 )
 
 
@@ -37,15 +37,11 @@ def build_datasets(config) -> tuple[TrainDataset, TrainDataset | None]:
         specs = specs_from_dataset_config(config.dataset_config, defaults)
     else:
         specs = specs_from_folders(config.train_data_dir, config.reg_data_dir, defaults)
-    if config.masked_loss and not any(sub.alpha_mask for spec in specs for sub in spec.subsets):
-        raise DatasetError(
-            "masked_loss = true needs masks: set alpha_mask = true (each picture's alpha channel is its mask; "
-            "in a dataset config, per subset). Mask pictures from conditioning_data_dir are not supported yet."
-        )
+    check_mask_sources(specs, config.masked_loss)
     workers = max(1, config.max_data_loader_n_workers)
+    items = attach_mask_pictures(scan_datasets(specs, max_workers=workers), specs)
     if not any(spec.validation_split > 0 for spec in specs):
-        return TrainDataset(specs, prior_loss_weight=config.prior_loss_weight, max_workers=workers), None
-    items = scan_datasets(specs, max_workers=workers)
+        return TrainDataset(specs, prior_loss_weight=config.prior_loss_weight, items=items), None
     train_items, held_out = split_validation(items, specs, config.seed or 0)
     train = TrainDataset(specs, prior_loss_weight=config.prior_loss_weight, items=train_items)
     return train, (TrainDataset(specs, items=held_out) if held_out else None)

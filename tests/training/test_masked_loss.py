@@ -82,3 +82,23 @@ def test_masked_loss_needs_masks_and_dataset_configs_take_alpha_mask(tmp_path):
     values.pop("train_data_dir")
     dataset = build_dataset(config_from_values(values, "network"))
     assert dataset.load_batch([0], epoch=1, seed=0, step=0)["loss_masks"] is not None
+
+
+def test_mask_pictures_from_conditioning_data_dir(tmp_path):
+    root = rgba_dataset(tmp_path, alpha_left=255, alpha_right=255)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(4):  # white left half (learned), black right half (ignored), at half the picture's size
+        pixels = np.zeros((32, 48, 3), dtype=np.uint8)
+        pixels[:, :24] = 255
+        Image.fromarray(pixels).save(masks / f"{i}.png")
+    values = base_options(root, tmp_path / "out", resolution=64, enable_bucket=False, masked_loss=True,
+                          conditioning_data_dir=str(masks))
+    dataset = build_dataset(config_from_values(values, "network"))
+    mask = dataset.load_mask(0, None, False)
+    assert mask[0, :, :30].min() == 1 and mask[0, :, 34:].max() == 0  # centre crop of 96x64, as the picture
+    with pytest.raises(UserError, match="masked_loss"):  # masks without masked_loss: ControlNet is not here
+        build_dataset(config_from_values({**values, "masked_loss": False}, "network"))
+    (masks / "3.png").unlink()
+    with pytest.raises(UserError, match="3.png"):
+        build_dataset(config_from_values(values, "network"))
