@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from library.data.folders import IMAGE_EXTENSIONS
 from library.data.scan import ImageItem
@@ -34,6 +35,28 @@ def check_mask_sources(specs: list[DatasetSpec], masked_loss: bool) -> None:
             )
 
 
+def mask_picture_for(folder: Path, picture: Path) -> Path | None:
+    """The mask picture of ``picture`` in ``folder``: the same stem with any image extension."""
+    for ext in (*IMAGE_EXTENSIONS, *(e.upper() for e in IMAGE_EXTENSIONS)):
+        candidate = folder / f"{picture.stem}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_mask_pictures(specs: list[DatasetSpec]) -> list[Path]:
+    """Training pictures of subsets with ``conditioning_data_dir`` that have no mask picture there."""
+    from library.data.folders import list_images
+
+    missing = []
+    for spec in specs:
+        for sub in spec.subsets:
+            if sub.conditioning_data_dir is None or sub.is_reg or not sub.image_dir.is_dir():
+                continue
+            missing += [p for p in list_images(sub.image_dir) if mask_picture_for(sub.conditioning_data_dir, p) is None]
+    return missing
+
+
 def attach_mask_pictures(items: list[ImageItem], specs: list[DatasetSpec]) -> list[ImageItem]:
     """Give each training picture of a subset with ``conditioning_data_dir`` the mask picture of the same
     name (any image extension). Regularisation pictures keep no mask (they count everywhere). A training
@@ -44,9 +67,7 @@ def attach_mask_pictures(items: list[ImageItem], specs: list[DatasetSpec]) -> li
         if folder is None or item.is_reg:
             out.append(item)
             continue
-        found = next((folder / f"{item.path.stem}{ext}" for ext in (*IMAGE_EXTENSIONS,
-                                                                      *(e.upper() for e in IMAGE_EXTENSIONS))
-                      if (folder / f"{item.path.stem}{ext}").is_file()), None)
+        found = mask_picture_for(folder, item.path)
         if found is None:
             missing.append(item.path.name)
         out.append(dataclasses.replace(item, mask_path=found))

@@ -143,3 +143,17 @@ def test_near_duplicate_pairs_on_pictures(tmp_path):
     hashes = [hash_picture(tmp_path / n) for n in ("a.png", "b.jpg", "c.png")]
     pairs = near_duplicate_pairs(hashes)
     assert [(i, j) for i, j, _ in pairs] == [(0, 1)]
+
+
+def test_missing_mask_pictures_are_an_error(clean, tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(5):  # t5 has no mask
+        Image.new("L", (64, 64), 255).save(masks / f"t{i}.png")
+    config = tmp_path / "train.toml"
+    config.write_text(f"train_data_dir = '{clean / 'train'}'\nreg_data_dir = '{clean / 'reg'}'\nresolution = 64\n"
+                      f"masked_loss = true\nconditioning_data_dir = '{masks}'\n", encoding="utf-8")
+    report = check_dataset(config)
+    assert [Path(p).name for p in codes(report)["missing_mask"][0]] == ["t5.png"]  # reg pictures need none
+    Image.new("L", (64, 64), 255).save(masks / "t5.png")
+    assert "missing_mask" not in codes(check_dataset(config))

@@ -229,6 +229,17 @@ def _small_findings(pictures: list[Picture], specs: list[DatasetSpec], report: C
         )
 
 
+def _mask_findings(specs: list[DatasetSpec], report: CheckReport) -> None:
+    """masked_loss pairing: every training picture of a subset with conditioning_data_dir needs its mask."""
+    from library.data.masks import missing_mask_pictures
+
+    missing = missing_mask_pictures(specs)
+    if missing:
+        report.add("error", "missing_mask",
+                   f"{len(missing)} training pictures have no mask picture of the same name in "
+                   "conditioning_data_dir (masked_loss would stop)", missing)
+
+
 def _dataset_figures(specs: list[DatasetSpec], report: CheckReport, workers: int) -> None:
     """Steps per epoch and buckets exactly as the trainer counts them."""
     try:
@@ -260,6 +271,7 @@ def check_specs(specs: list[DatasetSpec], opts: CheckOptions) -> CheckReport:
     pictures = _collect(specs, report, opts.workers)
     _caption_findings(pictures, report)
     _small_findings(pictures, specs, report)
+    _mask_findings(specs, report)
     _hash_all(pictures, opts.workers)
     _duplicate_findings(pictures, opts, report)
     _dataset_figures(specs, report, opts.workers)
