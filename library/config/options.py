@@ -35,6 +35,10 @@ def _network_module_names() -> tuple:
     return tuple(network_module_names())
 
 
+def _check_decay(value: float) -> str | None:
+    return None if value < 1.0 else "must be below 1 (e.g. 0.999)"
+
+
 def _check_split(value: float) -> str | None:
     return None if value < 1.0 else "must be below 1 (the share held out, e.g. 0.1)"
 
@@ -190,6 +194,12 @@ OPTIONS = [
            "training"),
     Option("max_grad_norm", "float", 1.0, "Clip the gradient norm to this (0: no clipping).", "training",
            min=0.0),
+    Option("ema_decay", "float", None,
+           "Keep an exponential moving average of the trained weights with this decay (e.g. 0.999) and save, "
+           "sample and validate with it (unset: off).", "training", min=0.0, min_exclusive=True,
+           check=_check_decay),
+    Option("ema_update_every_n_steps", "int", 1, "Update the moving average every n optimizer steps.",
+           "training", min=1),
     Option("seed", "int", None, "Random seed (unset: a random one, written to the metadata).", "training",
            min=0, common=True),
     # --- network -----------------------------------------------------------------------------

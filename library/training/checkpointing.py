@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ class Saver:
         self.config, self.target, self.accelerator, self.base_meta = config, target, accelerator, base_meta
         self.events = events
         self.ext = target.file_ext
+        #: the weights written to files (a moving average swaps itself in here); states keep the trained ones
+        self.file_weights = contextlib.nullcontext
 
     @property
     def states_wanted(self) -> bool:
@@ -74,7 +77,8 @@ class Saver:
         meta.update(ss_epoch=str(epoch), ss_steps=str(step), ss_training_finished_at=str(time.time()))
         if self.config.no_metadata:
             meta = minimal(meta)
-        self.target.save(path, self.config.save_precision, meta, self.config)
+        with self.file_weights():
+            self.target.save(path, self.config.save_precision, meta, self.config)
         logger.info("saved %s", path.name)
         if self.events is not None:
             self.events.emit("saved", path=str(path), step=step)

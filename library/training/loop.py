@@ -180,8 +180,15 @@ def run_training(config, target) -> Path | None:
     if config.logging_dir:
         init_trackers(accelerator, config)
     validator = Validator(config, validation_set, model.noise_scheduler.config.num_train_timesteps, seed)
+    average = None
+    if config.ema_decay:
+        from library.training.ema import WeightAverage
+
+        trained = [p for group in optim_lib.unwrap_optimizer(optimizer).param_groups for p in group["params"]]
+        average = WeightAverage(trained, config.ema_decay, config.ema_update_every_n_steps)
+        accelerator.register_for_checkpointing(average)
     loop = TrainLoop(config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length, facts,
-                     validator, compute)
+                     validator, compute, average)
     if config.resume:
         loop.position = state.load_state(accelerator, config.resume, accelerator.unwrap_model(train_step))
         target.on_step_end(loop.position.step)  # e.g. a text encoder whose training ended before the state
@@ -209,7 +216,7 @@ class TrainLoop:
     """The epoch/step iteration with saving, sampling and logging; one instance per run."""
 
     def __init__(self, config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length,
-                 facts, validator: Validator | None = None, compute=None):
+                 facts, validator: Validator | None = None, compute=None, average=None):
         self.config, self.target, self.model, self.dataset = config, target, model, dataset
         self.accelerator, self.train_step = accelerator, train_step
         self.optimizer, self.scheduler, self.length, self.seed = optimizer, scheduler, length, config.seed
@@ -221,6 +228,10 @@ class TrainLoop:
         self.running = RunningLoss()
         self.validator, self._compute = validator, compute
         self._last_validation: tuple[int, float] | None = None
+        #: the moving average of the weights (ema_decay), or None
+        self.average = average
+        if average is not None:
+            self.saver.file_weights = average.in_place
 
     def run(self) -> Path | None:
         acc, length = self.accelerator, self.length
@@ -245,7 +256,7 @@ class TrainLoop:
             self.position = state.TrainPosition(epoch + 1, self.position.step, 0)
             if self.config.save_every_n_epochs and epoch % self.config.save_every_n_epochs == 0 \
                     and epoch < length.num_epochs:
-                self._with_eval(lambda e=epoch: self.saver.save_epoch(e, self.position))
+                self._with_eval(lambda e=epoch: self.saver.save_epoch(e, self.position), average=False)
             if self.sampler.due_at_epoch(epoch):
                 self._sample(epoch)
         progress.close()
@@ -255,7 +266,8 @@ class TrainLoop:
             logger.warning("stopped at step %d of %d: saving the weights as they are", self.position.step,
                            length.total_steps)
             self.events.emit("stopped", step=self.position.step)
-        final = self._with_eval(lambda: self.saver.save_final(epoch, self.position, stopped=self.stop.requested))
+        final = self._with_eval(lambda: self.saver.save_final(epoch, self.position, stopped=self.stop.requested),
+                               average=False)
         self.events.emit("done", path=str(final), step=self.position.step)
         return final if acc.is_main_process else None
 
@@ -281,6 +293,8 @@ class TrainLoop:
             if not acc.sync_gradients:
                 continue
             self.position = state.TrainPosition(epoch, self.position.step + 1, local_index + 1)
+            if self.average is not None:
+                self.average.after_step(self.position.step)
             self.target.on_step_end(self.position.step)
             self._after_step(epoch, loss, progress)
             if self.position.step >= self.length.total_steps:
@@ -306,7 +320,7 @@ class TrainLoop:
                                   **self.target.step_logs()}, step=step)
         every = self.config.save_every_n_steps
         if every and step % every == 0 and step < self.length.total_steps:
-            self._with_eval(lambda: self.saver.save_step(epoch, self.position))
+            self._with_eval(lambda: self.saver.save_step(epoch, self.position), average=False)
         if self.validator is not None and self.validator.due_at_step(step):
             self._validate("step", step)
         if self.sampler.due_at_step(step):
@@ -336,11 +350,16 @@ class TrainLoop:
         paths = self._with_eval(lambda: self.sampler.run(self.position.step, epoch))
         self.events.emit("sample", step=self.position.step, paths=[str(p) for p in paths])
 
-    def _with_eval(self, action):
-        """Run ``action`` with the optimizer in eval mode (schedule-free optimizers average weights)."""
+    def _with_eval(self, action, average: bool = True):
+        """Run ``action`` with the weights that are used rather than trained: the optimizer in eval mode
+        (schedule-free optimizers average weights), and the moving average of the weights (ema_decay) unless
+        ``average`` is False (saves: the Saver swaps it in for the files only, states keep the trained ones)."""
         _optimizer_mode(self.optimizer, train=False)
         try:
-            return action()
+            if self.average is None or not average:
+                return action()
+            with self.average.in_place():
+                return action()
         finally:
             _optimizer_mode(self.optimizer, train=True)
 

@@ -84,6 +84,7 @@ def training_metadata(config, facts: RunFacts) -> dict[str, str]:
         "ss_max_grad_norm": _s(config.max_grad_norm),
         "ss_scale_weight_norms": _s(getattr(config, "scale_weight_norms", None)),
         "ss_prior_loss_weight": _s(config.prior_loss_weight),
+        "ss_ema_decay": _s(config.ema_decay),
         "ss_validation_split": _s(config.validation_split),
         "ss_validation_seed": _s(config.validation_seed),
         "ss_validate_every_n_steps": _s(config.validate_every_n_steps),

@@ -18,13 +18,17 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _opts(tiny_dataset, out, **kw):
+def _base_opts(tiny_dataset, out, **kw):
     settings = dict(max_train_steps=10, shuffle_caption=True, flip_aug=True, caption_dropout_rate=0.3,
                     network_dropout=0.1, seed=5)
     return base_options(tiny_dataset, out, **{**settings, **kw})
 
 
-def test_resume_is_bit_exact(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}], ids=["plain", "ema"])
+def test_resume_is_bit_exact(tmp_path, tiny_dataset, extra):
+    def _opts(dataset, out, **kw):  # the module's options plus this case's
+        return _base_opts(dataset, out, **{**extra, **kw})
+
     assert train(tmp_path, _opts(tiny_dataset, tmp_path / "straight")) == 0
     straight = read_lora(tmp_path / "straight" / "lora.safetensors")[0]
 
@@ -43,6 +47,9 @@ def test_resume_is_bit_exact(tmp_path, tiny_dataset):
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert torch.equal(resumed[key], straight[key]), key
+
+
+_opts = _base_opts
 
 
 def test_resume_with_other_network_shape_names_the_keys(tmp_path, tiny_dataset, capsys):

@@ -207,6 +207,8 @@ def _resident_lines(model, trained: list, trained_ids: set, config) -> list[Memo
     lines.append(MemoryLine(what, _bytes(trained),
                             f"{sum(p.numel() for p in trained) / 1e6:.2f}M parameters, {dtypes}"))
     lines.append(MemoryLine("gradients", _bytes(trained), "one per trained parameter, same dtype"))
+    if config.ema_decay:
+        lines.append(MemoryLine("moving average (ema_decay)", _bytes(trained), "a copy of the trained weights"))
     return lines
 
 
