@@ -51,8 +51,9 @@ def queue_tab(ctx: GuiContext) -> gr.Dataframe:
     )
     with gr.Row():
         number = gr.Textbox(label="Entry #", scale=1)
-        remove = gr.Button("Remove queued entry", scale=1)
-    remove.click(lambda n: (ctx.queue.remove(n.strip()), ctx.queue.rows())[1], [number], [table])
+        cancel = gr.Button("Stop or remove entry", scale=1, elem_id="queue-cancel")
+    message = gr.Markdown("", elem_id="queue-message")
+    cancel.click(lambda n: (ctx.queue.cancel(n.strip()), ctx.queue.rows()), [number], [message, table])
     return table
 
 

@@ -72,6 +72,22 @@ class TrainingQueue:
             self._save(entries)
             return True
 
+    def cancel(self, number: str) -> str:
+        """Stop entry ``number`` if it is running (the trainer saves, the queue goes on with the next), or
+        drop it if it waits. Returns what was done, for the page."""
+        with self._lock:
+            status = self.entries().get(number, {}).get("status")
+            state = self.runner.state()
+        if status == QUEUED:
+            self.remove(number)
+            return f"removed entry {number} from the queue"
+        if status == RUNNING and state is not None and state.get("queue_entry") == number:
+            self.runner.stop()
+            return f"stopping entry {number}: the trainer finishes the step and saves; the queue goes on"
+        if status is None:
+            return f"there is no entry {number}"
+        return f"entry {number} has already ended ({status})"
+
     def tick(self) -> None:
         """Record the end of the entry that was running and start the next queued one when the runner is
         free (a GUI run started by hand is never interrupted)."""

@@ -127,3 +127,25 @@ def test_queue_continues_after_a_failure_and_survives_restart(tmp_path, fake):
     assert entries["2"]["status"] == DONE and entries["2"]["output"] == "out.safetensors"
     assert json.loads((tmp_path / "queue" / "state.json").read_text())["2"]["status"] == DONE
     assert [r[3] for r in queue.rows()] == [FAILED, DONE]
+
+
+def test_queue_entry_can_be_stopped_or_removed(tmp_path, fake):
+    runner = JobRunner(tmp_path / "job")
+    commands = {"slow": fake(400, 0.05), "ok": fake(2), "later": fake(2)}
+    queue = TrainingQueue(
+        tmp_path / "queue", runner, lambda trainer, path: commands[open(path).read().strip()]
+    )
+    queue.add("network", "slow", "first")
+    queue.add("network", "later", "second")
+    queue.add("network", "ok", "third")
+    queue.tick()
+    assert "removed" in queue.cancel("2") and "2" not in queue.entries()  # a waiting entry is dropped
+    assert "stopping" in queue.cancel("1")  # the running one is stopped; it saves, the queue goes on
+    runner.wait(30)
+    queue.tick()
+    entries = queue.entries()
+    assert entries["1"]["status"] == STOPPED and entries["3"]["status"] == RUNNING
+    runner.wait(30)
+    queue.tick()
+    assert queue.entries()["3"]["status"] == DONE
+    assert "already ended" in queue.cancel("1") and "no entry" in queue.cancel("9")
