@@ -214,3 +214,28 @@ def test_lycoris_file_merges_into_a_checkpoint_via_cli(tiny_model_files, tmp_pat
             before[module.lora_name].weight.shape
         )
         torch.testing.assert_close(after[module.lora_name].weight.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["algo=locon", "conv_dim=2", "conv_alpha=1", "dora_wd=True"],
+                                  ["algo=loha", "dora_wd=True"]], ids=["dora", "doha"])
+def test_dora_merges_as_lycoris_forward_and_the_webui_apply_it(tiny, tmp_path, args):
+    network = lycoris_network(tiny, args)
+    path = save_network(network, tmp_path / "dora.safetensors")
+    with pytest.raises(ModelLoadError, match="DoRA"):
+        read_lora(path, allow_lycoris=True)  # the tools that cannot handle it still refuse it
+    lora = read_lora(path, allow_lycoris=True, allow_dora=True)
+    assert set(lora.dora_scales) == set(network.text_encoder_names + network.unet_names)
+    for ratio in (1.0, 0.6):
+        unet, te = copy.deepcopy(tiny["unet"]), copy.deepcopy(tiny["text_encoder"])
+        before = {n: m.weight.detach().clone() for n, m in module_layers(unet, te).items()}
+        merge_into_model(unet, te, [(lora, ratio)])
+        after = module_layers(unet, te)
+        for module in network.network_modules():
+            name = module.lora_name
+            with torch.no_grad():  # as LyCORIS' forward computes it: decompose(W + ΔW) at strength 1
+                delta = lycoris_delta(module) if hasattr(module, "get_weight") else module.get_diff_weight()[0]
+                full = before[name].float() + delta.float().reshape(before[name].shape)
+                decomposed = module.apply_weight_decompose(full, 1).double()
+            want = before[name].double() + ratio * (decomposed - before[name].double())
+            torch.testing.assert_close(after[name].weight.double(), want, atol=1e-5, rtol=1e-4)

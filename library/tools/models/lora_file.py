@@ -42,6 +42,7 @@ FOREIGN_SUFFIXES = {
     ".lora_A.weight": "LoRA (diffusers/PEFT layout)",
     ".dora_scale": "DoRA",
 }
+DORA_SUFFIX = ".dora_scale"
 
 
 @dataclass
@@ -100,6 +101,8 @@ class LoraFile:
     dtype: torch.dtype | None = None
     #: LoHa / LoKr modules (:class:`library.tools.models.lycoris_file.LycorisModule`), read on request.
     lycoris: dict = field(default_factory=dict)
+    #: DoRA magnitudes by module name (``.dora_scale``), read on request.
+    dora_scales: dict = field(default_factory=dict)
 
     @property
     def network_type(self) -> str:
@@ -116,17 +119,23 @@ def foreign_network_type(state_dict: dict[str, torch.Tensor]) -> str | None:
 
 
 def read_lora(
-    source: str | os.PathLike | dict, *, allow_other_types: bool = False, allow_lycoris: bool = False
+    source: str | os.PathLike | dict, *, allow_other_types: bool = False, allow_lycoris: bool = False,
+    allow_dora: bool = False,
 ) -> LoraFile:
     """Read a LoRA / LoCon file (``.safetensors`` or a tensor-only ``.ckpt/.pt``) or a state dict.
 
-    With ``allow_lycoris`` LoHa / LoKr modules are read too (into ``LoraFile.lycoris``). Raises
+    With ``allow_lycoris`` LoHa / LoKr modules are read too (into ``LoraFile.lycoris``); with
+    ``allow_dora`` the DoRA magnitudes of any module (into ``LoraFile.dora_scales``). Raises
     ModelLoadError for a file with no modules the caller handles, naming what it holds instead (a
     LoHa file, a checkpoint, ...); with ``allow_other_types`` such keys are only listed.
     """
     from library.tools.models.lycoris_file import read_lycoris_modules
 
     state_dict, description = read_state_dict(source)
+    dora_scales = {}
+    if allow_dora:
+        dora_scales = {k[: -len(DORA_SUFFIX)]: v for k, v in state_dict.items() if k.endswith(DORA_SUFFIX)}
+        state_dict = {k: v for k, v in state_dict.items() if not k.endswith(DORA_SUFFIX)}
     metadata = {}
     if not isinstance(source, dict) and Path(source).suffix.lower() == ".safetensors":
         metadata = read_metadata(source)
@@ -163,7 +172,12 @@ def read_lora(
         )
     dtypes = [t.dtype for t in state_dict.values() if t.is_floating_point() and t.dim() > 0]
     dtype = max(set(dtypes), key=dtypes.count) if dtypes else None
-    return LoraFile(description, modules, metadata, sorted(alpha_defaulted), sorted(other), dtype, lycoris)
+    orphans = sorted(set(dora_scales) - set(modules) - set(lycoris))
+    if orphans and not allow_other_types:
+        raise ModelLoadError(f"{description}: DoRA magnitudes without their module, e.g. {orphans[:3]}; the "
+                             "file is incomplete or damaged.")
+    return LoraFile(description, modules, metadata, sorted(alpha_defaulted), sorted(other), dtype, lycoris,
+                    dora_scales)
 
 
 def _describe(state_dict: dict) -> str:

@@ -105,7 +105,11 @@ def merge_into_model(
             for module, ref in matched:
                 multiplier = ratio * _block_weight(blocks, block_weights, ref)
                 weight = ref.module.weight
-                weight.copy_(_merged(weight, module, multiplier))
+                dora_scale = lora.dora_scales.get(module.name)
+                if dora_scale is None:
+                    weight.copy_(_merged(weight, module, multiplier))
+                else:
+                    weight.copy_(_dora_merged(weight, module, dora_scale, multiplier))
         if unmatched:
             logger.warning(
                 "%s: %d modules match no layer of the model, e.g. %s",
@@ -137,6 +141,24 @@ def _merged(weight: torch.Tensor, module: LoraModule | LycorisModule, multiplier
         return merged_weight(weight, module.down, module.up, module.alpha, multiplier)
     delta = module.delta(multiplier).reshape(weight.shape)
     return (weight.float() + delta).to(weight.dtype)
+
+
+def _dora_merged(weight: torch.Tensor, module, dora_scale: torch.Tensor, multiplier: float) -> torch.Tensor:
+    """A DoRA module at strength ``multiplier``: W + multiplier · (D − W), D = (W + ΔW) · m / ‖W + ΔW‖.
+
+    The norm is per output row when the magnitude ``m`` (``.dora_scale``) has one value per output
+    channel, else per input column (LyCORIS' ``wd_on_out``). The strength blends the whole decomposed
+    weight, as AUTOMATIC1111 and ComfyUI apply a DoRA at a strength (at 1 all of them agree).
+    """
+    full = _merged(weight, module, 1.0).float()
+    magnitude = dora_scale.float().to(full.device)
+    rows = full.reshape(full.shape[0], -1)
+    if magnitude.shape[0] == full.shape[0] and magnitude.numel() == full.shape[0]:
+        norm = rows.norm(dim=1).reshape(magnitude.shape)
+    else:
+        norm = full.transpose(0, 1).reshape(full.shape[1], -1).norm(dim=1).reshape(magnitude.shape)
+    decomposed = full * (magnitude / (norm + torch.finfo(torch.float32).eps))
+    return (weight.float() + multiplier * (decomposed - weight.float())).to(weight.dtype)
 
 
 def _block_weight(blocks: UnetBlocks | None, weights: dict | None, ref: LayerRef) -> float:
@@ -178,7 +200,7 @@ def merge_into_checkpoint(
     weights = parse_block_weights(block_weights) if block_weights else None
     dtype = precision_dtype(save_precision)
     loras = [
-        (lora_file.read_lora(path, allow_lycoris=True), ratio)
+        (lora_file.read_lora(path, allow_lycoris=True, allow_dora=True), ratio)
         for path, ratio in zip(models, ratios, strict=True)
     ]
     loaded = checkpoint.load_model(sd_model, v2=v2, allow_unsafe_pickle=allow_unsafe_pickle)
