@@ -293,9 +293,9 @@ class TrainLoop:
             if not acc.sync_gradients:
                 continue
             self.position = state.TrainPosition(epoch, self.position.step + 1, local_index + 1)
+            self.target.on_step_end(self.position.step)  # e.g. max-norm scaling: part of the step's weights
             if self.average is not None:
                 self.average.after_step(self.position.step)
-            self.target.on_step_end(self.position.step)
             self._after_step(epoch, loss, progress)
             if self.position.step >= self.length.total_steps:
                 return True

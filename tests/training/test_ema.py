@@ -55,3 +55,15 @@ def test_saved_weights_are_the_average_and_training_is_unchanged(tiny_dataset, t
     saved, _ = read_lora(tmp_path / "follow" / "lora.safetensors")
     for key in plain:
         assert torch.allclose(saved[key].float(), plain[key].float(), atol=1e-6, rtol=1e-5), key
+
+
+@pytest.mark.slow  # a small training
+def test_average_is_taken_after_max_norm_scaling(tiny_dataset, tmp_path):
+    from library.tools.models.lora_file import read_lora as read_modules
+
+    options = base_options(tiny_dataset, tmp_path / "out", max_train_steps=4, seed=4, learning_rate=5e-2,
+                           scale_weight_norms=0.01, ema_decay=1e-9)
+    assert train(tmp_path, options) == 0
+    lora = read_modules(tmp_path / "out" / "lora.safetensors")
+    norms = [float(m.delta().float().norm()) for m in lora.modules.values()]
+    assert max(norms) <= 0.01 * 1.01  # the saved average holds the scaled weights of the last step
