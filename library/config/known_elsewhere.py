@@ -13,7 +13,7 @@ SD_SCRIPTS_NAMES = frozenset(
     skip_cache_check cache_text_encoder_outputs cache_text_encoder_outputs_to_disk
     noise_offset_random_strength adaptive_noise_scale multires_noise_iterations multires_noise_discount
     ip_noise_gamma ip_noise_gamma_random_strength zero_terminal_snr min_timestep max_timestep
-    scale_v_pred_loss_like_noise_pred v_pred_like_loss debiased_estimation_loss loss_type huber_schedule
+    scale_v_pred_loss_like_noise_pred debiased_estimation_loss loss_type huber_schedule
     huber_c huber_scale use_lion_optimizer fused_backward_pass lr_scheduler_type lr_scheduler_args
     lr_decay_steps lr_scheduler_timescale lr_scheduler_min_lr_ratio save_n_epoch_ratio
     save_last_n_epochs_state save_last_n_steps_state save_state save_state_on_train_end resume

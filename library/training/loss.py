@@ -24,6 +24,7 @@ class LossSettings:
     huber_scale: float = 1.0
     min_snr_gamma: float | None = None
     scale_v_pred_loss_like_noise_pred: bool = False
+    v_pred_like_loss: float | None = None
     debiased_estimation: bool = False
 
 
@@ -43,8 +44,16 @@ def min_snr_weight(snr_values: torch.Tensor, gamma: float, v_prediction: bool) -
 
 
 def v_pred_like_noise_pred_weight(snr_values: torch.Tensor) -> torch.Tensor:
-    """SNR/(SNR+1): makes a v-prediction loss weigh timesteps like an ε-prediction loss. (B,)"""
-    return snr_values / (snr_values + 1.0)
+    """SNR/(SNR+1), SNR capped at 1000 (sd-scripts' SNR scale): makes a v-prediction loss weigh timesteps like
+    an ε-prediction loss. (B,)"""
+    capped = torch.clamp(snr_values, max=1000.0)
+    return capped / (capped + 1.0)
+
+
+def v_pred_like_loss_weight(snr_values: torch.Tensor, amount: float) -> torch.Tensor:
+    """1 + amount·(SNR+1)/SNR: adds ``amount`` times a v-prediction-like loss to an ε loss
+    (sd-scripts' ``v_pred_like_loss``: loss + loss / scale · amount, scale = SNR/(SNR+1)). (B,)"""
+    return 1.0 + amount / v_pred_like_noise_pred_weight(snr_values).clamp(min=1e-12)
 
 
 def debiased_weight(snr_values: torch.Tensor, v_prediction: bool) -> torch.Tensor:
@@ -105,6 +114,8 @@ def loss_weights(snr_values: torch.Tensor, settings: LossSettings, v_prediction:
         weights = weights * min_snr_weight(snr_values, settings.min_snr_gamma, v_prediction)
     if settings.scale_v_pred_loss_like_noise_pred and v_prediction:
         weights = weights * v_pred_like_noise_pred_weight(snr_values)
+    if settings.v_pred_like_loss:
+        weights = weights * v_pred_like_loss_weight(snr_values, settings.v_pred_like_loss)
     if settings.debiased_estimation:
         weights = weights * debiased_weight(snr_values, v_prediction)
     return weights

@@ -35,6 +35,7 @@ class StepSettings:
             loss_type=config.loss_type, huber_schedule=config.huber_schedule, huber_c=config.huber_c,
             huber_scale=config.huber_scale, min_snr_gamma=config.min_snr_gamma,
             scale_v_pred_loss_like_noise_pred=config.scale_v_pred_loss_like_noise_pred,
+            v_pred_like_loss=config.v_pred_like_loss,
             debiased_estimation=config.debiased_estimation_loss,
         )
         return cls(v_prediction=model.v_parameterization, clip_skip=config.clip_skip,

@@ -113,3 +113,28 @@ def test_huber_schedules():
     ab = SCHED.alphas_cumprod[t]
     sig = ((1 - ab) / ab).sqrt()
     assert torch.allclose(by_snr, 2.0 * ((1 - 0.1) / (1 + sig) ** 2 + 0.1))
+
+
+def test_v_pred_like_loss_adds_a_v_prediction_like_term():
+    t = torch.tensor([1, 100, 900])
+    s = snr(SCHED.alphas_cumprod, t)
+    weights = loss_weights(s, LossSettings(v_pred_like_loss=0.5), v_prediction=False)
+    assert torch.allclose(weights, 1 + 0.5 * (s + 1) / s)  # loss + loss / (SNR/(SNR+1)) · 0.5
+    with_snr = loss_weights(s, LossSettings(min_snr_gamma=5.0, v_pred_like_loss=0.5), v_prediction=False)
+    assert torch.allclose(with_snr, torch.clamp(s, max=5.0) / s * (1 + 0.5 * (s + 1) / s))
+    huge = torch.tensor([1e6])  # SNR capped at 1000, as sd-scripts' SNR scale
+    assert torch.allclose(loss_weights(huge, LossSettings(v_pred_like_loss=1.0), False), torch.tensor([2.001]))
+
+
+def test_v_pred_like_loss_is_an_option():
+    from library.config.load import config_from_values
+
+    values = {"pretrained_model_name_or_path": "builtin:tiny", "train_data_dir": "dataset_examples/train",
+              "output_dir": "out", "v_pred_like_loss": 0.1}
+    config = config_from_values(values, "network")
+    from library.training.step import StepSettings
+
+    class Model:
+        v_parameterization = False
+
+    assert StepSettings.from_config(config, Model()).loss.v_pred_like_loss == 0.1
