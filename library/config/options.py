@@ -35,12 +35,8 @@ def _network_module_names() -> tuple:
     return tuple(network_module_names())
 
 
-def _check_decay(value: float) -> str | None:
-    return None if value < 1.0 else "must be below 1 (e.g. 0.999)"
-
-
-def _check_split(value: float) -> str | None:
-    return None if value < 1.0 else "must be below 1 (the share held out, e.g. 0.1)"
+def _below_one(value: float) -> str | None:
+    return None if value < 1.0 else "must be below 1"
 
 
 def _sampler_names() -> tuple:
@@ -197,7 +193,7 @@ OPTIONS = [
     Option("ema_decay", "float", None,
            "Keep an exponential moving average of the trained weights with this decay (e.g. 0.999) and save, "
            "sample and validate with it (unset: off).", "training", min=0.0, min_exclusive=True,
-           check=_check_decay),
+           check=_below_one),
     Option("ema_update_every_n_steps", "int", 1, "Update the moving average every n optimizer steps.",
            "training", min=1),
     Option("seed", "int", None, "Random seed (unset: a random one, written to the metadata).", "training",
@@ -268,7 +264,7 @@ OPTIONS = [
     # --- validation --------------------------------------------------------------------------
     Option("validation_split", "float", 0.0,
            "Share of each training folder's pictures held out for the validation loss (e.g. 0.1; 0 = none). "
-           "Regularisation pictures are never held out.", "validation", min=0.0, check=_check_split),
+           "Regularisation pictures are never held out.", "validation", min=0.0, check=_below_one),
     Option("validation_seed", "int", None, "Seed of the held-out draw and the validation noise (unset: seed).",
            "validation"),
     Option("validate_every_n_steps", "int", None, "Also compute the validation loss every n steps.",

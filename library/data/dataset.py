@@ -22,7 +22,7 @@ from PIL import Image
 from library.data.augment import color_jitter, hflip, to_tensor
 from library.data.buckets import Size, cover_size, crop_origin, resize_and_crop
 from library.data.captions import process_caption
-from library.data.images import load_alpha, load_image, load_mask_picture
+from library.data.images import load_image, load_image_and_alpha, load_mask_picture
 from library.data.scan import ImageItem, balance_datasets, scan_datasets, tag_frequency
 from library.data.specs import DatasetSpec, SubsetSpec
 from library.data.summary import format_summary
@@ -159,8 +159,11 @@ class TrainDataset:
         ``rng`` None gives a centre crop and no colour jitter; otherwise the subset's random_crop and
         color_aug use it.
         """
+        return self._pixels(ref, load_image(self.items[ref].path), rng, flip)
+
+    def _pixels(self, ref: ItemRef, img: Image.Image, rng: random.Random | None,
+                flip: bool) -> tuple[torch.Tensor, tuple[int, int]]:
         item, subset = self.items[ref], self.subset_of(ref)
-        img = load_image(item.path)
         crop_rng = rng if (rng is not None and subset.random_crop) else None
         img, (left, top), _ = resize_and_crop(img, item.bucket, crop_rng)
         if flip:
@@ -169,25 +172,40 @@ class TrainDataset:
             img = color_jitter(img, rng)
         return to_tensor(img), (left, top)
 
-    def _load_one(self, ref: ItemRef, rng: random.Random) -> tuple[torch.Tensor, tuple[int, int] | None, bool]:
-        """(pixels or cached latents, crop (left, top) or None for cached latents' centre crop, flipped)."""
+    def _masked(self, ref: ItemRef) -> bool:
+        return self.items[ref].mask_path is not None or self.subset_of(ref).alpha_mask
+
+    def _load_one(
+        self, ref: ItemRef, rng: random.Random
+    ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
+        """(pixels or cached latents, the crop's (left, top), the loss mask or None), flipped together."""
         item, subset = self.items[ref], self.subset_of(ref)
         flip = subset.flip_aug and rng.random() < 0.5
         if self.latents_cached:
             latents = item.latents_flipped if flip else item.latents
             if latents is None:
                 raise RuntimeError(f"latents of '{item.path}' are missing (flip={flip})")
-            return latents, None, flip
-        return (*self.load_pixels(ref, rng, flip), flip)
+            return latents, (0, 0), self.load_mask(ref, None, flip) if self._masked(ref) else None
+        if item.mask_path is None and subset.alpha_mask:
+            img, alpha = load_image_and_alpha(item.path)  # one decode for the pixels and their mask
+        else:
+            img, alpha = load_image(item.path), None
+        tensor, crop = self._pixels(ref, img, rng, flip)
+        return tensor, crop, self.load_mask(ref, crop, flip, alpha) if self._masked(ref) else None
 
-    def load_mask(self, ref: ItemRef, crop: tuple[int, int] | None, flip: bool) -> torch.Tensor:
+    def load_mask(self, ref: ItemRef, crop: tuple[int, int] | None, flip: bool,
+                  alpha: Image.Image | None = None) -> torch.Tensor:
         """The loss mask (1, H, W) in [0, 1] at the bucket size: the mask picture's red channel or the alpha
-        channel, resized and cropped like the pixels (``crop`` None: the centre crop cached latents were made from), flipped with them."""
+        channel (``alpha``, when already decoded), resized and cropped like the pixels (``crop`` None: the
+        centre crop cached latents were made from, memoised), flipped with them."""
         key = (ref, flip)
         if crop is None and key in self._masks:
             return self._masks[key]
         item = self.items[ref]
-        alpha = load_mask_picture(item.mask_path, item.size) if item.mask_path else load_alpha(item.path)
+        if item.mask_path is not None:
+            alpha = load_mask_picture(item.mask_path, item.size)
+        elif alpha is None:
+            alpha = load_image_and_alpha(item.path)[1]
         size = cover_size(alpha.size[0], alpha.size[1], item.bucket)
         if size != alpha.size:
             alpha = alpha.resize(size, Image.Resampling.BILINEAR)
@@ -218,12 +236,10 @@ class TrainDataset:
             item = self.items[ref]
             image_rng = derive_rng("image", seed, epoch, step, i)
             caption_rng = derive_rng("caption", seed, epoch, step, i)
-            tensor, crop, flip = self._load_one(ref, image_rng)
+            tensor, (left, top), mask = self._load_one(ref, image_rng)
             tensors.append(tensor)
-            left, top = crop or (0, 0)
             crops.append((top, left))
-            masked = item.mask_path is not None or self.subset_of(ref).alpha_mask
-            masks.append(self.load_mask(ref, crop, flip) if masked else None)
+            masks.append(mask)
             captions.append(
                 process_caption(item.caption, self.subset_of(ref).caption_options(), caption_rng, epoch)
             )

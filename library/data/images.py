@@ -44,51 +44,39 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _open_transposed(path: Path, what: str = "Image") -> Image.Image:
+    """Decode ``path`` with its EXIF orientation applied; DatasetError naming the file when it cannot be."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(
+            f"{what} '{path}' cannot be read ({exc}). Re-export it as PNG or JPEG, or remove it from the dataset."
+        ) from exc
+
+
 def load_image(path: str | Path) -> Image.Image:
     """Load an image as ``RGB`` with its EXIF orientation applied.
 
     Raises :class:`DatasetError` naming the file when it cannot be decoded.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(
-            f"Image '{path}' cannot be read ({exc}). Re-export it as PNG or JPEG, or remove it from the dataset."
-        ) from exc
+    return to_rgb(_open_transposed(Path(path)))
 
 
-def load_alpha(path: str | Path) -> Image.Image:
-    """The image's alpha channel as an ``L`` image (EXIF orientation applied); all 255 without alpha.
+def load_image_and_alpha(path: str | Path) -> tuple[Image.Image, Image.Image]:
+    """(``RGB`` image, its alpha channel as ``L``; all 255 without alpha), decoded once.
 
-    Used as a loss mask (``alpha_mask``): transparent parts of a picture do not count in the loss.
+    The alpha is the loss mask of ``alpha_mask``: transparent parts of a picture do not count in the loss.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if _has_transparency(img):
-                return img.convert("RGBA").getchannel("A")
-            return Image.new("L", img.size, 255)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(
-            f"Image '{path}' cannot be read ({exc}). Re-export it as PNG or JPEG, or remove it from the dataset."
-        ) from exc
+    img = _open_transposed(Path(path))
+    alpha = img.convert("RGBA").getchannel("A") if _has_transparency(img) else Image.new("L", img.size, 255)
+    return to_rgb(img), alpha
 
 
 def load_mask_picture(path: str | Path, size: tuple[int, int]) -> Image.Image:
     """A mask picture's red channel as an ``L`` image (white = learned), resized to the picture's ``size``."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mask = to_rgb(ImageOps.exif_transpose(img)).getchannel("R")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"Mask picture '{path}' cannot be read ({exc}). Re-export it as PNG.") from exc
+    mask = to_rgb(_open_transposed(Path(path), "Mask picture")).getchannel("R")
     return mask if mask.size == tuple(size) else mask.resize(tuple(size), Image.Resampling.BILINEAR)
 
 

@@ -179,7 +179,7 @@ def run_training(config, target) -> Path | None:
     )
     if config.logging_dir:
         init_trackers(accelerator, config)
-    validator = Validator(config, validation_set, model.noise_scheduler.config.num_train_timesteps, seed)
+    validator = Validator(config, validation_set, settings, model.noise_scheduler.config.num_train_timesteps, seed)
     average = None
     if config.ema_decay:
         from library.training.ema import WeightAverage
@@ -333,18 +333,13 @@ class TrainLoop:
         if self._last_validation is not None and self._last_validation[0] == step:
             value = self._last_validation[1]  # the weights have not changed since: the same loss
         else:
-            value = self._with_eval(lambda: self.validator.loss(self._compute, self._settings(), self.target.modules()))
+            value = self._with_eval(lambda: self.validator.loss(self._compute, self.target.modules()))
             self._last_validation = (step, value)
         logger.info("validation loss %.4f (%s %d)", value, kind, at)
         self.events.emit("validation", step=step, loss=value, kind=kind)
         if self.accelerator.is_main_process and self.config.logging_dir:
             self.accelerator.log({f"loss/validation/{kind}_average": value,
                                   f"loss/validation/{kind}_divergence": value - self.running.mean}, step=at)
-
-    def _settings(self):
-        from library.training.step import StepSettings
-
-        return StepSettings.from_config(self.config, self.model)
 
     def _sample(self, epoch: int | None) -> None:
         paths = self._with_eval(lambda: self.sampler.run(self.position.step, epoch))

@@ -30,9 +30,10 @@ def validation_timesteps(min_timestep: int | None, max_timestep: int | None, num
 class Validator:
     """When to validate, and the mean loss over the held-out batches x timesteps."""
 
-    def __init__(self, config, dataset, num_train_timesteps: int, seed: int):
+    def __init__(self, config, dataset, settings, num_train_timesteps: int, seed: int):
         self.config = config
         self.dataset = dataset
+        self.settings = settings
         self.seed = config.validation_seed if config.validation_seed is not None else seed
         self.batches = dataset.epoch_batches(1, self.seed) if dataset is not None else []
         if config.max_validation_steps:
@@ -50,8 +51,9 @@ class Validator:
     def due_at_epoch(self, epoch: int) -> bool:
         return self.enabled and epoch % (self.config.validate_every_n_epochs or 1) == 0
 
-    def loss(self, compute, settings, modules: list[torch.nn.Module]) -> float:
-        """Mean of ``compute(batch, generator, settings)`` over the batches and timesteps, modules in eval
+    def loss(self, compute, modules: list[torch.nn.Module]) -> float:
+        """Mean of ``compute(batch, generator, settings)`` over the batches and timesteps (the run's step
+        settings with the timestep fixed), modules in eval
         mode (no dropout) and without gradients; the modules' train/eval flags are restored after."""
         flags = [(m, m.training) for m in modules]
         for module in modules:
@@ -62,8 +64,8 @@ class Validator:
                 for index, refs in enumerate(self.batches):
                     batch = self.dataset.load_batch(refs, epoch=1, seed=self.seed, step=index)
                     for k, timestep in enumerate(self.timesteps):
-                        fixed = dataclasses.replace(settings, noise=dataclasses.replace(
-                            settings.noise, min_timestep=timestep, max_timestep=timestep))
+                        fixed = dataclasses.replace(self.settings, noise=dataclasses.replace(
+                            self.settings.noise, min_timestep=timestep, max_timestep=timestep))
                         generator = torch.Generator().manual_seed(step_seed(self.seed, 0, index * 64 + k))
                         total += float(compute(batch, generator, fixed))
                         count += 1

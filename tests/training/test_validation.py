@@ -99,14 +99,13 @@ def test_validation_loss_is_deterministic(tiny_dataset, tmp_path):
     model = load_model(config)
     target = LoRATarget(config)
     target.attach(model, config)
-    validator = Validator(config, held, 1000, config.seed)
-    settings = StepSettings.from_config(config, model)
+    validator = Validator(config, held, StepSettings.from_config(config, model), 1000, config.seed)
 
     def compute(batch, generator, step_settings):
         return diffusion_loss(model, batch, step_settings, generator, False)
 
-    first = validator.loss(compute, settings, target.modules())
-    assert validator.loss(compute, settings, target.modules()) == first
+    first = validator.loss(compute, target.modules())
+    assert validator.loss(compute, target.modules()) == first
     assert target.network.training  # the train flag comes back after the evaluation
     assert validator.due_at_epoch(1) and not validator.due_at_step(3)  # epoch by default, steps when asked
 

@@ -27,6 +27,7 @@ from library.util.safetensors_io import read_metadata, save_safetensors
 
 logger = logging.getLogger(__name__)
 
+DORA_SUFFIX = ".dora_scale"
 #: key suffix -> network type, for files the tools can only describe (LyCORIS / diffusers naming).
 FOREIGN_SUFFIXES = {
     ".hada_w1_a": "LoHa",
@@ -40,9 +41,8 @@ FOREIGN_SUFFIXES = {
     ".a1.weight": "GLoRA",
     ".diff": "full (LyCORIS diff)",
     ".lora_A.weight": "LoRA (diffusers/PEFT layout)",
-    ".dora_scale": "DoRA",
+    DORA_SUFFIX: "DoRA",
 }
-DORA_SUFFIX = ".dora_scale"
 
 
 @dataclass

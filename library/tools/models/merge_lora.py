@@ -152,9 +152,8 @@ def _dora_merged(weight: torch.Tensor, module, dora_scale: torch.Tensor, multipl
     """
     full = _merged(weight, module, 1.0).float()
     magnitude = dora_scale.float().to(full.device)
-    rows = full.reshape(full.shape[0], -1)
     if magnitude.shape[0] == full.shape[0] and magnitude.numel() == full.shape[0]:
-        norm = rows.norm(dim=1).reshape(magnitude.shape)
+        norm = full.reshape(full.shape[0], -1).norm(dim=1).reshape(magnitude.shape)
     else:
         norm = full.transpose(0, 1).reshape(full.shape[1], -1).norm(dim=1).reshape(magnitude.shape)
     decomposed = full * (magnitude / (norm + torch.finfo(torch.float32).eps))

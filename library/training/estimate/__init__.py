@@ -176,15 +176,12 @@ def estimate_run(config, target, device: DeviceInfo | None = None, measure_speed
     flops = sum(t.flops for t in per_step) * accumulation
     ops = sum(t.ops for t in per_step) * accumulation
     attention = sum(t.attention_flops for t in per_step) * accumulation
-    rate = matmul_rate(device.type, dtype) if measure_speed and device.type == _local_device_type() else None
+    here = measure_speed and device.type == training_device().type  # a rate is measured on this machine only
+    rate = matmul_rate(device.type, dtype) if here else None
     estimate = RunEstimate(config.trainer, device, dtype, resident, step, vae_line, length.total_steps, flops, ops,
                            attention, rate)
     estimate.advice = _advice(estimate, config, optimizer_name)
     return estimate
-
-
-def _local_device_type() -> str:
-    return training_device().type
 
 
 def _optimizer_name(config) -> str:

@@ -10,6 +10,7 @@ scaled per element (exact for element-wise state, a close figure for factored st
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -31,9 +32,7 @@ class OptimizerState:
 
 
 def _stand_in(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.nn.Parameter, float]:
-    numel = 1
-    for n in shape:
-        numel *= n
+    numel = math.prod(shape)
     if numel <= MAX_STAND_IN:
         return torch.nn.Parameter(torch.randn(shape, dtype=dtype) * 0.01), 1.0
     return torch.nn.Parameter(torch.randn(1024, 1024, dtype=dtype) * 0.01), numel / MAX_STAND_IN
@@ -59,16 +58,9 @@ def measure_optimizer_state(params: list[torch.Tensor], optimizer_name: str, arg
             raise  # a bad optimizer_args entry: the run would fail the same way
         except Exception:  # noqa: BLE001 - an optimizer that cannot run on the CPU: try float32, then assume
             continue
-    numel = sum(n * _numel(shape) for (shape, _), n in shapes.items())
+    numel = sum(n * math.prod(shape) for (shape, _), n in shapes.items())
     return OptimizerState(8 * numel, f"assumed two float32 moments (AdamW-like): {optimizer_name} does not "
                                      "run on this machine's CPU")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    total = 1
-    for n in shape:
-        total *= n
-    return total
 
 
 def _measure(shapes: Counter, optimizer_name: str, args: list[str], learning_rate: float,
