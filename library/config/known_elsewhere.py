@@ -10,7 +10,7 @@ SD_SCRIPTS_NAMES = frozenset(
     """
     in_json dataset_repeats dataset_class cache_info debug_dataset enable_wildcard token_warmup_min
     token_warmup_step weighted_captions resize_interpolation face_crop_aug_range
-    skip_cache_check cache_text_encoder_outputs cache_text_encoder_outputs_to_disk
+    skip_cache_check
     noise_offset_random_strength adaptive_noise_scale multires_noise_iterations multires_noise_discount
     ip_noise_gamma ip_noise_gamma_random_strength zero_terminal_snr min_timestep max_timestep
     scale_v_pred_loss_like_noise_pred debiased_estimation_loss loss_type huber_schedule
@@ -23,7 +23,7 @@ SD_SCRIPTS_NAMES = frozenset(
     metadata_trigger_phrase metadata_preprocessor metadata_is_negative_embedding sample_every_n_steps
     sample_every_n_epochs sample_at_first sample_prompts sample_sampler log_tracker_name
     log_tracker_config wandb_run_name wandb_api_key log_config console_log_file console_log_simple
-    full_fp16 full_bf16 fp8_base fp8_base_unet no_half_vae torch_compile dynamo_backend
+    full_fp16 full_bf16 fp8_base fp8_base_unet torch_compile dynamo_backend
     cpu_offload_checkpointing lowram highvram ddp_timeout ddp_gradient_as_bucket_view ddp_static_graph
     deepspeed zero_stage offload_optimizer_device offload_optimizer_nvme_path offload_param_device
     offload_param_nvme_path zero3_init_flag zero3_save_16bit_model fp16_master_weights_and_gradients

@@ -348,7 +348,8 @@ def _area_options() -> list[Option]:
 
 
 #: modules holding an ``OPTIONS`` list of further declarations (DreamBooth, sampling, state, ...).
-AREA_MODULES: tuple[str, ...] = ("library.config.options_db", "library.config.options_optim")
+AREA_MODULES: tuple[str, ...] = ("library.config.options_db", "library.config.options_optim",
+                                  "library.config.options_families")
 
 OPTIONS = OPTIONS + _area_options()
 

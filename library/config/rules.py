@@ -130,7 +130,10 @@ def _part_lrs(config) -> dict[str, float]:
         if not config.network_train_text_encoder_only:
             parts["unet"] = lr if config.unet_lr is None else config.unet_lr
         if not config.network_train_unet_only:
-            parts["text encoder"] = lr if config.text_encoder_lr is None else config.text_encoder_lr
+            te_lr = config.text_encoder_lr
+            for i, value in enumerate(te_lr if isinstance(te_lr, list) else [te_lr]):
+                parts[f"text encoder {i + 1}" if isinstance(te_lr, list) else "text encoder"] = \
+                    lr if value is None else value
     else:
         parts = {"unet": lr}
         if config.train_text_encoder and config.stop_text_encoder_training not in (0, -1):

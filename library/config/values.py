@@ -48,11 +48,13 @@ def coerce(opt: Option, raw: Any) -> Any:
         if isinstance(raw, (list, tuple)):
             if len(raw) == 0:
                 return None
-            if len(raw) > 1:
+            if len(raw) > 2:
                 raise ConfigError(
-                    f"option {opt.name!r}: {list(raw)!r} has {len(raw)} values; SD 1.x/2.x models have one "
-                    f"text encoder, so give one value."
+                    f"option {opt.name!r}: {list(raw)!r} has {len(raw)} values; give one value, or two for a "
+                    f"model with two text encoders (SDXL: text encoder 1, text encoder 2)."
                 )
+            if len(raw) == 2:
+                return [_to_float(opt, x) for x in raw]
             raw = raw[0]
         return _to_float(opt, raw)
     if kind == "steps":

@@ -80,6 +80,17 @@ def crop_origin(resized: Size, bucket: Size, rng: random.Random | None) -> tuple
     return rng.randint(0, dx), rng.randint(0, dy)
 
 
+def flipped_crop_left(left: int, covered_width: int, crop_width: int) -> int:
+    """The crop's left edge measured in the horizontally flipped picture (SDXL ``crop_top_left``).
+
+    A crop ``[left, left + crop_width)`` of a picture ``covered_width`` pixels wide (the resized-to-cover
+    size) is ``[covered_width - left - crop_width, covered_width - left)`` once the picture is mirrored.
+    Diffusers' ``train_text_to_image_sdxl.py`` flips before it crops and records the crop of the flipped
+    picture; sd-scripts computes the same (``target_size[0] - crop_ltrb[2]``). All values in pixels.
+    """
+    return covered_width - left - crop_width
+
+
 def resize_and_crop(
     img: Image.Image, bucket: Size, rng: random.Random | None = None
 ) -> tuple[Image.Image, tuple[int, int], Size]:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from library.data.augment import color_jitter, hflip, to_tensor
-from library.data.buckets import Size, cover_size, crop_origin, resize_and_crop
+from library.data.buckets import Size, cover_size, crop_origin, flipped_crop_left, resize_and_crop
 from library.data.captions import process_caption
 from library.data.images import load_image, load_image_and_alpha, load_mask_picture
 from library.data.scan import ImageItem, balance_datasets, scan_datasets, tag_frequency
@@ -59,6 +59,8 @@ class TrainDataset:
         self.items: list[ImageItem] = scan_datasets(specs, max_workers=max_workers) if items is None else items
         balance_datasets(self.items, len(specs))
         self.latents_cached = False
+        #: the crop (left, top) each item's cached latents were encoded from (unflipped), by item
+        self.latent_crops: dict[ItemRef, tuple[int, int]] = {}
         #: alpha masks of the centre crops (cached latents), by (item, flipped)
         self._masks: dict[tuple[int, bool], torch.Tensor] = {}
         # (dataset index, bucket) -> item refs, each repeated ``repeats`` times
@@ -156,6 +158,7 @@ class TrainDataset:
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Pixels (3, H, W) in [-1, 1] at the item's bucket size and the crop's (left, top).
 
+        The crop is measured in the resized-to-cover picture before any flip (see :meth:`conditioning_crop`).
         ``rng`` None gives a centre crop and no colour jitter; otherwise the subset's random_crop and
         color_aug use it.
         """
@@ -175,23 +178,37 @@ class TrainDataset:
     def _masked(self, ref: ItemRef) -> bool:
         return self.items[ref].mask_path is not None or self.subset_of(ref).alpha_mask
 
+    def conditioning_crop(self, ref: ItemRef, crop: tuple[int, int], flip: bool) -> tuple[int, int]:
+        """The crop's (left, top) in the picture as trained: ``crop`` is measured in the resized-to-cover
+        picture before the flip; a flipped sample's left is measured in the mirrored picture
+        (:func:`flipped_crop_left`), as SDXL's ``crop_top_left`` time ids expect."""
+        left, top = crop
+        if flip:
+            item = self.items[ref]
+            covered_width = cover_size(item.size[0], item.size[1], item.bucket)[0]
+            left = flipped_crop_left(left, covered_width, item.bucket[0])
+        return left, top
+
     def _load_one(
         self, ref: ItemRef, rng: random.Random
     ) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor | None]:
-        """(pixels or cached latents, the crop's (left, top), the loss mask or None), flipped together."""
+        """(pixels or cached latents, the crop's (left, top) in the picture as trained (see
+        :meth:`conditioning_crop`), the loss mask or None), flipped together."""
         item, subset = self.items[ref], self.subset_of(ref)
         flip = subset.flip_aug and rng.random() < 0.5
         if self.latents_cached:
             latents = item.latents_flipped if flip else item.latents
-            if latents is None:
+            if latents is None or ref not in self.latent_crops:
                 raise RuntimeError(f"latents of '{item.path}' are missing (flip={flip})")
-            return latents, (0, 0), self.load_mask(ref, None, flip) if self._masked(ref) else None
+            crop = self.conditioning_crop(ref, self.latent_crops[ref], flip)
+            return latents, crop, self.load_mask(ref, None, flip) if self._masked(ref) else None
         if item.mask_path is None and subset.alpha_mask:
             img, alpha = load_image_and_alpha(item.path)  # one decode for the pixels and their mask
         else:
             img, alpha = load_image(item.path), None
         tensor, crop = self._pixels(ref, img, rng, flip)
-        return tensor, crop, self.load_mask(ref, crop, flip, alpha) if self._masked(ref) else None
+        mask = self.load_mask(ref, crop, flip, alpha) if self._masked(ref) else None
+        return tensor, self.conditioning_crop(ref, crop, flip), mask
 
     def load_mask(self, ref: ItemRef, crop: tuple[int, int] | None, flip: bool,
                   alpha: Image.Image | None = None) -> torch.Tensor:
@@ -227,9 +244,12 @@ class TrainDataset:
         Returns:
             ``pixels`` (B, 3, H, W) float32 in [-1, 1] — or ``latents`` (B, C, h, w) when cached —,
             ``captions`` list[str], ``loss_weights`` (B,) float32 (1.0 train, prior_loss_weight reg),
-            ``is_reg`` list[bool], ``paths`` list[Path], ``original_sizes`` list[(w, h)],
-            ``crop_top_lefts`` list[(top, left)], ``target_sizes`` list[(w, h)], ``loss_masks`` (B, 1, H, W)
-            in [0, 1] when a subset has ``alpha_mask`` (else None).
+            ``is_reg`` list[bool], ``paths`` list[Path], ``loss_masks`` (B, 1, H, W) in [0, 1] when a
+            subset has ``alpha_mask`` (else None), and SDXL's size conditioning (sd-scripts' names, all
+            (h, w)-ordered like the time ids): ``original_sizes_hw`` list[(h, w)] the picture's size on
+            disk (EXIF-rotated, before resizing), ``crop_top_lefts`` list[(top, left)] the crop's offset
+            in the resized-to-cover picture (mirrored for flipped samples), ``target_sizes_hw``
+            list[(h, w)] the bucket size.
         """
         tensors, captions, weights, crops, masks = [], [], [], [], []
         for i, ref in enumerate(batch):
@@ -258,9 +278,9 @@ class TrainDataset:
             "loss_weights": torch.tensor(weights, dtype=torch.float32),
             "is_reg": [self.items[r].is_reg for r in batch],
             "paths": [self.items[r].path for r in batch],
-            "original_sizes": [self.items[r].size for r in batch],
+            "original_sizes_hw": [(self.items[r].size[1], self.items[r].size[0]) for r in batch],
             "crop_top_lefts": crops,
-            "target_sizes": [self.items[r].bucket for r in batch],
+            "target_sizes_hw": [(self.items[r].bucket[1], self.items[r].bucket[0]) for r in batch],
         }
 
     def summary(self, num_processes: int = 1, grad_accum: int = 1) -> str:

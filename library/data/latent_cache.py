@@ -1,9 +1,9 @@
 """Encode every image once (at its bucket size, centre crop) and optionally keep the latents on disk.
 
-Disk files follow sd-scripts' name ``<image_stem>_<WWWW>x<HHHH>_sd.npz`` beside the image with keys
-``latents`` (C, h, w) float32, ``latents_flipped`` (with flip_aug), ``original_size`` [w, h],
-``crop_ltrb`` [l, t, r, b], plus ``image_size`` (bytes) and ``image_mtime_ns`` so a changed image is
-re-encoded.
+Disk files follow sd-scripts' name ``<image_stem>_<WWWW>x<HHHH>_<suffix>.npz`` beside the image (suffix
+``sd`` for SD1/2, ``sdxl`` for SDXL) with keys ``latents`` (C, h, w) float32, ``latents_flipped`` (with
+flip_aug), ``original_size`` [w, h], ``crop_ltrb`` [l, t, r, b] (in the resized-to-cover picture), plus
+``image_size`` (bytes) and ``image_mtime_ns`` so a changed image is re-encoded.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from library.data.buckets import Size
+from library.data.buckets import Size, cover_size, crop_origin
 from library.data.dataset import ItemRef, TrainDataset
 from library.errors import DatasetError
 from library.util.atomic import atomic_path
@@ -25,9 +26,21 @@ logger = logging.getLogger(__name__)
 EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def cache_file_path(image_path: Path, bucket: Size) -> Path:
-    """``<dir>/<stem>_<WWWW>x<HHHH>_sd.npz`` for an image and its bucket (width, height)."""
-    return image_path.with_name(f"{image_path.stem}_{bucket[0]:04d}x{bucket[1]:04d}_sd.npz")
+class CachedLatents(NamedTuple):
+    """The content of a valid cache file."""
+
+    latents: torch.Tensor
+    """(C, h, w) float32"""
+    latents_flipped: torch.Tensor | None
+    """(C, h, w) float32, when asked for"""
+    crop_ltrb: tuple[int, int, int, int]
+    """(left, top, right, bottom) of the crop in the resized-to-cover picture, before any flip"""
+
+
+def cache_file_path(image_path: Path, bucket: Size, suffix: str = "sd") -> Path:
+    """``<dir>/<stem>_<WWWW>x<HHHH>_<suffix>.npz`` for an image and its bucket (width, height); sd-scripts
+    uses the suffix ``sd`` for SD1/2 and ``sdxl`` for SDXL."""
+    return image_path.with_name(f"{image_path.stem}_{bucket[0]:04d}x{bucket[1]:04d}_{suffix}.npz")
 
 
 def _image_stamp(image_path: Path) -> tuple[int, int]:
@@ -35,10 +48,9 @@ def _image_stamp(image_path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def load_cached(
-    npz_path: Path, image_path: Path, need_flipped: bool
-) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """Latents from a valid cache file, or None when it is missing, unreadable or stale."""
+def load_cached(npz_path: Path, image_path: Path, need_flipped: bool) -> CachedLatents | None:
+    """Latents and crop from a valid cache file, or None when it is missing, unreadable or stale (a file
+    without ``crop_ltrb`` counts as stale)."""
     if not npz_path.is_file():
         return None
     try:
@@ -46,14 +58,15 @@ def load_cached(
             size, mtime = _image_stamp(image_path)
             if int(data["image_size"]) != size or int(data["image_mtime_ns"]) != mtime:
                 return None
-            if need_flipped and "latents_flipped" not in data:
+            if (need_flipped and "latents_flipped" not in data) or "crop_ltrb" not in data:
                 return None
+            left, top, right, bottom = (int(v) for v in data["crop_ltrb"].reshape(-1).tolist())
             latents = torch.from_numpy(data["latents"].copy())
             flipped = torch.from_numpy(data["latents_flipped"].copy()) if need_flipped else None
     except (OSError, KeyError, ValueError) as exc:
         logger.warning("Latent cache '%s' is unreadable (%s); re-encoding.", npz_path, exc)
         return None
-    return latents, flipped
+    return CachedLatents(latents, flipped, (left, top, right, bottom))
 
 
 def save_cached(
@@ -90,7 +103,16 @@ def _check_options(dataset: TrainDataset) -> None:
                 )
 
 
-def _encode_group(dataset: TrainDataset, refs: list[ItemRef], encode_fn: EncodeFn, to_disk: bool) -> None:
+def _centre_crop_ltrb(dataset: TrainDataset, ref: ItemRef) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) of the centre crop an item's latents are encoded from."""
+    item = dataset.items[ref]
+    left, top = crop_origin(cover_size(item.size[0], item.size[1], item.bucket), item.bucket, None)
+    return left, top, left + item.bucket[0], top + item.bucket[1]
+
+
+def _encode_group(
+    dataset: TrainDataset, refs: list[ItemRef], encode_fn: EncodeFn, to_disk: bool, suffix: str
+) -> None:
     """Encode images that share one bucket; store the latents in the items (and on disk)."""
     need_flip = [dataset.subset_of(r).flip_aug for r in refs]
     pixels, crops = [], []
@@ -107,11 +129,12 @@ def _encode_group(dataset: TrainDataset, refs: list[ItemRef], encode_fn: EncodeF
         item = dataset.items[ref]
         item.latents = latents[k].clone()
         item.latents_flipped = latents[k + 1].clone() if flip else None
+        dataset.latent_crops[ref] = (left, top)
         k += 2 if flip else 1
         if to_disk:
             ltrb = (left, top, left + item.bucket[0], top + item.bucket[1])
             save_cached(
-                cache_file_path(item.path, item.bucket),
+                cache_file_path(item.path, item.bucket, suffix),
                 item.path,
                 item.latents,
                 item.latents_flipped,
@@ -120,13 +143,19 @@ def _encode_group(dataset: TrainDataset, refs: list[ItemRef], encode_fn: EncodeF
             )
 
 
-def cache_latents(dataset: TrainDataset, encode_fn: EncodeFn, to_disk: bool, batch_size: int = 1) -> int:
+def cache_latents(
+    dataset: TrainDataset, encode_fn: EncodeFn, to_disk: bool, batch_size: int = 1, suffix: str = "sd"
+) -> int:
     """Encode each used image once at its bucket size and switch the dataset to latents.
+
+    Each item's crop (left, top) is kept in ``dataset.latent_crops`` for the size conditioning.
 
     Args:
         encode_fn: pixels (B, 3, H, W) in [-1, 1] -> latents (B, C, H/f, W/f) (the VAE, scaled).
-        to_disk: read/write ``<stem>_<WWWW>x<HHHH>_sd.npz`` beside each image; valid files are reused.
+        to_disk: read/write ``<stem>_<WWWW>x<HHHH>_<suffix>.npz`` beside each image; valid files are
+            reused (a file whose crop is not the centre crop the dataset would take is re-encoded).
         batch_size: images per ``encode_fn`` call (twice as many tensors when flip_aug adds flipped copies).
+        suffix: the model family's cache file suffix (``sd`` for SD1/2, ``sdxl`` for SDXL).
 
     Returns:
         The number of images encoded (reused cache files excluded).
@@ -137,18 +166,23 @@ def cache_latents(dataset: TrainDataset, encode_fn: EncodeFn, to_disk: bool, bat
         if item.repeats == 0:
             continue
         need_flip = dataset.subset_of(ref).flip_aug
-        cached = (
-            load_cached(cache_file_path(item.path, item.bucket), item.path, need_flip) if to_disk else None
-        )
+        path = cache_file_path(item.path, item.bucket, suffix)
+        cached = load_cached(path, item.path, need_flip) if to_disk else None
+        if cached is not None and cached.crop_ltrb != _centre_crop_ltrb(dataset, ref):
+            # the masks (and the mirrored crops) assume the centre crop of today's resize rules
+            logger.info("Latent cache '%s' has crop %s, not the centre crop; re-encoding.", path,
+                        cached.crop_ltrb)
+            cached = None
         if cached is not None:
-            item.latents, item.latents_flipped = cached
+            item.latents, item.latents_flipped = cached.latents, cached.latents_flipped
+            dataset.latent_crops[ref] = cached.crop_ltrb[:2]
         else:
             todo.setdefault(item.bucket, []).append(ref)
     encoded = 0
     step = max(1, batch_size)
     for _, refs in sorted(todo.items()):
         for i in range(0, len(refs), step):
-            _encode_group(dataset, refs[i : i + step], encode_fn, to_disk)
+            _encode_group(dataset, refs[i : i + step], encode_fn, to_disk, suffix)
         encoded += len(refs)
     dataset.latents_cached = True
     logger.info(

@@ -15,9 +15,9 @@ import torch
 
 from library.errors import ModelLoadError
 from library.models.base_model import BaseModel
-from library.models.families import family_from_text_act, get_family, make_noise_scheduler
+from library.models.families import make_noise_scheduler
+from library.models.family import all_families, family_of_diffusers, family_of_single_file, get_model_family
 from library.models.safe_load import PICKLE_SUFFIXES, load_state_dict_file
-from library.models.tokenizer import clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def load_base_model(
     vae: str | None = None,
     allow_unsafe_pickle: bool = False,
 ) -> BaseModel:
-    """Load a base model as float32 modules in eval mode.
+    """Load a base model as float32 modules in eval mode; its family is detected from its layout.
 
     ``v2`` is a hint: if the detected family disagrees, a warning is logged and the detected family
     wins. ``v_parameterization`` selects the noise scheduler's prediction type. ``vae`` replaces the
@@ -41,19 +41,18 @@ def load_base_model(
     """
     parts, family, name = _load_parts(str(name_or_path), allow_unsafe_pickle)
     _check_v2_hint(v2, family, name)
+    tokenizers = parts.pop("tokenizers")
     if vae:
         from library.models.vae_loading import load_vae
 
         parts["vae"] = load_vae(vae, parts["vae"].config, allow_unsafe_pickle=allow_unsafe_pickle)
-    for module in (parts["unet"], parts["vae"], parts["text_encoder"]):
+    for module in parts.values():
         _own_aligned_storage(module)
         module.eval()
     return BaseModel(
         family=family,
-        tokenizer=parts["tokenizer"],
-        text_encoder=parts["text_encoder"],
-        vae=parts["vae"],
-        unet=parts["unet"],
+        parts=parts,
+        tokenizers=tokenizers,
         noise_scheduler=make_noise_scheduler("v_prediction" if v_parameterization else "epsilon"),
         v_parameterization=v_parameterization,
         name=name,
@@ -73,25 +72,23 @@ def _own_aligned_storage(module: torch.nn.Module) -> None:
 
 
 def _check_v2_hint(v2: bool | None, family: str, name: str) -> None:
-    if v2 is None:
+    if v2 is None or get_model_family(family).v2 == bool(v2):
         return
-    expected = "sd2" if v2 else "sd1"
-    if expected != family:
-        logger.warning(
-            "v2=%s was given but %s is a %s model (detected from its layout); using %s.",
-            v2,
-            name,
-            family,
-            family,
-        )
+    logger.warning(
+        "v2=%s was given but %s is a %s model (detected from its layout); using %s.",
+        v2,
+        name,
+        family,
+        family,
+    )
 
 
 def _load_parts(source: str, allow_unsafe_pickle: bool) -> tuple[dict, str, str]:
-    from library.models.tiny import BUILTIN_NAMES, tiny_components
+    from library.models.tiny import BUILTIN_NAMES, builtin_components
 
     if source in BUILTIN_NAMES:
         family = BUILTIN_NAMES[source]
-        return tiny_components(family), family, source
+        return builtin_components(family), family, source
     if source.startswith("builtin:"):
         raise ModelLoadError(
             f"Unknown built-in model {source!r}. Built-in models: {', '.join(sorted(BUILTIN_NAMES))}."
@@ -107,16 +104,43 @@ def _load_parts(source: str, allow_unsafe_pickle: bool) -> tuple[dict, str, str]
         return parts, family, source.split("/")[-1]
     raise ModelLoadError(
         f"Base model {source!r} not found: it is not an existing file or folder, not a Hugging Face "
-        "hub id (org/name) and not a built-in model (builtin:tiny, builtin:tiny-sd2). "
+        f"hub id (org/name) and not a built-in model ({', '.join(sorted(BUILTIN_NAMES))}). "
         "Check pretrained_model_name_or_path."
     )
 
 
-def _load_diffusers(source: str, local: bool) -> tuple[dict, str]:
-    """Load unet/vae/text_encoder(/tokenizer) subfolders with ``from_pretrained``; return (parts, family)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def diffusers_info(source: str, local: bool) -> dict:
+    """What family detection reads from a diffusers folder or hub repo: the pipeline class, whether it has
+    a second text encoder, and the (first) text encoder's activation."""
+    info: dict = {}
+    index = _read_json(source, "model_index.json", local)
+    if index:
+        info["class_name"] = index.get("_class_name")
+        info["has_text_encoder_2"] = bool(index.get("text_encoder_2") and index["text_encoder_2"][0])
+    elif local:
+        info["has_text_encoder_2"] = (Path(source) / "text_encoder_2").is_dir()
+    text_config = _read_json(source, "text_encoder/config.json", local) or {}
+    info["text_hidden_act"] = text_config.get("hidden_act", "quick_gelu")
+    return info
 
+
+def _read_json(source: str, name: str, local: bool) -> dict | None:
+    import json
+
+    try:
+        if local:
+            path = Path(source) / name
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(source, name)).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        logger.debug("could not read %s of %s: %s", name, source, error)
+        return None
+
+
+def _load_diffusers(source: str, local: bool) -> tuple[dict, str]:
+    """Load a diffusers folder / hub repo with the detected family's ``load_diffusers``; (parts, family)."""
     if local:
         root = Path(source)
         if not (root / "model_index.json").is_file() and not (root / "unet").is_dir():
@@ -126,21 +150,19 @@ def _load_diffusers(source: str, local: bool) -> tuple[dict, str]:
                 f"(found: {', '.join(found) or 'nothing'}). Give the folder that holds model_index.json, "
                 "or a .safetensors/.ckpt single file."
             )
-    kwargs = {"local_files_only": local, "torch_dtype": torch.float32}
+    info = diffusers_info(source, local)
+    family = family_of_diffusers(info)
+    if family is None:
+        raise ModelLoadError(
+            f"{source}: a diffusers {info.get('class_name') or 'model'} that no supported model family "
+            f"matches (supported: {', '.join(f.name for f in all_families())})."
+        )
     try:
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs)
+        parts = family.load_diffusers(source, local)
     except (OSError, ValueError) as error:
         where = "folder" if local else "hub repository (needs internet)"
         raise ModelLoadError(f"Could not load the diffusers {where} {source}: {error}") from error
-    family = family_from_text_act(text_encoder.config.hidden_act)
-    try:
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local)
-    except (OSError, ValueError, TypeError):
-        logger.info("%s has no usable tokenizer/ folder; using the built-in CLIP tokenizer", source)
-        tokenizer = clip_tokenizer(get_family(family).pad_token)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}, family
+    return parts, family.name
 
 
 def describe_foreign_keys(state_dict: dict) -> str:
@@ -157,8 +179,6 @@ def describe_foreign_keys(state_dict: dict) -> str:
 
 
 def _load_single_file(path: Path, allow_unsafe_pickle: bool) -> tuple[dict, str, str]:
-    from library.models.single_file import modules_from_single_file
-
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelLoadError(
             f"{path} is not a model file: expected a diffusers folder or one of {', '.join(SINGLE_FILE_SUFFIXES)}."
@@ -169,7 +189,8 @@ def _load_single_file(path: Path, allow_unsafe_pickle: bool) -> tuple[dict, str,
         raise ModelLoadError(
             f"{path}: {kind} file has no model.diffusion_model.* keys: {describe_foreign_keys(state)}."
         )
-    modules, configs = modules_from_single_file(state, metadata, source=str(path))
-    family = configs["family"]
-    modules["tokenizer"] = clip_tokenizer(get_family(family).pad_token)
-    return modules, family, path.name
+    family = family_of_single_file(state)
+    if family is None:
+        raise ModelLoadError(f"{path}: the file's layout matches no supported model family "
+                             f"({', '.join(f.name for f in all_families())}).")
+    return family.load_single_file(state, metadata, str(path)), family.name, path.name

@@ -19,7 +19,7 @@ from library.models.tokenizer import clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_NAMES = {"builtin:tiny": "sd1", "builtin:tiny-sd2": "sd2"}
+BUILTIN_NAMES = {"builtin:tiny": "sd1", "builtin:tiny-sd2": "sd2", "builtin:tiny-sdxl": "sdxl"}
 
 TEXT_HIDDEN = 32
 TEXT_LAYERS = 4
@@ -109,6 +109,31 @@ def tiny_components(family: str = "sd1", seed: int = 0) -> dict:
         "tokenizer": clip_tokenizer(spec.pad_token),
         "scheduler": make_noise_scheduler(spec.default_prediction_type),
     }
+
+
+def _sd_builtin(family: str, seed: int) -> dict:
+    parts = tiny_components(family, seed)
+    parts.pop("scheduler")
+    tokenizers = {"text_encoder": parts.pop("tokenizer")}
+    return {**parts, "tokenizers": tokenizers}
+
+
+def _sdxl_builtin(family: str, seed: int) -> dict:
+    from library.models.tiny_sdxl import tiny_sdxl_components
+
+    parts = tiny_sdxl_components(seed)
+    parts.pop("scheduler")
+    tokenizers = {"text_encoder_1": parts.pop("tokenizer_1"), "text_encoder_2": parts.pop("tokenizer_2")}
+    return {**parts, "tokenizers": tokenizers}
+
+
+#: family -> builder of its tiny model as {part: module, "tokenizers": {text part: tokenizer}}
+TINY_BUILDERS = {"sd1": _sd_builtin, "sd2": _sd_builtin, "sdxl": _sdxl_builtin}
+
+
+def builtin_components(family: str, seed: int = 0) -> dict:
+    """The built-in tiny model of ``family`` as {part: module, "tokenizers": {text part: tokenizer}}."""
+    return TINY_BUILDERS[family](family, seed)
 
 
 def save_diffusers_folder(out_dir: str | os.PathLike, components: dict) -> Path:

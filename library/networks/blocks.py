@@ -32,18 +32,17 @@ def block_index(lora_name: str) -> int | None:
     return None
 
 
-def parse_block_list(text: str, name: str, kind=int) -> list:
-    """25 comma-separated values (``block_dims``, ``block_alphas``, ...)."""
+def parse_block_list(text: str, name: str, kind=int, layout=None) -> list:
+    """One comma-separated value per block (``block_dims``, ``block_alphas``, ...): 25 for SD1/SD2
+    (IN00-IN11, M00, OUT00-OUT11), the family's ``layout.total`` otherwise (23 for SDXL)."""
+    total = TOTAL_BLOCKS if layout is None else layout.total
+    names = "IN00-IN11, M00, OUT00-OUT11" if layout is None else f"{layout.names[0]}-{layout.names[-1]}"
     try:
         values = [kind(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(
-            f"network_args {name}: {text!r} must be {TOTAL_BLOCKS} comma-separated numbers."
-        ) from None
-    if len(values) != TOTAL_BLOCKS:
-        raise ConfigError(
-            f"network_args {name} has {len(values)} values; it needs {TOTAL_BLOCKS} (IN00-IN11, M00, OUT00-OUT11)."
-        )
+        raise ConfigError(f"network_args {name}: {text!r} must be {total} comma-separated numbers.") from None
+    if len(values) != total:
+        raise ConfigError(f"network_args {name} has {len(values)} values; it needs {total} ({names}).")
     return values
 
 
@@ -78,15 +77,25 @@ def parse_lr_weights(text: str, name: str, length: int = NUM_BLOCKS) -> list[flo
     return (values + [1.0] * length)[:length]
 
 
-def block_lr_weights(down: str | None, mid: str | None, up: str | None) -> list[float] | None:
-    """The lr weight of each of the 25 blocks, or None when no weight is set."""
+def block_lr_weights(down: str | None, mid: str | None, up: str | None, layout=None) -> list[float] | None:
+    """The lr weight of each block, or None when no weight is set.
+
+    SD1/SD2 (``layout`` None): 25 blocks, down = IN00-IN11 (IN00 has no LoRA), mid = M00, up = OUT00-OUT11.
+    Another family's :class:`~library.models.family.BlockLayout` (SDXL): ``per_path`` values each for down
+    and up and the rest of the middle for mid, sd-scripts' SDXL numbering (base and out blocks stay 1.0).
+    """
     if down is None and mid is None and up is None:
         return None
-    weights = [1.0] * TOTAL_BLOCKS
+    if layout is None:
+        total, per_path, first, n_mid = TOTAL_BLOCKS, NUM_BLOCKS, 0, 1
+    else:
+        total, per_path, first, n_mid = layout.total, layout.per_path, layout.leading, layout.mid_count
+    weights = [1.0] * total
     if down is not None:
-        weights[:MID_BLOCK] = parse_lr_weights(down, "down_lr_weight")
+        weights[first : first + per_path] = parse_lr_weights(down, "down_lr_weight", per_path)
     if mid is not None:
-        weights[MID_BLOCK] = parse_lr_weights(mid, "mid_lr_weight", 1)[0]
+        weights[first + per_path : first + per_path + n_mid] = parse_lr_weights(mid, "mid_lr_weight", n_mid)
     if up is not None:
-        weights[MID_BLOCK + 1 :] = parse_lr_weights(up, "up_lr_weight")
+        start = first + per_path + n_mid
+        weights[start : start + per_path] = parse_lr_weights(up, "up_lr_weight", per_path)
     return weights

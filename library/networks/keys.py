@@ -19,6 +19,7 @@ The merge/extract/resize tools and the inspector import these names from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
@@ -126,3 +127,57 @@ def find_text_encoder_targets(text_encoder: nn.Module, prefix: str = TE_PREFIX) 
     return _find_targets(
         text_encoder, prefix, TE_TARGET_BLOCKS, lambda path: text_encoder_key_path(text_encoder, path)
     )
+
+
+@dataclass(frozen=True)
+class NetworkPart:
+    """One model part a network adapts: its part name, its key prefix and how module paths are named.
+
+    ``key_path`` turns a module path inside ``module`` into the path the keys are named by (the SDXL UNet
+    is named by its SGM paths; text encoders are rooted at ``text_model.``).
+    """
+
+    name: str
+    prefix: str
+    module: nn.Module
+    is_unet: bool
+    key_path: Callable[[str], str] | None = None
+
+    def targets(self, include_conv_blocks: bool = False) -> list[Target]:
+        """The layers of this part that get a network module (see the module docstring)."""
+        if self.is_unet:
+            blocks = UNET_TARGET_BLOCKS + (UNET_CONV_TARGET_BLOCKS if include_conv_blocks else ())
+            return _find_targets(self.module, self.prefix, blocks, self.key_path or (lambda path: path))
+        module = self.module
+        return _find_targets(module, self.prefix, TE_TARGET_BLOCKS, lambda path: text_encoder_key_path(module, path))
+
+
+def text_encoder_parts(text_encoder) -> list[NetworkPart]:
+    """Parts for a text encoder given as a module (``lora_te``) or a list of modules (``lora_te1``, ``lora_te2``
+    …, as sd-scripts and LyCORIS number several encoders); None gives no part."""
+    if text_encoder is None:
+        return []
+    if isinstance(text_encoder, (list, tuple)):
+        return [NetworkPart(f"text_encoder_{i + 1}", f"{TE_PREFIX}{i + 1}", te, False)
+                for i, te in enumerate(text_encoder)]
+    return [NetworkPart("text_encoder", TE_PREFIX, text_encoder, False)]
+
+
+def default_parts(unet, text_encoder) -> list[NetworkPart]:
+    """Parts of a UNet named by its diffusers paths plus the text encoder(s); text encoders first."""
+    unet_part = [NetworkPart("unet", UNET_PREFIX, unet, True)] if unet is not None else []
+    return text_encoder_parts(text_encoder) + unet_part
+
+
+def model_parts(model) -> list[NetworkPart]:
+    """The network parts of a loaded base model, named as its family's LoRA files name them."""
+    family = model.adapter
+    parts = [NetworkPart(name, family.lora_prefixes[name], model.parts[name], False) for name in family.text_parts]
+    unet = model.unet
+    return parts + [NetworkPart("unet", family.lora_prefixes["unet"], unet, True, family.unet_key_path(unet))]
+
+
+def part_of_name(lora_name: str, parts: list[NetworkPart]) -> NetworkPart | None:
+    """The part whose prefix a LoRA module name starts with (the longest prefix wins: lora_te1 over lora_te)."""
+    matches = [p for p in parts if lora_name.startswith(p.prefix + "_")]
+    return max(matches, key=lambda p: len(p.prefix)) if matches else None

@@ -119,13 +119,16 @@ class BlockPlan:
         conv_block_sizes=None,
         lr_weights=None,
         zero_threshold=0.0,
+        layout=None,
     ):
+        #: the family's block numbering (None: SD1/SD2's 25 blocks)
+        self.layout = layout
         self.sizes = {keys.KIND_LINEAR: (dim, alpha), keys.KIND_CONV: (conv_dim, conv_alpha)}
         self.block_sizes = {keys.KIND_LINEAR: block_sizes, keys.KIND_CONV: conv_block_sizes}
         self.lr_weights, self.zero_threshold = lr_weights, zero_threshold
 
     @classmethod
-    def from_args(cls, extra: dict, dim, alpha, conv_dim, conv_alpha) -> BlockPlan:
+    def from_args(cls, extra: dict, dim, alpha, conv_dim, conv_alpha, layout=None) -> BlockPlan:
         """Take the block-wise network_args out of ``extra`` (sd-scripts' names)."""
 
         def sizes(dims_key, alphas_key, default_alpha):
@@ -134,9 +137,9 @@ class BlockPlan:
                 if alphas_text is not None:
                     raise ConfigError(f"network_args {alphas_key} needs {dims_key} as well.")
                 return None
-            dims = blocks.parse_block_list(dims_text, dims_key)
+            dims = blocks.parse_block_list(dims_text, dims_key, layout=layout)
             alphas = (
-                blocks.parse_block_list(alphas_text, alphas_key, float)
+                blocks.parse_block_list(alphas_text, alphas_key, float, layout=layout)
                 if alphas_text
                 else [default_alpha] * len(dims)
             )
@@ -148,9 +151,10 @@ class BlockPlan:
             extra.pop("down_lr_weight", None),
             extra.pop("mid_lr_weight", None),
             extra.pop("up_lr_weight", None),
+            layout,
         )
         threshold = float(extra.pop("block_lr_zero_threshold", None) or 0.0)
-        return cls(dim, alpha, conv_dim, conv_alpha, block_sizes, conv_block_sizes, weights, threshold)
+        return cls(dim, alpha, conv_dim, conv_alpha, block_sizes, conv_block_sizes, weights, threshold, layout)
 
     @property
     def uses_conv(self) -> bool:
@@ -159,7 +163,8 @@ class BlockPlan:
     def size_and_weight(self, target: keys.Target, unet_side: bool) -> tuple[tuple, float]:
         """((rank, alpha), lr weight) of one target; rank 0/None means no module."""
         size = self.sizes[target.kind]
-        idx = blocks.block_index(target.lora_name) if unet_side else None
+        index_of = blocks.block_index if self.layout is None else self.layout.index_of
+        idx = index_of(target.lora_name) if unet_side else None
         if idx is None:
             return size, 1.0
         per_block = self.block_sizes[target.kind]
@@ -194,12 +199,17 @@ def create_network(
     train_text_encoder: bool = True,
     multiplier: float = 1.0,
     generator: torch.Generator | None = None,
+    parts: list[keys.NetworkPart] | None = None,
+    block_layout=None,
     **extra,
 ) -> LoRANetwork:
     """Build a fresh LoRA (LoCon with ``conv_dim``) for the parts being trained; not yet applied.
 
     Defaults as sd-scripts: dim 4, alpha 1, conv_alpha 1 when conv_dim is set. ``extra`` takes the
-    remaining parsed network_args (LoRA+ ratios), kept in ``network.info``.
+    remaining parsed network_args (LoRA+ ratios), kept in ``network.info``. ``parts`` (from
+    :func:`keys.model_parts`) names the model's parts as its family's files do; without it ``unet`` and
+    ``text_encoder`` (a module or a list of modules) are named SD1/SD2's way. ``block_layout`` is the
+    family's block numbering for block_dims / lr weights (None: SD1/SD2's 25 blocks).
     """
     dim = check_positive_int("network_dim", DEFAULT_DIM if dim is None else dim)
     alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
@@ -215,9 +225,12 @@ def create_network(
         "multiplier": multiplier,
         "generator": generator,
     }
-    if not (train_unet and unet is not None) and not (train_text_encoder and text_encoder is not None):
+    if parts is None:
+        parts = keys.default_parts(unet, text_encoder)
+    parts = [p for p in parts if (train_unet if p.is_unet else train_text_encoder)]
+    if not parts:
         raise ConfigError("The network would train nothing: enable the UNet or the text encoder.")
-    plan = BlockPlan.from_args(extra, dim, alpha, conv_dim, conv_alpha)
+    plan = BlockPlan.from_args(extra, dim, alpha, conv_dim, conv_alpha, block_layout)
 
     def build(targets: list[keys.Target], unet_side: bool) -> list[LoRAModule]:
         modules = []
@@ -230,12 +243,8 @@ def create_network(
             modules.append(module)
         return modules
 
-    te_modules = (
-        build(keys.find_text_encoder_targets(text_encoder), False)
-        if train_text_encoder and text_encoder
-        else []
-    )
-    unet_modules = build(keys.find_unet_targets(unet, plan.uses_conv), True) if train_unet and unet else []
+    te_modules = {p.name: build(p.targets(), False) for p in parts if not p.is_unet}
+    unet_modules = [m for p in parts if p.is_unet for m in build(p.targets(plan.uses_conv), True)]
     info = {
         "dim": dim,
         "alpha": alpha,
@@ -245,7 +254,8 @@ def create_network(
         "block_lr_weights": plan.lr_weights,
     }
     info.update({k: v for k, v in options.items() if k != "generator"})
-    logger.info("LoRA: %d text-encoder modules, %d UNet modules", len(te_modules), len(unet_modules))
+    logger.info("LoRA: %d text-encoder modules, %d UNet modules", sum(map(len, te_modules.values())),
+                len(unet_modules))
     return LoRANetwork(te_modules, unet_modules, multiplier=multiplier, info=info)
 
 
@@ -260,6 +270,8 @@ def network_from_weights(
     module_dropout: float | None = None,
     train_unet: bool = True,
     train_text_encoder: bool = True,
+    parts: list[keys.NetworkPart] | None = None,
+    **_ignored,
 ) -> tuple[LoRANetwork, LoadReport]:
     """Build a network sized from a LoRA file (ours or sd-scripts') and load its weights.
 
@@ -268,35 +280,28 @@ def network_from_weights(
     """
     state_dict, description = read_state_dict(source)
     grouped = group_by_module(state_dict)
-    candidates = []
-    if train_text_encoder and text_encoder is not None:
-        candidates += keys.find_text_encoder_targets(text_encoder)
-    if train_unet and unet is not None:
-        candidates += keys.find_unet_targets(unet, include_conv_blocks=True)
+    if parts is None:
+        parts = keys.default_parts(unet, text_encoder)
+    parts = [p for p in parts if (train_unet if p.is_unet else train_text_encoder)]
     options = {"dropout": dropout, "rank_dropout": rank_dropout, "module_dropout": module_dropout}
-    modules = {"te": [], "unet": []}
-    for target in candidates:
-        entries = grouped.get(target.lora_name)
-        if entries is None or keys.DOWN_SUFFIX not in entries:
-            continue
-        rank = entries[keys.DOWN_SUFFIX].shape[0]
-        alpha = entries.get(keys.ALPHA_SUFFIX)
-        module = LoRAModule(
-            target.lora_name,
-            target.module,
-            rank,
-            float(alpha) if alpha is not None else rank,
-            multiplier,
-            **options,
-        )
-        modules["te" if target.lora_name.startswith(keys.TE_PREFIX) else "unet"].append(module)
-    if not modules["te"] and not modules["unet"]:
+    modules: dict[str, list[LoRAModule]] = {p.name: [] for p in parts}
+    for part in parts:
+        for target in part.targets(include_conv_blocks=True):
+            entries = grouped.get(target.lora_name)
+            if entries is None or keys.DOWN_SUFFIX not in entries:
+                continue
+            rank = entries[keys.DOWN_SUFFIX].shape[0]
+            alpha = entries.get(keys.ALPHA_SUFFIX)
+            modules[part.name].append(LoRAModule(target.lora_name, target.module, rank,
+                                                 float(alpha) if alpha is not None else rank, multiplier, **options))
+    if not any(modules.values()):
         raise ModelLoadError(
             f"No module of {description} matches this model (e.g. {next(iter(grouped), 'no keys')}). "
-            "Is it a LoRA for another architecture (SDXL, SD3, Flux) or a LyCORIS file (LoHa/LoKr)?"
+            "Is it a LoRA for another model family (SD1/SD2 vs SDXL, SD3, Flux) or a LyCORIS file (LoHa/LoKr)?"
         )
     info = {"dim": _most_common_rank(modules, False), "conv_dim": _most_common_rank(modules, True), **options}
-    network = LoRANetwork(modules["te"], modules["unet"], multiplier=multiplier, info=info)
+    unet_modules = modules.pop("unet", [])
+    network = LoRANetwork(modules, unet_modules, multiplier=multiplier, info=info)
     report = network.load_weights(state_dict)
     report.source = description
     return network, report
@@ -305,7 +310,7 @@ def network_from_weights(
 def _most_common_rank(modules: dict, conv: bool) -> int | None:
     ranks = [
         m.lora_dim
-        for m in modules["te"] + modules["unet"]
+        for m in (m for ms in modules.values() for m in ms)
         if (m.is_conv and m.lora_down.kernel_size != (1, 1)) == conv
     ]
     return collections.Counter(ranks).most_common(1)[0][0] if ranks else None

@@ -108,10 +108,49 @@ class _TextModelRoot(nn.Module):
         self.text_model = text_encoder
 
 
-def _rooted(text_encoder: nn.Module | None) -> nn.Module | None:
+def _rooted(text_encoder):
+    """A text encoder (or a list of them) with module paths rooted at ``text_model.``."""
+    if isinstance(text_encoder, (list, tuple)):
+        return [_rooted(te) for te in text_encoder]
     if text_encoder is None or hasattr(text_encoder, "text_model"):
         return text_encoder
     return _TextModelRoot(text_encoder)
+
+
+def _text_encoders(parts: list[keys.NetworkPart] | None, text_encoder):
+    """What LyCORIS takes as ``text_encoder``: one module (``lora_te``) or a list (``lora_te1``, ``lora_te2``)."""
+    if parts is None:
+        return text_encoder
+    text_parts = [p for p in parts if not p.is_unet]
+    if not text_parts:
+        return None
+    if len(text_parts) == 1 and text_parts[0].prefix == keys.TE_PREFIX:
+        return text_parts[0].module
+    return [p.module for p in text_parts]
+
+
+def _unet_renames(parts: list[keys.NetworkPart] | None) -> dict[str, str]:
+    """LyCORIS' UNet module names (diffusers paths) -> the family's key names (SDXL: SGM paths)."""
+    renames = {}
+    for part in parts or []:
+        if not part.is_unet or part.key_path is None:
+            continue
+        for path, _ in part.module.named_modules():
+            if path:
+                plain, named = keys.lora_name(part.prefix, path), keys.lora_name(part.prefix, part.key_path(path))
+                if plain != named:
+                    renames[plain] = named
+    return renames
+
+
+def _rename_state(state_dict: dict, renames: dict[str, str]) -> dict:
+    if not renames:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        name, dot, rest = key.partition(".")
+        out[renames.get(name, name) + dot + rest] = value
+    return out
 
 
 def _targetable_children(module: nn.Module, path: str) -> set[str]:
@@ -211,11 +250,19 @@ class LycorisNetwork(Network):
         return report
 
 
-def _wrap(inner, train_unet: bool, train_text_encoder: bool, multiplier: float, info: dict) -> LycorisNetwork:
+def _wrap(inner, train_unet: bool, train_text_encoder: bool, multiplier: float, info: dict,
+          parts: list[keys.NetworkPart] | None = None) -> LycorisNetwork:
     te = list(inner.text_encoder_loras) if train_text_encoder else []
     unet = list(inner.unet_loras) if train_unet else []
     if not te and not unet:
         raise ConfigError("lycoris.kohya created no modules for this model: check network_args preset/algo.")
+    renames = _unet_renames(parts)
+    for module in unet:
+        module.lora_name = renames.get(module.lora_name, module.lora_name)
+    text_parts = [p for p in parts or [] if not p.is_unet]
+    if len(text_parts) > 1:
+        by_part = {p.name: [m for m in te if keys.part_of_name(m.lora_name, text_parts) is p] for p in text_parts}
+        return LycorisNetwork(by_part, unet, multiplier=multiplier, info=info)
     return LycorisNetwork(te, unet, multiplier=multiplier, info=info)
 
 
@@ -233,6 +280,8 @@ def create_lycoris_network(
     neuron_dropout: float | None = None,
     algo: str = "lora",
     preset: str | None = None,
+    parts: list[keys.NetworkPart] | None = None,
+    block_layout=None,
     **options,
 ) -> LycorisNetwork:
     """A fresh LyCORIS network of ``algo`` over ``unet`` / ``text_encoder`` (LyCORIS' ``create_network``).
@@ -254,7 +303,7 @@ def create_lycoris_network(
                 dim,
                 alpha,
                 None,
-                _rooted(text_encoder) if train_text_encoder else None,
+                _rooted(_text_encoders(parts, text_encoder)) if train_text_encoder else None,
                 unet,
                 warn_on_unmatched=False,
                 algo=algo,
@@ -274,7 +323,7 @@ def create_lycoris_network(
         "conv_dim": options.get("conv_dim", dim),
         "conv_alpha": options.get("conv_alpha", alpha),
     }
-    return _wrap(inner, train_unet, train_text_encoder, multiplier, info)
+    return _wrap(inner, train_unet, train_text_encoder, multiplier, info, parts)
 
 
 def lycoris_network_from_weights(
@@ -285,16 +334,19 @@ def lycoris_network_from_weights(
     train_unet: bool = True,
     train_text_encoder: bool = True,
     multiplier: float = 1.0,
+    parts: list[keys.NetworkPart] | None = None,
     **_ignored,
 ) -> tuple[LycorisNetwork, LoadReport]:
     """A network shaped by a LyCORIS file (algorithm, ranks per module) with its weights loaded."""
     kohya = _lycoris_kohya()
     state_dict, description = read_state_dict(source)
+    renames = _unet_renames(parts)
+    plain_state = _rename_state(state_dict, {named: plain for plain, named in renames.items()})
     inner, _ = kohya.create_network_from_weights(
-        multiplier, description, None, _rooted(text_encoder), unet, weights_sd=state_dict
+        multiplier, description, None, _rooted(_text_encoders(parts, text_encoder)), unet, weights_sd=plain_state
     )
     info = {"dim": _file_rank(state_dict), "alpha": _file_alpha(state_dict), "algo": "from_weights"}
-    network = _wrap(inner, train_unet, train_text_encoder, multiplier, info)
+    network = _wrap(inner, train_unet, train_text_encoder, multiplier, info, parts)
     return network, network.load_weights(state_dict)
 
 

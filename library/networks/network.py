@@ -83,19 +83,28 @@ def group_by_module(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, 
 
 
 class Network(nn.Module):
-    """Adapter modules for the text encoder and the UNet; ``state_dict()`` follows the file contract."""
+    """Adapter modules over named model parts; ``state_dict()`` follows the file contract.
+
+    ``text_encoder_modules`` is a list (one text encoder, part ``text_encoder``) or a dict
+    {part name: modules} (SDXL: ``text_encoder_1``, ``text_encoder_2``); ``unet_modules`` are the UNet's.
+    """
 
     def __init__(
         self,
-        text_encoder_modules: list[NetworkModule],
+        text_encoder_modules: list[NetworkModule] | dict[str, list[NetworkModule]],
         unet_modules: list[NetworkModule],
         multiplier: float = 1.0,
         info: dict | None = None,
     ):
         super().__init__()
-        self.text_encoder_names = [m.lora_name for m in text_encoder_modules]
-        self.unet_names = [m.lora_name for m in unet_modules]
-        for module in [*text_encoder_modules, *unet_modules]:
+        if not isinstance(text_encoder_modules, dict):
+            text_encoder_modules = {"text_encoder": list(text_encoder_modules)}
+        #: part name -> module names, text encoders first, then the UNet
+        self.part_names: dict[str, list[str]] = {
+            part: [m.lora_name for m in modules] for part, modules in text_encoder_modules.items()
+        }
+        self.part_names["unet"] = [m.lora_name for m in unet_modules]
+        for module in [*(m for ms in text_encoder_modules.values() for m in ms), *unet_modules]:
             if module.lora_name in self._modules:
                 raise ValueError(f"duplicate network module {module.lora_name}")
             self.add_module(module.lora_name, module)
@@ -105,12 +114,23 @@ class Network(nn.Module):
         self.set_multiplier(multiplier)
 
     @property
+    def text_encoder_names(self) -> list[str]:
+        return [n for part, names in self.part_names.items() if part != "unet" for n in names]
+
+    @property
+    def unet_names(self) -> list[str]:
+        return self.part_names["unet"]
+
+    @property
     def text_encoder_modules(self) -> list[NetworkModule]:
         return [self._modules[n] for n in self.text_encoder_names]
 
     @property
     def unet_modules(self) -> list[NetworkModule]:
         return [self._modules[n] for n in self.unet_names]
+
+    def part_modules(self, part: str) -> list[NetworkModule]:
+        return [self._modules[n] for n in self.part_names.get(part, [])]
 
     def network_modules(self) -> list[NetworkModule]:
         return self.text_encoder_modules + self.unet_modules
@@ -134,22 +154,23 @@ class Network(nn.Module):
     def param_groups(
         self,
         unet_lr: float | None,
-        text_encoder_lr: float | None,
+        text_encoder_lr: float | list[float] | tuple[float, ...] | None,
         default_lr: float,
         loraplus_unet_ratio: float | None = None,
         loraplus_text_encoder_ratio: float | None = None,
     ) -> list[dict]:
-        """Optimizer parameter groups: one for the text encoder, one for the UNet.
+        """Optimizer parameter groups: one per text encoder, one for the UNet.
 
-        A None lr falls back to ``default_lr``; lr 0 freezes that part (requires_grad off, no group).
-        With a LoRA+ ratio (Hayou et al. 2024) the ``lora_up`` weights get their own group at
-        lr × ratio. Each group carries a ``name`` for logging.
+        ``text_encoder_lr`` is one lr for every text encoder or one per text encoder in part order (SDXL:
+        te1, te2, as sd-scripts' two-value ``text_encoder_lr``). A None lr falls back to ``default_lr``; lr 0
+        freezes that part (requires_grad off, no group). With a LoRA+ ratio (Hayou et al. 2024) the
+        ``lora_up`` weights get their own group at lr × ratio. Each group carries a ``name`` for logging.
         """
+        text_parts = [p for p in self.part_names if p != "unet"]
+        te_lrs = _per_part(text_encoder_lr, text_parts)
+        parts = [(p, self.part_modules(p), te_lrs[p], loraplus_text_encoder_ratio) for p in text_parts]
+        parts.append(("unet", self.unet_modules, unet_lr, loraplus_unet_ratio))
         groups: list[dict] = []
-        parts = [
-            ("text_encoder", self.text_encoder_modules, text_encoder_lr, loraplus_text_encoder_ratio),
-            ("unet", self.unet_modules, unet_lr, loraplus_unet_ratio),
-        ]
         for name, modules, lr, plus_ratio in parts:
             lr = default_lr if lr is None else lr
             params = [(n, p) for m in modules for n, p in m.named_parameters()]
@@ -253,6 +274,20 @@ class Network(nn.Module):
         with atomic_path(path) as tmp:
             torch.save(tensors, tmp)
         return path
+
+
+def _per_part(lr, parts: list[str]) -> dict[str, float | None]:
+    """One lr per text part from a single value or a list (a one-value list applies to all)."""
+    if not isinstance(lr, (list, tuple)):
+        return dict.fromkeys(parts, lr)
+    if len(lr) == 1:
+        return dict.fromkeys(parts, lr[0])
+    if len(lr) != len(parts):
+        raise ConfigError(
+            f"text_encoder_lr has {len(lr)} values but this model has {len(parts)} text encoder(s) "
+            f"({', '.join(parts)}): give one value, or one per text encoder."
+        )
+    return dict(zip(parts, lr, strict=True))
 
 
 def _groups(name: str, named: list, lr: float, plus_ratio: float | None) -> list[dict]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from library.config.options_db import check_db_rules, text_encoder_steps
-from library.networks.metadata import IMPL_DIFFUSERS, IMPL_STABILITY_AI, base_architecture, modelspec_metadata
+from library.errors import ConfigError
+from library.networks.metadata import IMPL_DIFFUSERS, IMPL_STABILITY_AI, modelspec_metadata
 from library.training.target import BaseTarget
 from library.util.atomic import atomic_folder
 
@@ -51,35 +52,61 @@ class DreamBoothTarget(BaseTarget):
         self._model = None
         self._modules: list[torch.nn.Module] = []
         self._full_fp16 = config.full_fp16
+        #: text part -> lr, settled once the model (and so its family) is known
+        self._te_lrs: dict[str, float] | None = None
+        self._text_parts: list[str] = []
         #: DDP must tolerate the text encoder's parameters going without gradients once it is frozen
         self.ddp_find_unused_parameters = self.text_encoder_steps not in (None, 0)
 
     @property
     def trains_text_encoder(self) -> bool:
-        """True while the text encoder is trained; the loop reads it at every step."""
+        """True while a text encoder is trained; the loop reads it at every step."""
         return self._text_encoder_active
 
+    def on_model_loaded(self, model, config) -> None:
+        """Settle which text encoders train, now that the family is known: each text part's lr (0 = frozen),
+        and the family's default for ``train_text_encoder`` (SDXL: off unless set, as sd-scripts' sdxl_train)."""
+        family = model.adapter
+        if "train_text_encoder" not in config.explicit and not family.trains_text_encoder_by_default:
+            self.text_encoder_steps = 0
+        self._te_lrs = text_part_lrs(config, family)
+        if not any(self._te_lrs.values()):
+            self.text_encoder_steps = 0
+        self._text_encoder_active = self.text_encoder_steps != 0
+        self.ddp_find_unused_parameters = self.text_encoder_steps not in (None, 0)
+
+    def _trained_text_parts(self, model) -> list[str]:
+        if not self._text_encoder_active:
+            return []
+        lrs = self._te_lrs if self._te_lrs is not None else dict.fromkeys(model.text_parts, 1.0)
+        return [part for part in model.text_parts if lrs.get(part)]
+
     def attach(self, model, config) -> None:
+        if self._te_lrs is None:
+            self.on_model_loaded(model, config)
         dtype = training_dtype(config)
-        trained = [model.text_encoder, model.unet] if self._text_encoder_active else [model.unet]
+        text_parts = self._trained_text_parts(model)
+        trained = [model.parts[p] for p in text_parts] + [model.unet]
         for module in trained:
             if module.dtype != dtype:
                 module.to(dtype=dtype)
             module.requires_grad_(True).train()
         self._modules = trained
-        if not self._text_encoder_active:
-            model.text_encoder.requires_grad_(False)
+        for part in model.text_parts:
+            if part not in text_parts:
+                model.parts[part].requires_grad_(False)
+        if not text_parts:
             logger.info("the text encoder is not trained")
         self._model = model
+        self._text_parts = text_parts
 
     def param_groups(self, config) -> list[dict]:
-        """Text encoder at ``learning_rate_te`` (default ``learning_rate``), UNet at ``learning_rate``."""
-        groups = []
-        if self._text_encoder_active:
-            te_lr = config.learning_rate if config.learning_rate_te is None else config.learning_rate_te
-            groups.append(
-                {"params": list(self._model.text_encoder.parameters()), "lr": te_lr, "name": "text_encoder"}
-            )
+        """Each trained text encoder at its lr (``learning_rate_te[1|2]``, default ``learning_rate``), UNet at
+        ``learning_rate``."""
+        groups = [
+            {"params": list(self._model.parts[part].parameters()), "lr": self._te_lrs[part], "name": part}
+            for part in self._text_parts
+        ]
         groups.append(
             {"params": list(self._model.unet.parameters()), "lr": config.learning_rate, "name": "unet"}
         )
@@ -100,11 +127,12 @@ class DreamBoothTarget(BaseTarget):
         steps = self.text_encoder_steps
         if not self._text_encoder_active or steps is None or global_step < steps:
             return
-        text_encoder = self._model.text_encoder
-        text_encoder.requires_grad_(False)
-        text_encoder.train(False)
-        for param in text_encoder.parameters():
-            param.grad = None
+        for part in self._text_parts:
+            text_encoder = self._model.parts[part]
+            text_encoder.requires_grad_(False)
+            text_encoder.train(False)
+            for param in text_encoder.parameters():
+                param.grad = None
         self._text_encoder_active = False
         logger.info("stopped text encoder training at step %d", global_step)
 
@@ -112,7 +140,7 @@ class DreamBoothTarget(BaseTarget):
         """``modelspec.*`` for a checkpoint plus the DreamBooth-specific ``ss_*`` values."""
         model = self._model
         meta = modelspec_metadata(
-            base_architecture(model.family == "sd2", model.v_parameterization),
+            model.adapter.architecture(model.v_parameterization),
             config.metadata_title or config.output_name,
             config.resolution,
             "v" if model.v_parameterization else "epsilon",
@@ -122,7 +150,8 @@ class DreamBoothTarget(BaseTarget):
             license=config.metadata_license,
             tags=config.metadata_tags,
         )
-        te_lr = config.learning_rate if config.learning_rate_te is None else config.learning_rate_te
+        te_lrs = [self._te_lrs[p] for p in self._text_parts] if self._te_lrs else []
+        te_lr = (te_lrs[0] if len(set(te_lrs)) == 1 else te_lrs) if te_lrs else None
         meta.update(
             {
                 "ss_unet_lr": str(config.learning_rate),
@@ -156,35 +185,25 @@ def allow_fp16_gradients(scaler) -> None:
 
 
 def save_single(model, path: Path, dtype: torch.dtype | None, metadata: dict[str, str]) -> None:
-    """One LDM-layout file (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``).
+    """One file in the family's original layout (SD: ``model.diffusion_model.*``, ``first_stage_model.*``,
+    ``cond_stage_model.*``; SDXL: SGM ``conditioner.embedders.*``).
 
     ``.safetensors`` carries ``metadata``; a ``.ckpt`` is a tensors-only ``{"state_dict": ...}`` pickle.
     """
-    from library.models.single_file import save_single_file
-
-    save_single_file(
-        path, model.unet, model.vae, model.text_encoder, model.family, dtype=dtype, extra_metadata=metadata
-    )
+    model.adapter.save_single_file(model, path, dtype, metadata)
 
 
 def save_diffusers_folder(model, path: Path, dtype: torch.dtype | None, safetensors: bool) -> None:
-    """A diffusers ``StableDiffusionPipeline`` folder (unet, vae, text_encoder, tokenizer, scheduler).
+    """A diffusers pipeline folder of the family (unet, vae, text encoders, tokenizers, scheduler).
 
     The scheduler is DDIM with the training schedule's betas and prediction type (sd-scripts saves DDIM
     too). Written to a temporary folder beside ``path``, then moved into place.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler
 
-    pipeline = StableDiffusionPipeline(
-        vae=cpu_copy(model.vae, dtype),
-        text_encoder=cpu_copy(model.text_encoder, dtype),
-        tokenizer=model.tokenizer,
-        unet=cpu_copy(model.unet, dtype),
-        scheduler=DDIMScheduler.from_config(model.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    modules = {name: cpu_copy(module, dtype) for name, module in model.parts.items()}
+    pipeline = model.adapter.diffusers_pipeline(modules, model.tokenizers,
+                                                DDIMScheduler.from_config(model.noise_scheduler.config))
     with atomic_folder(path) as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=safetensors)
 
@@ -244,3 +263,17 @@ def save_format_name(save_model_as: str, use_safetensors: bool) -> str:
     if use_safetensors:
         return _SAFETENSORS_TWIN.get(save_model_as, save_model_as)
     return save_model_as
+
+
+def text_part_lrs(config, family) -> dict[str, float]:
+    """The learning rate of each text part: ``learning_rate_te1`` / ``learning_rate_te2`` for a family with two
+    text encoders, else (and where unset) ``learning_rate_te``, else ``learning_rate``."""
+    per_part = [config.learning_rate_te1, config.learning_rate_te2]
+    if len(family.text_parts) < 2 and any(v is not None for v in per_part):
+        raise ConfigError(
+            f"learning_rate_te1 / learning_rate_te2 are for models with two text encoders (SDXL), but the base "
+            f"model is {family.description} ({family.name}) with one: use learning_rate_te instead."
+        )
+    fallback = config.learning_rate if config.learning_rate_te is None else config.learning_rate_te
+    return {part: (fallback if i >= len(per_part) or per_part[i] is None else per_part[i])
+            for i, part in enumerate(family.text_parts)}

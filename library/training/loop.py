@@ -29,7 +29,6 @@ from library.training.progress import EventLog, Progress, RunningLoss
 from library.training.sampling.runner import SampleRunner
 from library.training.schedulers import build_scheduler, resolve_steps, scheduler_options
 from library.training.setup import (
-    BASE_MODEL_VERSIONS,
     load_model,
     make_accelerator,
     place_model,
@@ -44,7 +43,8 @@ from library.training.validation import Validator
 logger = logging.getLogger(__name__)
 
 #: TensorBoard names of sd-scripts for the usual param groups.
-LR_LOG_NAMES = {"text_encoder": "lr/textencoder", "unet": "lr/unet"}
+LR_LOG_NAMES = {"text_encoder": "lr/textencoder", "text_encoder_1": "lr/textencoder1",
+                "text_encoder_2": "lr/textencoder2", "unet": "lr/unet"}
 
 
 class TrainingError(UserError):
@@ -135,6 +135,7 @@ def run_training(config, target) -> Path | None:
                     length.total_steps)
     set_seed(seed)
     model = load_model(config)
+    target.on_model_loaded(model, config)
     place_model(model, accelerator.device, config, target.trains_text_encoder, target.float32_components)
     if config.cache_latents or config.cache_latents_to_disk:
         from library.data.latent_cache import cache_latents
@@ -143,7 +144,8 @@ def run_training(config, target) -> Path | None:
             for data in (dataset, validation_set):
                 if data is not None:
                     cache_latents(data, lambda px: model.encode_images(px.to(accelerator.device)).cpu(),
-                                  to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size)
+                                  to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size,
+                                  suffix=model.adapter.latent_cache_suffix)
     target.attach(model, config)
     optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
                                                       config.use_lion_optimizer)
@@ -171,7 +173,7 @@ def run_training(config, target) -> Path | None:
         num_train_images=dataset.num_train_images, num_reg_images=dataset.num_reg_images,
         num_batches_per_epoch=steps_per_epoch, num_epochs=length.num_epochs,
         max_train_steps=length.total_steps, model_name=model.name,
-        base_model_version=BASE_MODEL_VERSIONS.get(model.family, model.family),
+        base_model_version=model.adapter.base_model_version,
         lr_warmup_steps=resolve_steps(config.lr_warmup_steps, length.total_steps),
         tag_frequency=dataset.tag_frequency(), dataset_dirs=dataset.dataset_dirs(),
         reg_dataset_dirs=dataset.reg_dataset_dirs(), bucket_info=dataset.bucket_info(),

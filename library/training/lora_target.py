@@ -8,8 +8,11 @@ from pathlib import Path
 
 import torch
 
-from library.networks import get_network_type
-from library.networks.metadata import lora_architecture, modelspec_metadata
+from library.errors import ModelLoadError
+from library.models.family import family_of_lora_names
+from library.networks import get_network_type, keys
+from library.networks.metadata import ADAPTER_LORA, modelspec_metadata
+from library.networks.network import read_state_dict
 from library.training.target import BaseTarget
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,9 @@ class LoRATarget(BaseTarget):
         options = dict(train_unet=train_unet, train_text_encoder=self.trains_text_encoder,
                        dropout=config.network_dropout, rank_dropout=self.args.get("rank_dropout"),
                        module_dropout=self.args.get("module_dropout"))
+        options["parts"] = keys.model_parts(model)
+        if config.network_weights:
+            check_weights_family(config.network_weights, model)
         if config.network_weights and config.dim_from_weights:
             network, report = self.network_type.from_weights(config.network_weights, model.unet,
                                                              model.text_encoder, **options)
@@ -44,7 +50,8 @@ class LoRATarget(BaseTarget):
             # a generator of its own: the initial weights do not depend on how the model was loaded
             generator = torch.Generator().manual_seed(config.seed)
             network = self.network_type.create(model.unet, model.text_encoder, dim=config.network_dim,
-                                               alpha=config.network_alpha, generator=generator, **options,
+                                               alpha=config.network_alpha, generator=generator,
+                                               block_layout=model.adapter.block_layout, **options,
                                                **{k: v for k, v in self.args.items() if k not in options})
             if config.network_weights:
                 network.load_weights(config.network_weights)
@@ -89,9 +96,8 @@ class LoRATarget(BaseTarget):
             "ss_network_dropout": str(config.network_dropout),
         }
         model = self._model
-        v2 = model.family == "sd2"
         meta.update(modelspec_metadata(
-            lora_architecture(v2, model.v_parameterization),
+            f"{model.adapter.architecture(model.v_parameterization)}/{ADAPTER_LORA}",
             config.metadata_title or config.output_name,
             config.resolution,
             "v" if model.v_parameterization else "epsilon",
@@ -103,3 +109,16 @@ class LoRATarget(BaseTarget):
     def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
         network = self.network
         network.save(path, SAVE_DTYPES[precision], metadata)
+
+
+def check_weights_family(source, model) -> None:
+    """``network_weights`` made for another model family is a clear error naming both families."""
+    state_dict, description = read_state_dict(source)
+    names = {key.split(".", 1)[0] for key in state_dict}
+    found = family_of_lora_names(names)
+    if found is not None and found.lora_layout() != model.adapter.lora_layout():
+        raise ModelLoadError(
+            f"network_weights {description} is a LoRA for {found.description} ({found.name}), but the base model "
+            f"{model.name} is {model.adapter.description} ({model.family}). Use a LoRA trained on this family's "
+            "base models, or the base model the LoRA was made for."
+        )

@@ -13,10 +13,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
-#: ss_base_model_version values of sd-scripts per model family.
-BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
-
-
 @dataclass
 class RunLength:
     steps_per_epoch: int
@@ -93,20 +89,28 @@ def place_model(model, device: torch.device, config, trains_text_encoder: bool,
     """
     if dtype is None:
         dtype = compute_dtype(config.mixed_precision, device.type)
-    for module in (model.unet, model.text_encoder, model.vae):
+    text_encoders = model.text_encoders
+    for module in model.parts.values():
         module.requires_grad_(False)
-    for name in ("unet", "text_encoder"):
-        module = getattr(model, name)
-        keep = dtype == torch.float32 or name in float32_components
+    for name in (*text_encoders, "unet"):
+        module = model.parts[name]
+        keep = dtype == torch.float32 or name in float32_components or _is_text_component(name, float32_components)
         module.to(device) if keep else module.to(device, dtype=dtype)
     model.vae.to(device).eval()
     model.unet.train(config.gradient_checkpointing)
-    model.text_encoder.train(trains_text_encoder and config.gradient_checkpointing)
+    for module in text_encoders.values():
+        module.train(trains_text_encoder and config.gradient_checkpointing)
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if trains_text_encoder:
-            enable = getattr(model.text_encoder, "activation_checkpointing_enable", None)
-            (enable or model.text_encoder.gradient_checkpointing_enable)()
+            for module in text_encoders.values():
+                enable = getattr(module, "activation_checkpointing_enable", None)
+                (enable or module.gradient_checkpointing_enable)()
+
+
+def _is_text_component(name: str, components: tuple[str, ...]) -> bool:
+    """Targets name the text encoders together as "text_encoder"; that covers every text part."""
+    return "text_encoder" in components and name.startswith("text_encoder")
 
 
 def resolve_seed(seed: int | None) -> int:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from library.training.loss import LossSettings, huber_c_per_sample, loss_weights, per_sample_loss, snr
-from library.training.noise import NoiseSettings, input_noise, sample_noise, sample_timesteps
+from library.models.family import Conditioning
+from library.training.loss import LossSettings, per_sample_loss
+from library.training.noise import NoiseSettings, input_noise, sample_noise
 
 
 @dataclass(frozen=True)
@@ -52,35 +53,33 @@ def batch_latents(model, batch: dict, generator: torch.Generator) -> torch.Tenso
         return model.encode_images(batch["pixels"].to(device), generator=generator)
 
 
-def encode_captions(model, captions: list[str], settings: StepSettings, with_grad: bool) -> torch.Tensor:
-    ids = model.tokenize(captions, settings.max_token_length, pad=settings.pad_tokens).to(model.text_encoder.device)
+def encode_captions(model, captions: list[str], settings: StepSettings, with_grad: bool) -> Conditioning:
+    """The family's conditioning of the captions; cached text-encoder outputs when the model holds them."""
+    cache = model.extras.get("text_cache")
+    if cache is not None:
+        return cache.lookup(captions)
     with torch.set_grad_enabled(with_grad):
-        return model.encode_tokens(ids, settings.clip_skip)
+        return model.encode_prompt(captions, settings.clip_skip, settings.max_token_length, settings.pad_tokens)
 
 
 def diffusion_loss(model, batch: dict, settings: StepSettings, generator: torch.Generator,
                    train_text_encoder: bool) -> torch.Tensor:
-    """Mean loss of a batch: the UNet's prediction against ε (or v), weighted per sample by the batch's
-    ``loss_weights`` (prior_loss_weight for reg images) and the enabled SNR weightings. Returns a scalar.
+    """Mean loss of a batch: the denoiser's prediction against the objective's target (ε, v, …), weighted per
+    sample by the batch's ``loss_weights`` (prior_loss_weight for reg images) and the objective's weightings.
+    Returns a scalar.
 
     Random draws, in order, all from ``generator``: the VAE sample (uncached latents), ε, timesteps, then
     the input perturbation — so a batch's loss is a pure function of its generator seed.
     """
     latents = batch_latents(model, batch, generator)
-    scheduler = model.noise_scheduler
-    num_t = scheduler.config.num_train_timesteps
+    objective = model.adapter.objective(model)
     noise = sample_noise(latents, generator, settings.noise)
-    timesteps = sample_timesteps(latents.shape[0], num_t, generator, settings.noise.min_timestep,
-                                 settings.noise.max_timestep)
-    noisy = scheduler.add_noise(latents, input_noise(noise, generator, settings.noise), timesteps.to(latents.device))
-    hidden = encode_captions(model, batch["captions"], settings, train_text_encoder)
-    unet_dtype = model.unet.dtype
-    prediction = model.unet(noisy.to(unet_dtype), timesteps.to(latents.device), hidden.to(unet_dtype)).sample
-    target = scheduler.get_velocity(latents, noise, timesteps.to(latents.device)) if settings.v_prediction else noise
-    huber_c = None
-    if settings.loss.loss_type in ("huber", "smooth_l1"):
-        huber_c = huber_c_per_sample(timesteps, settings.loss, scheduler.alphas_cumprod, num_t)
+    timesteps = objective.sample_timesteps(latents.shape[0], generator, settings.noise)
+    noisy = objective.noisy_input(latents, input_noise(noise, generator, settings.noise), timesteps)
+    cond = encode_captions(model, batch["captions"], settings, train_text_encoder)
+    prediction = model.adapter.predict(model, noisy, timesteps.to(latents.device), cond, batch)
+    target = objective.target(latents, noise, timesteps)
+    huber_c = objective.huber_c(timesteps, settings.loss)
     loss = per_sample_loss(prediction, target, settings.loss.loss_type, huber_c, batch.get("loss_masks"))
-    weights = batch["loss_weights"].to(torch.float32)
-    weights = weights * loss_weights(snr(scheduler.alphas_cumprod, timesteps), settings.loss, settings.v_prediction)
+    weights = batch["loss_weights"].to(torch.float32) * objective.loss_weights(timesteps, settings.loss)
     return (loss * weights.to(loss.device)).mean()

@@ -50,6 +50,10 @@ class BaseTarget:
 
     float32_components: tuple[str, ...] = ()
 
+    def on_model_loaded(self, model, config) -> None:
+        """Called once the base model is loaded, before it is placed (its family is known from here on)."""
+        return None
+
     def on_step_end(self, global_step: int) -> None:
         return None
 

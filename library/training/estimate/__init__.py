@@ -154,6 +154,7 @@ def estimate_run(config, target, device: DeviceInfo | None = None, measure_speed
     length = run_length(config.max_train_steps, config.max_train_epochs, steps_per_epoch)
     batch_size, (width, height) = largest_batch(dataset)
     model = load_model(config)
+    target.on_model_loaded(model, config)
     dtype = compute_dtype(config.mixed_precision, device.type)
     place_model(model, torch.device("meta"), config, target.trains_text_encoder, target.float32_components, dtype)
     target.attach(model, config)
@@ -192,8 +193,10 @@ def _optimizer_name(config) -> str:
 
 def _resident_lines(model, trained: list, trained_ids: set, config) -> list[MemoryLine]:
     lines = []
-    for name, label in (("unet", "UNet"), ("text_encoder", "text encoder"), ("vae", "VAE")):
-        module = getattr(model, name)
+    labels = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder", "text_encoder_1": "text encoder 1",
+              "text_encoder_2": "text encoder 2"}
+    for name in ("unet", *model.text_parts, "vae"):
+        module, label = model.parts[name], labels.get(name, name)
         frozen = [t for t in [*module.parameters(), *module.buffers()] if id(t) not in trained_ids]
         if any(isinstance(t, torch.nn.Parameter) for t in frozen):  # not only buffers (position ids)
             dtypes = sorted({str(t.dtype)[6:] for t in frozen})
@@ -236,8 +239,11 @@ def _trace_step(model, target, config, trained: list, dtype: torch.dtype, batch_
         for module in target.modules():
             module.to(dtype=dtype)
     meta = torch.device("meta")
-    batch = {"latents": torch.empty(batch_size, 4, height // 8, width // 8, device=meta),
-             "captions": [LONG_CAPTION] * batch_size, "loss_weights": torch.ones(batch_size)}
+    channels = model.vae.config.latent_channels
+    batch = {"latents": torch.empty(batch_size, channels, height // 8, width // 8, device=meta),
+             "captions": [LONG_CAPTION] * batch_size, "loss_weights": torch.ones(batch_size),
+             "original_sizes_hw": [(height, width)] * batch_size, "crop_top_lefts": [(0, 0)] * batch_size,
+             "target_sizes_hw": [(height, width)] * batch_size}
     settings = StepSettings.from_config(config, model)
     real_scheduler = model.noise_scheduler
     model.noise_scheduler = _MetaNoiseScheduler(real_scheduler)

@@ -38,19 +38,13 @@ def png_parameters(p: SamplePrompt, sampler: str, seed: int, width: int, height:
 
 
 def _pipeline(model, scheduler):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    pipe = model.adapter.pipeline(model, scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def _embeds(model, text: str, settings: SampleSettings) -> torch.Tensor:
-    ids = model.tokenize([text], settings.max_token_length).to(model.text_encoder.device)
-    return model.encode_tokens(ids, settings.clip_skip).to(model.unet.dtype)
+def _conditioning(model, text: str, settings: SampleSettings):
+    return model.encode_prompt([text], settings.clip_skip, settings.max_token_length).to(model.unet.dtype)
 
 
 @torch.no_grad()
@@ -69,9 +63,10 @@ def generate_samples(model, prompts: list[SamplePrompt], settings: SampleSetting
         pipe = _pipeline(model, make_sampler(sampler_name, model.noise_scheduler.config))
         seed = p.seed if p.seed is not None else settings.seed + i
         width, height = p.width or settings.width, p.height or settings.height
+        inputs = model.adapter.pipeline_inputs(_conditioning(model, p.prompt, settings),
+                                               _conditioning(model, p.negative_prompt, settings))
         image = pipe(
-            prompt_embeds=_embeds(model, p.prompt, settings),
-            negative_prompt_embeds=_embeds(model, p.negative_prompt, settings),
+            **inputs,
             width=width, height=height, num_inference_steps=p.steps, guidance_scale=p.scale,
             generator=torch.Generator().manual_seed(seed), output_type="pil",
         ).images[0]

@@ -1,0 +1,231 @@
+"""The model-family seam: what differs between SD1, SD2, SDXL (and FLUX later), behind one interface.
+
+A family is one :class:`ModelFamily` subclass in its own module (``sd.py``, ``sdxl.py``) registered in
+:data:`MODEL_FAMILIES`. The trainer, its targets, the network layer and the tools ask the family for
+its named parts, how to detect and load a model, how to turn captions into a :class:`Conditioning`, how
+to call the denoiser, how to sample, save and name LoRA keys, and which metadata to write. Nothing
+outside the family modules compares a family's name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from library.errors import ConfigError
+from library.util.registry import Registry
+
+#: the part names a UNet family always has besides its text encoders
+UNET_PART = "unet"
+VAE_PART = "vae"
+
+
+@dataclass
+class Conditioning:
+    """What a family's text encoders give the denoiser for a batch of captions.
+
+    ``hidden`` (B, L, D): the cross-attention states (SDXL: both encoders' states concatenated on D);
+    ``pooled`` (B, P) or None: the pooled/projected output some families also condition on (SDXL's
+    second encoder).
+    """
+
+    hidden: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def to(self, dtype: torch.dtype) -> Conditioning:
+        pooled = None if self.pooled is None else self.pooled.to(dtype)
+        return Conditioning(self.hidden.to(dtype), pooled)
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a family's denoiser is numbered for block weights (sd-scripts' and the webui's numbering).
+
+    ``names``: one label per block (``IN00`` … ``M00`` … ``OUT11``); ``index_of(lora_name)``: the block
+    of a UNet module's LoRA name, or None outside the numbered blocks; ``per_path``: blocks on one side
+    of the middle (12 for SD1/SD2, 9 for SDXL); ``mid_count``: middle blocks (1; SDXL 3); ``leading``:
+    blocks before the down path that lr weights do not address (SDXL's BASE: the time/label embedding).
+    """
+
+    names: tuple[str, ...]
+    per_path: int
+    index_of: Callable[[str], int | None]
+    mid_count: int = 1
+    leading: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.names)
+
+
+class ModelFamily:
+    """One model family. Subclasses set the class data and implement the hooks.
+
+    Class data:
+        name: "sd1", "sd2", "sdxl", …
+        text_parts: the text encoders' part names in key / parameter-group order.
+        lora_prefixes: part -> LoRA key prefix (``lora_unet``, ``lora_te`` or ``lora_te1``/``lora_te2``).
+        base_model_version: sd-scripts' ``ss_base_model_version``.
+        default_resolution: the training resolution a run uses when none is given.
+        latent_cache_suffix: sd-scripts' latent cache file suffix (``sd`` / ``sdxl``).
+        v2: the ``ss_v2`` value sd-scripts writes for the family.
+    """
+
+    name: str = ""
+    text_parts: tuple[str, ...] = ()
+    lora_prefixes: Mapping[str, str] = {}
+    base_model_version: str = ""
+    default_resolution: int = 512
+    latent_cache_suffix: str = "sd"
+    v2: bool = False
+    description: str = ""
+    #: whether train_db.py trains the text encoder(s) when train_text_encoder is not set
+    trains_text_encoder_by_default: bool = True
+    #: how this family's LoRA files name UNet modules (``lora_unet_`` + one of these)
+    lora_unet_markers: tuple[str, ...] = ()
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Every named module part: text encoders, the denoiser, the VAE."""
+        return (*self.text_parts, UNET_PART, VAE_PART)
+
+    @property
+    def trainable_parts(self) -> tuple[str, ...]:
+        """Parts a network or a fine-tune can train, in key order (text encoders first, as sd-scripts)."""
+        return (*self.text_parts, UNET_PART)
+
+    def lora_layout(self) -> tuple:
+        """What tells this family's LoRA files apart: the key prefixes and the UNet naming."""
+        return tuple(sorted(self.lora_prefixes.values())), self.lora_unet_markers
+
+    def matches_lora_names(self, names) -> bool:
+        """Whether LoRA module names (``lora_te1_…``, ``lora_unet_input_blocks_…``) are in this family's layout."""
+        text = tuple(f"{prefix}_" for part, prefix in self.lora_prefixes.items() if part != UNET_PART)
+        unet = tuple(f"{self.lora_prefixes[UNET_PART]}_{marker}" for marker in self.lora_unet_markers)
+        return any(name.startswith(text) or (unet and name.startswith(unet)) for name in names)
+
+    # --- detection and loading ------------------------------------------------------------------------
+    def detects_diffusers(self, model_index: dict) -> bool:
+        """Whether a diffusers folder's ``model_index.json`` (parsed) is this family's."""
+        raise NotImplementedError
+
+    def detects_single_file(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
+        """Whether a single file's keys are in this family's original layout."""
+        raise NotImplementedError
+
+    def load_diffusers(self, source: str, local: bool) -> dict:
+        """{part: module} plus {"tokenizers": {text part: tokenizer}} from a diffusers folder or hub id."""
+        raise NotImplementedError
+
+    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str) -> dict:
+        """{part: module} plus {"tokenizers": …} from a single file in the family's original layout."""
+        raise NotImplementedError
+
+    def unet_key_path(self, unet: torch.nn.Module) -> Callable[[str], str]:
+        """Module path in the denoiser -> the path LoRA keys are named by (identity for diffusers names)."""
+        return lambda path: path
+
+    # --- text -----------------------------------------------------------------------------------------
+    def tokenize(self, model, captions: list[str], max_token_length: int | None,
+                 pad: bool = True) -> dict[str, torch.Tensor]:
+        """Token ids per text part, LongTensor (B, n_chunks * 77) each."""
+        raise NotImplementedError
+
+    def encode(self, model, tokens: dict[str, torch.Tensor], clip_skip: int | None) -> Conditioning:
+        """The conditioning of tokens from :meth:`tokenize`."""
+        raise NotImplementedError
+
+    # --- the denoiser ---------------------------------------------------------------------------------
+    def predict(self, model, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
+                batch: dict) -> torch.Tensor:
+        """The denoiser's output (B, C, h, w) for noisy latents; ``batch`` carries per-sample extras
+        (SDXL: the size and crop fields)."""
+        raise NotImplementedError
+
+    def objective(self, model):
+        """The training objective of this family's models (DDPM ε / v for the UNet families)."""
+        from library.training.objective import DDPMObjective
+
+        return DDPMObjective(model.noise_scheduler, model.v_parameterization)
+
+    # --- sampling and saving --------------------------------------------------------------------------
+    def pipeline(self, model, scheduler):
+        """A diffusers pipeline over the model's own modules (no copies) for sample images."""
+        raise NotImplementedError
+
+    def pipeline_inputs(self, positive: Conditioning, negative: Conditioning) -> dict:
+        """Keyword arguments that hand precomputed conditionings to :meth:`pipeline`'s ``__call__``."""
+        raise NotImplementedError
+
+    def save_single_file(self, model, path: str | os.PathLike, dtype: torch.dtype | None,
+                         metadata: dict[str, str] | None) -> Path:
+        """One file in the family's original layout (atomic)."""
+        raise NotImplementedError
+
+    def diffusers_pipeline(self, modules: dict, tokenizers: dict, scheduler):
+        """A diffusers pipeline object over ``modules`` for ``save_pretrained``."""
+        raise NotImplementedError
+
+    # --- metadata and layout --------------------------------------------------------------------------
+    def architecture(self, v_prediction: bool) -> str:
+        """``modelspec.architecture`` of a checkpoint of this family (add ``/lora`` for a LoRA)."""
+        raise NotImplementedError
+
+    @property
+    def block_layout(self) -> BlockLayout:
+        raise NotImplementedError
+
+
+MODEL_FAMILIES = Registry("model family")
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    MODEL_FAMILIES.register(family.name, description=family.description)(family)
+    return family
+
+
+def _load_family_modules() -> None:
+    # imported here: the family modules import this one for the base class
+    from library.models import sd, sdxl  # noqa: F401
+
+
+def get_model_family(name: str) -> ModelFamily:
+    """The registered family ``name``; unknown -> ConfigError listing the known ones."""
+    _load_family_modules()
+    entry = MODEL_FAMILIES.find(name)
+    if entry is None:
+        raise ConfigError(f"Unknown model family: {MODEL_FAMILIES.unknown_message(name)}")
+    return entry.factory
+
+
+def all_families() -> list[ModelFamily]:
+    _load_family_modules()
+    return [MODEL_FAMILIES.find(n).factory for n in MODEL_FAMILIES.names()]
+
+
+def family_of_diffusers(model_index: dict) -> ModelFamily | None:
+    """The family whose detection accepts a diffusers folder's model_index.json, or None."""
+    for family in all_families():
+        if family.detects_diffusers(model_index):
+            return family
+    return None
+
+
+def family_of_single_file(state_dict: Mapping[str, torch.Tensor]) -> ModelFamily | None:
+    """The family whose original layout a single file's keys are in, or None."""
+    for family in all_families():
+        if family.detects_single_file(state_dict):
+            return family
+    return None
+
+
+def family_of_lora_names(names) -> ModelFamily | None:
+    """The first family whose LoRA key layout the module names are in (SD1 and SD2 share one), or None."""
+    for family in all_families():
+        if family.matches_lora_names(names):
+            return family
+    return None
