@@ -27,6 +27,16 @@ def tiny_model_files(tmp_path_factory):
     }
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_files(tmp_path_factory):
+    """{"folder": Path, "single": Path}: the tiny SDXL model (seed 0) as a diffusers folder and as an SGM
+    single file, written once per session."""
+    from library.models.tiny_sdxl import save_tiny_sdxl_diffusers, save_tiny_sdxl_single_file
+
+    root = tmp_path_factory.mktemp("tiny_sdxl")
+    return {"folder": save_tiny_sdxl_diffusers(root / "sdxl"), "single": save_tiny_sdxl_single_file(root / "sdxl.safetensors")}
+
+
 def draw_picture(path: Path, size: tuple[int, int], color: tuple[int, int, int], seed: int) -> None:
     """A simple picture: a coloured disc on a shaded background (deterministic from ``seed``)."""
     w, h = size

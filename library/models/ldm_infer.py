@@ -1,4 +1,4 @@
-"""Infer diffusers configs from the tensor shapes and key counts of a foreign LDM single file.
+"""Infer diffusers configs from the tensor shapes and key counts of a foreign LDM / SGM single file.
 
 Input state dicts here have their ``model.diffusion_model.`` / ``first_stage_model.`` prefix
 already removed. What shapes cannot tell (norm groups, sample size) takes SD's values.
@@ -11,6 +11,7 @@ import re
 import torch
 
 from library.errors import ModelLoadError
+from library.models.families import heads_dim64
 
 
 def _indices(state: dict[str, torch.Tensor], pattern: str) -> list[int]:
@@ -86,3 +87,50 @@ def infer_vae_config(state: dict[str, torch.Tensor], sample_size: int = 512) -> 
         "use_quant_conv": "quant_conv.weight" in state,
         "use_post_quant_conv": "post_quant_conv.weight" in state,
     }
+
+
+#: SDXL's size-conditioning embedding: 6 numbers (original size, crop top-left, target size), each
+#: embedded with ``addition_time_embed_dim`` sinusoids; SDXL base uses 256.
+SDXL_TIME_IDS = 6
+SDXL_TIME_EMBED_DIM = 256
+
+
+def infer_sdxl_unet_config(
+    state: dict[str, torch.Tensor], pooled_dim: int | None = None, sample_size: int = 128
+) -> dict:
+    """UNet2DConditionModel config of an SDXL UNet from SGM ``model.diffusion_model.*`` keys (prefix stripped).
+
+    On top of :func:`infer_unet_config` (64 channels per head, at least 1): the transformer depth of
+    each level from the ``input_blocks.{i}.1.transformer_blocks.N`` numbering of its first block (1
+    for levels without attention, as diffusers' SDXL config writes), and the ``text_time`` addition
+    embedding. ``label_emb.0.0.weight`` is (time_embed_dim, 6 * addition_time_embed_dim + pooled_dim);
+    ``pooled_dim`` is the second text encoder's projection_dim. Without it SDXL's 256 is assumed.
+    """
+    if "label_emb.0.0.weight" not in state:
+        raise ModelLoadError(
+            "the UNet has no label_emb.0.0 (size/pooled-text embedding) weight: not an SDXL UNet"
+        )
+    config = infer_unet_config(state, heads_dim64, sample_size)
+    layers = config["layers_per_block"]
+    depths = []
+    for level, block_type in enumerate(config["down_block_types"]):
+        first = 1 + level * (layers + 1)
+        blocks = _indices(state, rf"^input_blocks\.{first}\.1\.transformer_blocks\.(\d+)\.")
+        depths.append(len(blocks) if "CrossAttn" in block_type else 1)
+    add_in = int(state["label_emb.0.0.weight"].shape[1])
+    if pooled_dim is None:
+        time_dim = SDXL_TIME_EMBED_DIM
+    else:
+        time_dim, rest = divmod(add_in - pooled_dim, SDXL_TIME_IDS)
+        if rest or time_dim <= 0:
+            raise ModelLoadError(
+                f"the UNet's label_emb.0.0 takes {add_in} inputs, which is not 6 * n + {pooled_dim} "
+                "(the second text encoder's projection): the UNet and text encoder do not belong together"
+            )
+    config.update(
+        transformer_layers_per_block=depths,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=add_in,
+    )
+    return config
