@@ -1,4 +1,4 @@
-"""DreamBooth: fine-tune the whole UNet (and the text encoder) of Stable Diffusion 1.x/2.x.
+"""DreamBooth: fine-tune the whole UNet (and the text encoder) of SD 1.x, 2.x or SDXL (detected from the model).
 
 Options: --help; configs: --config_file. Writes a single-file checkpoint or a diffusers folder.
 """

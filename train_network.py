@@ -1,4 +1,5 @@
-"""Train a LoRA (or LoCon) network for Stable Diffusion 1.x/2.x. Options: --help; configs: --config_file."""
+"""Train a LoRA (LoCon, LyCORIS) network for SD 1.x, 2.x and SDXL (detected from the model). Options: --help;
+configs: --config_file."""
 
 import sys
 

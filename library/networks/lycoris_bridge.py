@@ -162,19 +162,24 @@ def _targetable_children(module: nn.Module, path: str) -> set[str]:
 
 
 def _deduplicated(preset: dict, unet: nn.Module) -> dict:
-    """``preset`` without the UNet classes whose Linear/Conv children are all listed by path already."""
+    """``preset`` without targets LyCORIS would create twice: a UNet class whose Linear/Conv children are all
+    listed by path is dropped; paths inside a class that stays targeted (SDXL's ``add_embedding`` keeps
+    ``TimestepEmbedding``) are dropped from the path list instead."""
     classes = list(preset.get("unet_target_module", []))
-    names = set(preset.get("unet_target_name", []))
-    kept = []
+    names = list(preset.get("unet_target_name", []))
+    kept, covered = [], set()
     for cls in classes:
         instances = [(path, m) for path, m in unet.named_modules() if type(m).__name__ == cls]
-        covered = instances and all(_targetable_children(m, path) <= names for path, m in instances)
-        if not covered:
+        children = set().union(*(_targetable_children(m, path) for path, m in instances)) if instances else set()
+        if not (instances and children <= set(names)):
             kept.append(cls)
-    if kept == classes:
+            covered |= children
+    kept_names = [n for n in names if n not in covered]
+    if kept == classes and kept_names == names:
         return preset
-    logger.info("LyCORIS preset: %s targeted by path already", ", ".join(sorted(set(classes) - set(kept))))
-    return {**preset, "unet_target_module": kept}
+    logger.info("LyCORIS preset: %s targeted by path and by class; each is kept once",
+                ", ".join(sorted(set(classes) - set(kept)) or sorted(set(names) - set(kept_names))))
+    return {**preset, "unet_target_module": kept, "unet_target_name": kept_names}
 
 
 def _preset_key(preset: str | None, unet: nn.Module) -> str:

@@ -36,6 +36,7 @@ from library.training.setup import (
     run_length,
     shard_plan,
     step_seed,
+    with_family_defaults,
 )
 from library.training.step import StepSettings, diffusion_loss
 from library.training.validation import Validator
@@ -122,7 +123,7 @@ def run_training(config, target) -> Path | None:
     if not accelerator.is_main_process:
         logging.getLogger("library").setLevel(logging.WARNING)  # one copy of the run's messages
     seed = resolve_seed(config.seed)
-    config = config.replace(seed=seed)
+    config = with_family_defaults(config).replace(seed=seed)
     dataset, validation_set = build_datasets(config)
     steps_per_epoch = dataset.steps_per_epoch(accelerator.num_processes, config.gradient_accumulation_steps)
     length = run_length(config.max_train_steps, config.max_train_epochs, steps_per_epoch)
@@ -146,6 +147,8 @@ def run_training(config, target) -> Path | None:
                     cache_latents(data, lambda px: model.encode_images(px.to(accelerator.device)).cpu(),
                                   to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size,
                                   suffix=model.adapter.latent_cache_suffix)
+    if config.cache_text_encoder_outputs or config.cache_text_encoder_outputs_to_disk:
+        _cache_text(model, config, target, dataset, validation_set)
     target.attach(model, config)
     optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
                                                       config.use_lion_optimizer)
@@ -197,6 +200,19 @@ def run_training(config, target) -> Path | None:
     final = loop.run()
     accelerator.end_training()
     return final
+
+
+def _cache_text(model, config, target, dataset, validation_set) -> None:
+    from library.training.text_cache import cache_text_encoder_outputs
+
+    if target.trains_text_encoder:
+        raise UserError(
+            "cache_text_encoder_outputs needs frozen text encoders, but this run trains them: set "
+            "network_train_unet_only = true (LoRA) or train_text_encoder = false (fine-tune), or turn the cache off."
+        )
+    cache_text_encoder_outputs(model, [dataset, validation_set], clip_skip=config.clip_skip,
+                               max_token_length=config.max_token_length,
+                               to_disk=config.cache_text_encoder_outputs_to_disk)
 
 
 def init_trackers(accelerator, config) -> None:

@@ -9,9 +9,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+logger = logging.getLogger(__name__)
 
 @dataclass
 class RunLength:
@@ -53,6 +57,24 @@ def _distributed_without_gpu() -> bool:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return world > 1 and not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+def with_family_defaults(config):
+    """The config with the base model's family defaults for options the user did not set (SDXL: resolution
+    1024), when the family can be told without loading the model."""
+    from library.models.family import get_model_family
+    from library.models.loading import peek_family
+
+    if "resolution" in config.explicit or not config.pretrained_model_name_or_path:
+        return config
+    name = peek_family(str(config.pretrained_model_name_or_path))
+    if name is None:
+        return config
+    size = get_model_family(name).default_resolution
+    if tuple(config.resolution) == (size, size):
+        return config
+    logger.info("resolution %dx%d: the %s default (resolution was not set)", size, size, name)
+    return config.replace(resolution=(size, size))
 
 
 def load_model(config):

@@ -145,9 +145,16 @@ def estimate_run(config, target, device: DeviceInfo | None = None, measure_speed
     dataset is scanned for the run length and the largest batch. Nothing is trained or written.
     """
     from library.training.data_setup import build_dataset
-    from library.training.setup import compute_dtype, load_model, place_model, resolve_seed, run_length
+    from library.training.setup import (
+        compute_dtype,
+        load_model,
+        place_model,
+        resolve_seed,
+        run_length,
+        with_family_defaults,
+    )
 
-    config = config.replace(seed=resolve_seed(config.seed))  # a network's initial weights need one
+    config = with_family_defaults(config).replace(seed=resolve_seed(config.seed))  # initial weights need a seed
     device = device or training_device()
     dataset = build_dataset(config)
     steps_per_epoch = dataset.steps_per_epoch(1, config.gradient_accumulation_steps)
