@@ -65,8 +65,17 @@ def run_guarded(body: Callable[[], int | None], log_level: str = "INFO") -> int:
         return 130
 
 
-def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None = None) -> int:
-    """Parse the command line for ``trainer`` ("network"/"db"), then train. Returns the exit code."""
+def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None = None,
+                family: str | None = None) -> int:
+    """Parse the command line for ``trainer`` ("network"/"db"), then train. Returns the exit code.
+
+    ``family`` (sd-scripts' per-family entry names such as ``sdxl_train_network.py``): the run refuses a base
+    model of another family, as those scripts do.
+    """
+    if family is not None:
+        from library.training.target import require_family
+
+        make_target = require_family(make_target, family)
 
     def body() -> int:
         from library.config.load import parse_config

@@ -70,3 +70,30 @@ class BaseTarget:
 
     def after_sampling(self) -> None:
         return None
+
+
+def require_family(make_target, family_name: str):
+    """A target factory whose targets refuse a base model of another family than ``family_name`` (a clear
+    error naming both), for sd-scripts' per-family scripts (``sdxl_train_network.py``, ``sdxl_train.py``)."""
+    from library.errors import ModelLoadError
+    from library.models.family import get_model_family
+
+    expected = get_model_family(family_name)
+
+    def make(config):
+        target = make_target(config)
+        loaded = target.on_model_loaded
+
+        def on_model_loaded(model, config_) -> None:
+            if model.adapter is not expected:
+                raise ModelLoadError(
+                    f"{model.name} is a {model.adapter.description} model ({model.family}), but this script "
+                    f"trains {expected.description} ({expected.name}) models. Give an {expected.name} base "
+                    "model, or run train_network.py / train_db.py, which take every family."
+                )
+            loaded(model, config_)
+
+        target.on_model_loaded = on_model_loaded
+        return target
+
+    return make
