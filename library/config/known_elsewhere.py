@@ -14,7 +14,7 @@ SD_SCRIPTS_NAMES = frozenset(
     noise_offset_random_strength adaptive_noise_scale multires_noise_iterations multires_noise_discount
     ip_noise_gamma ip_noise_gamma_random_strength zero_terminal_snr min_timestep max_timestep
     scale_v_pred_loss_like_noise_pred debiased_estimation_loss loss_type huber_schedule
-    huber_c huber_scale use_lion_optimizer fused_backward_pass lr_scheduler_type lr_scheduler_args
+    huber_c huber_scale use_lion_optimizer lr_scheduler_type lr_scheduler_args
     lr_decay_steps lr_scheduler_timescale lr_scheduler_min_lr_ratio save_n_epoch_ratio
     save_last_n_epochs_state save_last_n_steps_state save_state save_state_on_train_end resume
     initial_epoch initial_step skip_until_initial_step huggingface_repo_id huggingface_repo_type

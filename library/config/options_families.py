@@ -56,4 +56,14 @@ OPTIONS = [
         min=0.0,
         trainers=DB,
     ),
+    Option(
+        "fused_backward_pass",
+        "bool",
+        False,
+        "Update each weight as soon as its gradient is ready and free the gradient (with AdaFactor): a full "
+        "fine-tune then never holds all gradients, sd-scripts' way to fit SDXL in 24 GB. Needs "
+        "gradient_accumulation_steps = 1; max_grad_norm clips each gradient on its own.",
+        "training",
+        trainers=DB,
+    ),
 ]

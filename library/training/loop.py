@@ -168,6 +168,12 @@ def run_training(config, target) -> Path | None:
             return diffusion_loss(model, batch, step_settings, generator, target.trains_text_encoder)
 
     train_step, optimizer = accelerator.prepare(TrainStep(target.modules(), compute), optimizer)
+    fused = getattr(config, "fused_backward_pass", False)  # a train_db.py option
+    if fused:
+        from library.training.fused_backward import check_fused_backward, install_fused_backward
+
+        check_fused_backward(config, optimizer_name, accelerator.num_processes)
+        install_fused_backward(optim_lib.unwrap_optimizer(optimizer), config.max_grad_norm)
     accelerator.register_for_checkpointing(scheduler)
     target.set_modules(list(accelerator.unwrap_model(train_step).trainable))
     target.on_prepared(accelerator)
@@ -194,6 +200,7 @@ def run_training(config, target) -> Path | None:
         accelerator.register_for_checkpointing(average)
     loop = TrainLoop(config, target, model, dataset, accelerator, train_step, optimizer, scheduler, length, facts,
                      validator, compute, average)
+    loop.fused_backward = fused
     if config.resume:
         loop.position = state.load_state(accelerator, config.resume, accelerator.unwrap_model(train_step))
         target.on_step_end(loop.position.step)  # e.g. a text encoder whose training ended before the state
@@ -248,6 +255,8 @@ class TrainLoop:
         self._last_validation: tuple[int, float] | None = None
         #: the moving average of the weights (ema_decay), or None
         self.average = average
+        #: fused_backward_pass: backward steps each weight itself
+        self.fused_backward = False
         if average is not None:
             self.saver.file_weights = average.in_place
 
@@ -301,10 +310,11 @@ class TrainLoop:
         for local_index, (global_index, batch) in enumerate(loader, start=done_before):
             with acc.accumulate(self.train_step):
                 loss = self.train_step(batch, torch.Generator().manual_seed(step_seed(self.seed, epoch, global_index)))
-                acc.backward(loss)
-                if acc.sync_gradients and self.config.max_grad_norm:
+                acc.backward(loss)  # with fused_backward_pass the weights are updated during backward
+                if acc.sync_gradients and self.config.max_grad_norm and not self.fused_backward:
                     acc.clip_grad_norm_(self.train_step.parameters(), self.config.max_grad_norm)
-                self.optimizer.step()
+                if not self.fused_backward:
+                    self.optimizer.step()
                 if acc.sync_gradients and not acc.optimizer_step_was_skipped:
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
