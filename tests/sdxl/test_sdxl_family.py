@@ -162,3 +162,17 @@ def test_sdxl_single_file_missing_a_part(tmp_path, sdxl):
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     with pytest.raises(ModelLoadError, match="conditioner.embedders.1"):
         load_base_model(str(path))
+
+
+def test_estimate_for_sdxl(tiny_dataset, tmp_path):
+    from library.training.estimate import estimate_run
+    from library.training.lora_target import LoRATarget
+
+    config = config_from_values({"pretrained_model_name_or_path": "builtin:tiny-sdxl", "network_dim": 4,
+                                 "train_data_dir": str(tiny_dataset / "train"), "output_dir": str(tmp_path)},
+                                "network")
+    estimate = estimate_run(config, LoRATarget(config), measure_speed=False)
+    labels = [line.label for line in estimate.resident]
+    assert "text encoder 1 weights (frozen)" in labels and "text encoder 2 weights (frozen)" in labels
+    assert "1024x1024" in estimate.step[0].detail  # the SDXL default resolution
+    assert estimate.peak_bytes > 0
