@@ -119,7 +119,8 @@ def check_rules(config, schema: Schema) -> None:
         logger.warning("zero_terminal_snr is meant for v-prediction models; with ε-prediction the last step "
                        "cannot be learnt")
     if config.v_parameterization and not config.v2:
-        logger.warning("v_parameterization is set without v2: only SD 2.x 768-v models predict v")
+        logger.warning("v_parameterization is set without v2: right for v-prediction SDXL bases (e.g. NoobAI-XL "
+                       "v-pred), wrong for SD 1.x models, which predict ε")
 
 
 def _part_lrs(config) -> dict[str, float]:

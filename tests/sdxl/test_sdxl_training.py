@@ -104,3 +104,20 @@ def test_alias_scripts_exist_and_share_the_trainers():
     root = Path(__file__).resolve().parents[2]
     assert "LoRATarget" in (root / "sdxl_train_network.py").read_text()
     assert "DreamBoothTarget" in (root / "sdxl_train.py").read_text()
+
+
+def test_v_prediction_sdxl_with_samples(tmp_path, tiny_dataset, tiny_sdxl_files):
+    """A v-prediction SDXL base (NoobAI-style): v target, zero terminal SNR, SDXL samples during training."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sks disc --w 64 --h 64 --s 2 --d 5\n", encoding="utf-8")
+    out = tmp_path / "out"
+    opts = sdxl_options(tiny_dataset, out, tiny_sdxl_files["single"], v_parameterization=True,
+                        zero_terminal_snr=True, sample_prompts=str(prompts), sample_every_n_steps=2)
+    assert train(tmp_path, opts) == 0
+    _, meta = read_lora(out / "lora.safetensors")
+    assert meta["modelspec.prediction_type"] == "v"
+    samples = sorted((out / "sample").glob("*.png"))
+    assert len(samples) == 2
+    from PIL import Image
+
+    assert Image.open(samples[0]).size == (64, 64)
