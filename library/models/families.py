@@ -1,8 +1,8 @@
-"""What differs between model families, in one place.
+"""Static facts of the SD1 and SD2 families (their LDM layout, tokenizer padding, attention heads).
 
-Each family is one :class:`FamilySpec` entry in :data:`FAMILIES`. Loading, conversion, tokenizing,
-text encoding and the tiny model read these fields instead of branching on the family name, so a
-new family (SDXL: two text encoders, size conditioning) is one more entry plus its own hooks.
+The SD family module (``sd.py``) wraps each :class:`FamilySpec` in a :class:`~library.models.family.ModelFamily`;
+the LDM converter and the tiny-model builder read these fields instead of branching on the family name.
+Other families (SDXL) keep their facts in their own module.
 """
 
 from __future__ import annotations
@@ -74,14 +74,6 @@ FAMILIES: dict[str, FamilySpec] = {
         modelspec_architecture="stable-diffusion-v2",
     ),
 }
-
-
-def family_from_text_act(hidden_act: str) -> str:
-    """Family of a diffusers folder from its text encoder's activation (quick_gelu SD1, gelu SD2)."""
-    for name, spec in FAMILIES.items():
-        if spec.text_hidden_act == hidden_act:
-            return name
-    return "sd1"
 
 
 def get_family(name: str) -> FamilySpec:

@@ -117,16 +117,14 @@ def _find_targets(
 
 
 def find_unet_targets(unet: nn.Module, include_conv_blocks: bool = False) -> list[Target]:
-    """UNet layers that get a LoRA; ``include_conv_blocks`` adds the ResNet/down/upsample blocks (LoCon)."""
-    blocks = UNET_TARGET_BLOCKS + (UNET_CONV_TARGET_BLOCKS if include_conv_blocks else ())
-    return _find_targets(unet, UNET_PREFIX, blocks)
+    """UNet layers that get a LoRA, named by diffusers paths; ``include_conv_blocks`` adds the ResNet/down/upsample
+    blocks (LoCon). A family that names its UNet otherwise goes through :func:`model_parts`."""
+    return NetworkPart("unet", UNET_PREFIX, unet, True).targets(include_conv_blocks)
 
 
 def find_text_encoder_targets(text_encoder: nn.Module, prefix: str = TE_PREFIX) -> list[Target]:
     """Text-encoder Linear layers (attention and MLP) that get a LoRA, named with the ``text_model_`` root."""
-    return _find_targets(
-        text_encoder, prefix, TE_TARGET_BLOCKS, lambda path: text_encoder_key_path(text_encoder, path)
-    )
+    return NetworkPart("text_encoder", prefix, text_encoder, False).targets()
 
 
 @dataclass(frozen=True)
