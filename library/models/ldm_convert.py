@@ -93,22 +93,23 @@ def _clean_config(config) -> dict:
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def _configs_from_metadata(metadata: dict[str, str]) -> dict | None:
+def configs_from_metadata(metadata: dict[str, str], keys: dict[str, str]) -> dict | None:
+    """The part configs our single files carry as JSON (``keys``: part -> metadata key), with the family;
+    None when the file has none (a foreign file: configs are inferred from the tensors)."""
     if not metadata or META_UNET not in metadata:
         return None
     try:
-        return {
-            "family": metadata[META_FAMILY],
-            "unet": json.loads(metadata[META_UNET]),
-            "vae": json.loads(metadata[META_VAE]),
-            "text_encoder": json.loads(metadata[META_TEXT]),
-            "inferred": False,
-        }
+        configs = {part: json.loads(metadata[key]) for part, key in keys.items()}
+        return {"family": metadata[META_FAMILY], **configs, "inferred": False}
     except (KeyError, json.JSONDecodeError) as error:
         raise ModelLoadError(
             f"The file's sdtrain.* metadata is incomplete or not valid JSON ({error}). Re-save the model "
             "or remove the sdtrain.* metadata keys so the configs are inferred from the tensors."
         ) from error
+
+
+def _configs_from_metadata(metadata: dict[str, str]) -> dict | None:
+    return configs_from_metadata(metadata, {"unet": META_UNET, "vae": META_VAE, "text_encoder": META_TEXT})
 
 
 def split_single_file(

@@ -20,12 +20,12 @@ import torch
 from library.errors import ModelLoadError
 from library.models import ldm_text
 from library.models.ldm_convert import (
-    META_FAMILY,
     META_TEXT,
     META_UNET,
     META_VAE,
     UNET_PREFIX,
     VAE_PREFIX,
+    configs_from_metadata,
     single_file_metadata,
     unet_from_ldm,
     unet_to_ldm,
@@ -33,8 +33,7 @@ from library.models.ldm_convert import (
     vae_to_ldm,
 )
 from library.models.ldm_infer import infer_sdxl_unet_config, infer_vae_config
-from library.models.single_file import _load_exact
-from library.util.atomic import atomic_path
+from library.models.single_file import _load_exact, write_checkpoint
 
 FAMILY = "sdxl"
 TEXT_1_PREFIX = "conditioner.embedders.0.transformer.text_model."
@@ -82,22 +81,8 @@ def _missing_error(part: str) -> ModelLoadError:
 
 
 def _configs_from_metadata(metadata: dict[str, str]) -> dict | None:
-    if not metadata or META_UNET not in metadata:
-        return None
-    try:
-        return {
-            "family": metadata[META_FAMILY],
-            "unet": json.loads(metadata[META_UNET]),
-            "vae": json.loads(metadata[META_VAE]),
-            "text_encoder_1": json.loads(metadata[META_TEXT]),
-            "text_encoder_2": json.loads(metadata[META_TEXT_2]),
-            "inferred": False,
-        }
-    except (KeyError, json.JSONDecodeError) as error:
-        raise ModelLoadError(
-            f"The file's sdtrain.* metadata is incomplete or not valid JSON ({error}). Re-save the model "
-            "or remove the sdtrain.* metadata keys so the configs are inferred from the tensors."
-        ) from error
+    return configs_from_metadata(metadata, {"unet": META_UNET, "vae": META_VAE, "text_encoder_1": META_TEXT,
+                                            "text_encoder_2": META_TEXT_2})
 
 
 def _infer_configs(ldm_parts: dict[str, dict], te1_sd: dict, te2_sd: dict) -> dict:
@@ -212,18 +197,5 @@ def save_sgm_single_file(
     ``.safetensors`` carries the ``sdtrain.*`` configs plus ``extra_metadata``; ``.ckpt``/``.pt``
     is a ``{"state_dict": ...}`` pickle of tensors only. ``dtype`` casts floating tensors.
     """
-    path = Path(path)
-    state = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous()
-        for k, v in to_sgm_single_file(modules).items()
-    }
-    with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import save_file
-
-            metadata = sgm_single_file_metadata(modules)
-            metadata.update(extra_metadata or {})
-            save_file(state, str(tmp), metadata=metadata)
-        else:
-            torch.save({"state_dict": state}, tmp)
-    return path
+    return write_checkpoint(path, to_sgm_single_file(modules), sgm_single_file_metadata(modules), extra_metadata,
+                            dtype)

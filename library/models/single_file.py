@@ -65,8 +65,15 @@ def save_single_file(
     ``.safetensors`` carries the ``sdtrain.*`` configs plus ``extra_metadata``; ``.ckpt``/``.pt``
     is a ``{"state_dict": ...}`` pickle of tensors only. ``dtype`` casts floating tensors.
     """
+    metadata = single_file_metadata(unet, vae, text_encoder, family)
+    return write_checkpoint(path, to_single_file(unet, vae, text_encoder, family), metadata, extra_metadata, dtype)
+
+
+def write_checkpoint(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str],
+                     extra_metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write a whole-model state dict atomically: ``.safetensors`` with ``metadata`` + ``extra_metadata``,
+    else a tensors-only ``{"state_dict": ...}`` pickle. ``dtype`` casts floating tensors."""
     path = Path(path)
-    state = to_single_file(unet, vae, text_encoder, family)
     state = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous()
         for k, v in state.items()
@@ -75,9 +82,7 @@ def save_single_file(
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
 
-            metadata = single_file_metadata(unet, vae, text_encoder, family)
-            metadata.update(extra_metadata or {})
-            save_file(state, str(tmp), metadata=metadata)
+            save_file(state, str(tmp), metadata={**metadata, **(extra_metadata or {})})
         else:
             torch.save({"state_dict": state}, tmp)
     return path
