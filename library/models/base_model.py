@@ -8,8 +8,8 @@ import torch
 
 from library.models import clip_text
 from library.models.clip_text import CHUNK_TOKENS  # noqa: F401  (re-exported: the chunk size)
-from library.models.family import Conditioning, ModelFamily, get_model_family
 from library.models.families import FamilySpec, get_family
+from library.models.family import Conditioning, ModelFamily, get_model_family
 
 
 @dataclass

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import logging
 
 import torch
 from accelerate import Accelerator
