@@ -26,6 +26,10 @@ RENAMES = {
     "v_param": "v_parameterization",
     "train_dir": "output_dir",
     "model_list": None,
+    "sdxl_cache_text_encoder_outputs": "cache_text_encoder_outputs",
+    "sdxl_no_half_vae": "no_half_vae",
+    # the family is detected from the model; the flag is checked against it (see _check_family)
+    "sdxl": None,
 }
 
 #: kohya_ss LoRA_type -> (network_module, extra network_args).
@@ -48,8 +52,6 @@ GUI_ONLY = {
     "additional_parameters",
     "save_as_bool",
     "LyCORIS_preset",
-    "sdxl_cache_text_encoder_outputs",
-    "sdxl_no_half_vae",
     "use_shell",
     "headless",
     "num_processes",
@@ -100,13 +102,14 @@ class KohyaImport:
 
     values: dict[str, Any] = field(default_factory=dict)
     unmapped: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def message(self) -> str:
         text = f"imported {len(self.values)} options from the kohya_ss config"
         if self.unmapped:
             names = ", ".join(sorted(self.unmapped))
             text += f"; {len(self.unmapped)} fields could not be mapped and were left out: {names}"
-        return text
+        return " ".join([text + ".", *self.notes]) if self.notes else text
 
 
 def _is_off(value: Any) -> bool:
@@ -153,7 +156,32 @@ def import_kohya(data: dict[str, Any], trainer: str = "network") -> KohyaImport:
             out.unmapped[key] = value
     if trainer == "network":
         _network(data, out)
+    _check_family(data, out)
     return out
+
+
+def _check_family(data: dict[str, Any], out: KohyaImport) -> None:
+    """kohya_ss's ``sdxl`` checkbox picks its SDXL scripts; ours detect the family from the model, so the
+    checkbox is only compared with what the model is (two text encoders or one) and a mismatch is noted."""
+    if "sdxl" not in data:
+        return
+    from library.gui.family_hint import family_hint
+
+    says_sdxl = not _is_off(data["sdxl"])
+    model = out.values.get("pretrained_model_name_or_path")
+    hint = family_hint(model)
+    if hint.family is None:
+        if says_sdxl:
+            out.notes.append(
+                f"Note: the kohya_ss config says sdxl = true; the model family is detected from "
+                f"pretrained_model_name_or_path when training starts ({hint.text or 'no model given'})."
+            )
+        return
+    if says_sdxl != hint.multi_text_encoder:
+        out.notes.append(
+            f"Warning: the kohya_ss config says sdxl = {str(says_sdxl).lower()}, but the model {model} is "
+            f"detected as {hint.text}; training uses the detected family."
+        )
 
 
 def import_kohya_file(path: str | Path, trainer: str = "network") -> KohyaImport:

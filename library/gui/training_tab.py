@@ -16,16 +16,25 @@ from library.config.options import SCHEMA
 from library.config.schema import Option
 from library.errors import UserError
 from library.gui import configs
-from library.gui.fields import common_and_advanced, field_spec, field_values, form_options, to_field
+from library.gui.family_hint import FamilyHint, family_hint, option_visibility
+from library.gui.fields import (
+    common_and_advanced,
+    field_spec,
+    field_values,
+    form_options,
+    from_field,
+    to_field,
+)
 from library.gui.jobs import JobRunner, RunView
 from library.gui.run_queue import TrainingQueue
 
 logger = logging.getLogger(__name__)
 
 TITLES = {"network": "LoRA", "db": "DreamBooth"}
+MODEL_OPTION = SCHEMA["pretrained_model_name_or_path"]
 
 
-def make_component(trainer: str, opt: Option) -> gr.components.Component:
+def make_component(trainer: str, opt: Option, visible: bool = True) -> gr.components.Component:
     """The gradio field for one option, entirely from its declaration."""
     spec = field_spec(opt)
     common = {
@@ -33,6 +42,7 @@ def make_component(trainer: str, opt: Option) -> gr.components.Component:
         "info": spec.info,
         "elem_id": f"{trainer}-{opt.name}",
         "value": to_field(opt, opt.default),
+        "visible": visible,
     }
     if spec.widget == "checkbox":
         return gr.Checkbox(**common)
@@ -226,20 +236,61 @@ def config_bar(form: TrainingForm, fields: list, message: gr.Markdown) -> None:
 
 
 def form_fields(trainer: str) -> list:
-    """All fields: the common options first (open), then "Advanced" with one accordion per schema group."""
+    """All fields: the common options first (open), then "Advanced" with one accordion per schema group.
+    The model field shows its detected family below it; family-only options show only for that family."""
     made: dict[str, Any] = {}
     common, advanced = common_and_advanced(trainer)
+    hint = family_hint(MODEL_OPTION.default)
+    shown = option_visibility(hint.family, [o.name for o in form_options(trainer)])
+    family_text = None
+
+    def add(opt: Option) -> None:
+        nonlocal family_text
+        made[opt.name] = make_component(trainer, opt, visible=shown.get(opt.name, True))
+        if opt.name == MODEL_OPTION.name:
+            family_text = gr.Markdown(family_markdown(hint), elem_id=f"{trainer}-model-family")
+
     with gr.Accordion("Common options", open=True):
         for opt in common:
-            made[opt.name] = make_component(trainer, opt)
+            add(opt)
     with gr.Accordion("Advanced", open=False):
         titles = {g.key: g for g in SCHEMA.groups}
         for key, opts in advanced.items():
             with gr.Accordion(titles[key].title, open=False):
                 gr.Markdown(titles[key].description)
                 for opt in opts:
-                    made[opt.name] = make_component(trainer, opt)
+                    add(opt)
+    if family_text is not None:
+        follow_model_family(made[MODEL_OPTION.name], family_text, {n: made[n] for n in shown})
     return [made[o.name] for o in form_options(trainer)]
+
+
+def family_markdown(hint: FamilyHint) -> str:
+    return f"Model family: {hint.text}" if hint.text else ""
+
+
+def family_updates(source: str | None, options: dict[str, Option], values: list) -> list:
+    """The family line and, per family-only option (``values``: their fields, in ``options`` order), its
+    visibility for the model ``source``."""
+    hint = family_hint(source)
+    changed = {
+        name: from_field(opt, value) not in (opt.default, None)
+        for (name, opt), value in zip(options.items(), values, strict=True)
+    }
+    shown = option_visibility(hint.family, list(options), [n for n, c in changed.items() if c])
+    return [family_markdown(hint), *[gr.update(visible=shown[n]) for n in options]]
+
+
+def follow_model_family(model: gr.components.Component, text: gr.Markdown, options: dict[str, Any]) -> None:
+    """Re-detect the family whenever the model field changes (typing, Load, preset, kohya_ss import)."""
+    opts = {name: SCHEMA[name] for name in options}
+    model.change(
+        lambda source, *values: family_updates(source, opts, list(values)),
+        [model, *options.values()],
+        [text, *options.values()],
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
 
 
 def run_panel(trainer: str) -> RunPanel:
