@@ -110,28 +110,17 @@ def _load_parts(source: str, allow_unsafe_pickle: bool) -> tuple[dict, str, str]
 
 
 def peek_family(source: str) -> str | None:
-    """The family of a base model without loading its weights: a built-in name, a diffusers folder's configs,
-    a ``.safetensors`` file's key names (header only). None when that cannot tell (``.ckpt``, hub ids, bad
-    paths): the family is then known once the model is loaded."""
-    from library.models.tiny import BUILTIN_NAMES
+    """The family name of a base model without loading its weights (see :mod:`library.models.peek`), or None
+    when that cannot tell (``.ckpt``, hub ids not in the cache, bad paths): the load then decides."""
+    from library.models.peek import UnknownFamily, detect_family
 
-    if source in BUILTIN_NAMES:
-        return BUILTIN_NAMES[source]
-    path = Path(source).expanduser()
     try:
-        if path.is_dir():
-            family = family_of_diffusers(diffusers_info(str(path), local=True))
-        elif path.is_file() and path.suffix.lower() == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                family = family_of_single_file(dict.fromkeys(handle.keys()))
-        else:
-            return None
+        return detect_family(source).name
+    except UnknownFamily:
+        return None
     except (OSError, ValueError, RuntimeError) as error:  # unreadable headers: the real load will say why
         logger.debug("could not peek at %s: %s", source, error)
         return None
-    return family.name if family is not None else None
 
 
 def diffusers_info(source: str, local: bool) -> dict:
