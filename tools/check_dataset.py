@@ -3,6 +3,7 @@ small pictures, buckets, steps per epoch and tag statistics. Exit 1 on errors, 0
 
 python tools/check_dataset.py TRAIN_DIR --reg_data_dir REG_DIR --resolution 512 --batch_size 2
 python tools/check_dataset.py my_dataset.toml --json
+python tools/check_dataset.py TRAIN_DIR --family sdxl --max_bucket_reso 2048   (SDXL: buckets at 1024)
 """
 
 from __future__ import annotations
@@ -17,11 +18,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from library.tools.dataset.cli_support import run_tool  # noqa: E402
 
 
+def _family_names() -> list[str]:
+    from library.models.family import all_families
+
+    return sorted(f.name for f in all_families())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", help="train_data_dir, an sd-scripts dataset TOML, or a training config TOML")
     p.add_argument("--reg_data_dir", help="regularisation folder (with a train_data_dir)")
-    p.add_argument("--resolution", type=int, help="override the resolution (default: config, else 512)")
+    p.add_argument(
+        "--resolution", type=int, help="override the resolution (default: config, else --family's, else 512)"
+    )
+    p.add_argument(
+        "--family",
+        choices=_family_names(),
+        help="model family the data is for: its default resolution (sdxl 1024) when --resolution is not given",
+    )
+    p.add_argument("--max_bucket_reso", type=int, help="override the largest bucket side (SDXL: 2048)")
     p.add_argument("--batch_size", type=int, help="override the batch size used for the steps per epoch")
     p.add_argument(
         "--max_phash_distance", type=int, default=8, help="near duplicates: pHash bits that may differ"
@@ -43,6 +58,8 @@ def body(args: argparse.Namespace) -> int:
     opts = CheckOptions(
         resolution=args.resolution,
         batch_size=args.batch_size,
+        family=args.family,
+        max_bucket_reso=args.max_bucket_reso,
         workers=args.max_data_loader_n_workers,
         max_phash=args.max_phash_distance,
         min_share=args.min_share,

@@ -2,6 +2,8 @@
 
 python tools/convert_model.py model.safetensors model_diffusers --precision fp16
 python tools/convert_model.py model.ckpt model-pruned.safetensors --prune --precision fp16
+SD1/SD2 single files are in the LDM layout, SDXL ones in Stability's SGM layout (both encoders); the
+family is detected from the layout, and single file -> diffusers -> single file is exact.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Write the built-in tiny Stable Diffusion model (random weights) as a diffusers folder and/or single file.
 
 python tools/make_tiny_model.py --out tiny_sd1 --single_file tiny_sd1.safetensors --family sd1
+python tools/make_tiny_model.py --out tiny_sdxl --single_file tiny_sdxl.safetensors --family sdxl
+SD1/SD2 single files are in the LDM layout, SDXL ones in Stability's SGM layout.
 """
 
 from __future__ import annotations
@@ -12,25 +14,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from library.errors import UserError  # noqa: E402
-from library.models.families import FAMILIES  # noqa: E402
+from library.models.tiny import TINY_BUILDERS  # noqa: E402
+
+
+def _writers(family: str):
+    """(write diffusers folder, write single file) of the tiny model of ``family``, each (path, seed) -> Path."""
+    from library.models import tiny, tiny_sdxl
+
+    special = {"sdxl": (tiny_sdxl.save_tiny_sdxl_diffusers, tiny_sdxl.save_tiny_sdxl_single_file)}
+    if family in special:
+        return special[family]
+    return (
+        lambda out, seed: tiny.save_tiny_diffusers(out, family, seed),
+        lambda path, seed: tiny.save_tiny_single_file(path, family, seed),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="diffusers folder to write")
-    parser.add_argument("--single_file", help="LDM-layout .safetensors (or .ckpt) file to write")
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="sd1")
+    parser.add_argument("--single_file", help="single .safetensors (or .ckpt) file to write")
+    parser.add_argument("--family", choices=sorted(TINY_BUILDERS), default="sd1")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.out and not args.single_file:
         parser.error("give --out and/or --single_file")
-    from library.models.tiny import save_tiny_diffusers, save_tiny_single_file
-
+    write_folder, write_file = _writers(args.family)
     try:
         if args.out:
-            print(f"wrote diffusers folder {save_tiny_diffusers(args.out, args.family, args.seed)}")
+            print(f"wrote diffusers folder {write_folder(args.out, args.seed)}")
         if args.single_file:
-            print(f"wrote single file {save_tiny_single_file(args.single_file, args.family, args.seed)}")
+            print(f"wrote single file {write_file(args.single_file, args.seed)}")
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

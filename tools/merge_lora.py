@@ -2,7 +2,8 @@
 
 python tools/merge_lora.py --sd_model base.safetensors --models a.safetensors b.safetensors --ratios 0.8 0.5 --save_to merged.safetensors
 python tools/merge_lora.py --models a.safetensors b.safetensors --ratios 1 0.5 --svd --new_rank 32 --save_to ab.safetensors
-LoHa / LoKr files merge into a checkpoint (--sd_model); --block_weights (25 values) works in both modes.
+LoHa / LoKr files merge into a checkpoint (--sd_model); --block_weights works in both modes (25 values for
+SD1/SD2, 23 for SDXL). SDXL: a single file in, an SGM single file (or a diffusers folder) out.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--block_weights",
-        help="25 comma-separated UNet block weights (IN00..OUT11) scaling each LoRA module by its block",
+        help="comma-separated UNet block weights scaling each LoRA module by its block: 25 for SD1/SD2 "
+        "(IN00..IN11,M00,OUT00..OUT11), 23 for SDXL (BASE,IN00..IN08,M00..M02,OUT00..OUT08,OUT)",
     )
     parser.add_argument("--concat", action="store_true", help="LoRA merge: concatenate ranks (the default)")
     parser.add_argument(

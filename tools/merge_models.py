@@ -27,10 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ratio", type=float, default=0.5, help="the multiplier M")
     parser.add_argument(
         "--block_weights",
-        help="25 comma-separated UNet block weights IN00..IN11,M00,OUT00..OUT11 "
-        "(replace M inside those blocks)",
+        help="comma-separated UNet block weights replacing M inside those blocks: 25 for SD1/SD2 "
+        "(IN00..IN11,M00,OUT00..OUT11), 23 for SDXL (BASE,IN00..IN08,M00..M02,OUT00..OUT08,OUT)",
     )
-    parser.add_argument("--text_encoder_ratio", type=float, help="M for the text encoder (default --ratio)")
+    parser.add_argument(
+        "--text_encoder_ratio", type=float, help="M for the text encoder(s) (default --ratio)"
+    )
     parser.add_argument(
         "--unet_only", action="store_true", help="merge only the UNet; text encoder and VAE from A"
     )

@@ -163,17 +163,17 @@ def _targetable_children(module: nn.Module, path: str) -> set[str]:
 
 def _deduplicated(preset: dict, unet: nn.Module) -> dict:
     """``preset`` without targets LyCORIS would create twice: a UNet class whose Linear/Conv children are all
-    listed by path is dropped; paths inside a class that stays targeted (SDXL's ``add_embedding`` keeps
-    ``TimestepEmbedding``) are dropped from the path list instead."""
+    listed by path is dropped; when the class stays targeted (SDXL's ``add_embedding`` keeps
+    ``TimestepEmbedding``), the paths of its instances that are listed in full are dropped instead."""
     classes = list(preset.get("unet_target_module", []))
     names = list(preset.get("unet_target_name", []))
     kept, covered = [], set()
     for cls in classes:
-        instances = [(path, m) for path, m in unet.named_modules() if type(m).__name__ == cls]
-        children = set().union(*(_targetable_children(m, path) for path, m in instances)) if instances else set()
-        if not (instances and children <= set(names)):
-            kept.append(cls)
-            covered |= children
+        children = [_targetable_children(m, path) for path, m in unet.named_modules() if type(m).__name__ == cls]
+        if children and all(c <= set(names) for c in children):
+            continue
+        kept.append(cls)
+        covered |= set().union(*(c for c in children if c <= set(names)))
     kept_names = [n for n in names if n not in covered]
     if kept == classes and kept_names == names:
         return preset

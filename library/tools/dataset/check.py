@@ -2,8 +2,11 @@
 
 Errors (exit 1): unreadable or truncated pictures, caption files that are not UTF-8, the same picture
 (exact or near copy) in both train and reg, no usable training picture. Warnings: missing or empty
-captions, pictures smaller than the resolution, duplicates within a set. Info: counts, steps per epoch
-(bucket-aware, as the trainer counts them), the bucket distribution and tag statistics.
+captions, pictures smaller than the resolution, duplicates within a set, a bucket range that leaves
+aspect-ratio bucketing no room at the resolution (SDXL at 1024 with ``max_bucket_reso`` 1024). Info:
+counts, steps per epoch (bucket-aware, as the trainer counts them), the bucket distribution and tag
+statistics. The resolution is the config's unless overridden: by ``resolution`` (e.g. 1024 for SDXL) or
+by ``family``, whose default training resolution it then takes (sd1 512, sd2 768, sdxl 1024).
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ class CheckOptions:
 
     resolution: int | None = None
     batch_size: int | None = None
+    #: a model family ("sdxl" …): its default resolution when ``resolution`` is not given
+    family: str | None = None
+    #: override of the largest bucket side (SDXL runs use 2048, as sd-scripts' SDXL examples)
+    max_bucket_reso: int | None = None
     workers: int = 4
     max_phash: int = 8
     max_dhash: int = 12
@@ -229,6 +236,33 @@ def _small_findings(pictures: list[Picture], specs: list[DatasetSpec], report: C
         )
 
 
+def override_resolution(opts: CheckOptions) -> int | None:
+    """The resolution the check uses instead of the config's: ``opts.resolution``, else the default training
+    resolution of ``opts.family`` (sdxl: 1024), else None (keep the config's)."""
+    if opts.resolution:
+        return opts.resolution
+    if opts.family:
+        from library.models.family import get_model_family
+
+        return get_model_family(opts.family).default_resolution
+    return None
+
+
+def bucket_range_findings(specs: list[DatasetSpec], report: CheckReport) -> None:
+    """Warn when bucketing is on but ``max_bucket_reso`` is not above the resolution (no room for aspect
+    ratios: SDXL at 1024 with the default 1024)."""
+    for spec in specs:
+        side = max(spec.resolution)
+        if spec.enable_bucket and spec.max_bucket_reso <= side:
+            report.add(
+                "warning",
+                "bucket_range",
+                f"max_bucket_reso {spec.max_bucket_reso} is not above the resolution {side}: no bucket can be "
+                f"longer than {spec.max_bucket_reso}, so wide and tall pictures are cropped to near-square buckets. "
+                f"Set max_bucket_reso to {2 * side} (sd-scripts' SDXL examples use 2048 at 1024).",
+            )
+
+
 def _mask_findings(specs: list[DatasetSpec], report: CheckReport) -> None:
     """masked_loss pairing: every training picture of a subset with conditioning_data_dir needs its mask."""
     from library.data.masks import missing_mask_pictures
@@ -262,12 +296,16 @@ def _dataset_figures(specs: list[DatasetSpec], report: CheckReport, workers: int
 
 def check_specs(specs: list[DatasetSpec], opts: CheckOptions) -> CheckReport:
     """Check the datasets described by ``specs`` (modified in place by the resolution/batch overrides)."""
+    resolution = override_resolution(opts)
     for spec in specs:
-        if opts.resolution:
-            spec.resolution = (opts.resolution, opts.resolution)
+        if resolution:
+            spec.resolution = (resolution, resolution)
         if opts.batch_size:
             spec.batch_size = opts.batch_size
+        if opts.max_bucket_reso:
+            spec.max_bucket_reso = opts.max_bucket_reso
     report = CheckReport()
+    bucket_range_findings(specs, report)
     pictures = _collect(specs, report, opts.workers)
     _caption_findings(pictures, report)
     _small_findings(pictures, specs, report)

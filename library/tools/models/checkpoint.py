@@ -1,9 +1,10 @@
 """Load and save whole Stable Diffusion checkpoints for the model tools.
 
-Loading goes through :func:`library.models.loading.load_base_model` (diffusers folder, LDM single
-file, built-in tiny model); saving through :func:`library.models.single_file.save_single_file` or a
-diffusers folder written atomically. The output format follows the destination name: ``.safetensors``
-and ``.ckpt`` are single files in the LDM layout, anything else is a diffusers folder.
+Loading goes through :func:`library.models.loading.load_base_model` (diffusers folder, LDM / SGM single
+file, built-in tiny model); saving through the model family's hooks (``save_single_file``: the LDM
+layout for SD1/SD2, Stability's SGM layout for SDXL; ``diffusers_pipeline`` for a diffusers folder,
+written atomically). The output format follows the destination name: ``.safetensors`` and ``.ckpt`` are
+single files, anything else is a diffusers folder.
 """
 
 from __future__ import annotations
@@ -59,9 +60,8 @@ def load_model(
 
     The prediction type is, in order: ``v_parameterization`` when given, the file's metadata
     (``sdtrain.prediction_type`` / ``modelspec.prediction_type``), a diffusers folder's scheduler
-    config, else the family default (SD1 epsilon, SD2 v-prediction, as the 768-v SD2 models).
+    config, else the family default (SD1 and SDXL epsilon, SD2 v-prediction, as the 768-v SD2 models).
     """
-    from library.models.families import get_family
     from library.models.loading import load_base_model
 
     source = str(source)
@@ -72,13 +72,22 @@ def load_model(
     elif declared is not None:
         prediction, where = declared, "read from the model"
     else:
-        prediction, where = get_family(model.family).default_prediction_type, f"{model.family} default"
+        prediction, where = default_prediction_type(model.family), f"{model.family} default"
     if (prediction == "v_prediction") != model.v_parameterization:
         from library.models.families import make_noise_scheduler
 
         model.v_parameterization = prediction == "v_prediction"
         model.noise_scheduler = make_noise_scheduler(prediction)
     return LoadedModel(model, source, _source_dtype(Path(source)), prediction, where)
+
+
+def default_prediction_type(family: str) -> str:
+    """The prediction type a model of ``family`` has when nothing says otherwise: its
+    :class:`library.models.families.FamilySpec` default (SD2 v-prediction), else epsilon (SDXL base)."""
+    from library.models.families import FAMILIES
+
+    spec = FAMILIES.get(family)
+    return spec.default_prediction_type if spec is not None else "epsilon"
 
 
 def _declared_prediction_type(path: Path) -> str | None:
@@ -164,7 +173,7 @@ def save_model(
     prediction_type: str | None = None,
     extra_metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``model`` as a single file (LDM layout) or a diffusers folder, atomically.
+    """Write ``model`` as a single file (its family's layout: LDM or SGM) or a diffusers folder, atomically.
 
     ``dtype`` casts floating weights (the modules themselves are cast for a diffusers folder).
     ``prediction_type`` goes into the single file's metadata and the diffusers scheduler config.
@@ -173,38 +182,21 @@ def save_model(
     prediction_type = prediction_type or ("v_prediction" if model.v_parameterization else "epsilon")
     if fmt == "diffusers":
         return _save_diffusers(model, Path(destination), dtype, prediction_type)
-    from library.models.single_file import save_single_file
-
     metadata = {META_PREDICTION: prediction_type, **(extra_metadata or {})}
-    return save_single_file(
-        destination,
-        model.unet,
-        model.vae,
-        model.text_encoder,
-        model.family,
-        dtype=dtype,
-        extra_metadata=metadata,
-    )
+    return model.adapter.save_single_file(model, destination, dtype, metadata)
 
 
 def _save_diffusers(model: BaseModel, destination: Path, dtype, prediction_type: str) -> Path:
     from library.models.families import make_noise_scheduler
-    from library.models.tiny import save_diffusers_folder
 
     if dtype is not None:
-        for module in (model.unet, model.vae, model.text_encoder):
+        for module in model.parts.values():
             # plain nn.Module.to: diffusers' override warns about keep-in-fp32 modules SD does not have
             torch.nn.Module.to(module, dtype)
-    components = {
-        "unet": model.unet,
-        "vae": model.vae,
-        "text_encoder": model.text_encoder,
-        "tokenizer": model.tokenizer,
-        "scheduler": make_noise_scheduler(prediction_type),
-    }
+    pipeline = model.adapter.diffusers_pipeline(model.parts, model.tokenizers, make_noise_scheduler(prediction_type))
     try:
         with atomic_folder(destination) as tmp:
-            save_diffusers_folder(tmp, components)
+            pipeline.save_pretrained(tmp, safe_serialization=True)
     except OSError as error:
         raise ModelLoadError(f"Could not write the diffusers folder {destination}: {error}") from error
     return destination

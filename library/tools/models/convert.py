@@ -1,11 +1,13 @@
-"""Convert Stable Diffusion checkpoints: LDM single file <-> diffusers folder, precision, pruning.
+"""Convert Stable Diffusion checkpoints: single file (SD1/SD2 LDM, SDXL SGM) <-> diffusers folder, precision,
+pruning.
 
-The key conversion is :mod:`library.models.ldm_convert` (exact renames and reshapes), reached
-through :mod:`library.tools.models.checkpoint`. Single file -> single file (a precision change,
-``.ckpt`` <-> ``.safetensors``, pruning) works on the raw tensors, so nothing but the cast and the
-pruned keys changes. ``prune`` keeps only the UNet, VAE and text-encoder weights
-(``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*``): EMA copies
-(``model_ema.*``), optimizer states and schedule buffers go.
+The key conversion is :mod:`library.models.ldm_convert` / :mod:`library.models.sgm` (exact renames and
+reshapes), reached through :mod:`library.tools.models.checkpoint` and the model family's hooks. Single
+file -> single file (a precision change, ``.ckpt`` <-> ``.safetensors``, pruning) works on the raw
+tensors, so nothing but the cast and the pruned keys changes. ``prune`` keeps only the UNet, VAE and
+text-encoder weights (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*`` or
+SDXL's ``conditioner.embedders.*``): EMA copies (``model_ema.*``), optimizer states and schedule
+buffers go.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 import torch
 
 from library.errors import ModelLoadError
-from library.models.ldm_convert import UNET_PREFIX, VAE_PREFIX, detect_family, split_single_file
+from library.models.family import family_of_single_file
+from library.models.ldm_convert import UNET_PREFIX, VAE_PREFIX, split_single_file
+from library.models.sgm import is_sgm_single_file, split_sgm_single_file
 from library.tools.models import checkpoint
 from library.tools.models.common import dominant_float_dtype, human_size, path_size, precision_dtype
 from library.util.atomic import atomic_path
@@ -26,7 +30,9 @@ from library.util.atomic import atomic_path
 logger = logging.getLogger(__name__)
 
 TEXT_PREFIX = "cond_stage_model."
-MODEL_PREFIXES = (UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)
+#: SDXL (SGM) files hold both text encoders under this prefix
+SGM_TEXT_PREFIX = "conditioner.embedders."
+MODEL_PREFIXES = (UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX, SGM_TEXT_PREFIX)
 
 
 @dataclass
@@ -57,7 +63,7 @@ class ConvertReport:
 
 
 def is_model_key(key: str) -> bool:
-    """True for keys of the UNet, VAE or text encoder in an LDM single file."""
+    """True for keys of the UNet, VAE or text encoder(s) in an LDM / SGM single file."""
     return key.startswith(MODEL_PREFIXES)
 
 
@@ -149,8 +155,9 @@ def _single_to_single(
             f"{source} is not a Stable Diffusion checkpoint (no {UNET_PREFIX}* keys): "
             f"{describe_foreign_keys(state)}."
         )
+    split = split_sgm_single_file if is_sgm_single_file(state) else split_single_file
     try:
-        split_single_file(state, metadata)  # checks that every part is there
+        split(state, metadata)  # checks that every part is there
     except ModelLoadError as error:
         raise ModelLoadError(f"{source} is not a complete Stable Diffusion checkpoint: {error}.") from error
     dropped: list[str] = []
@@ -165,13 +172,18 @@ def _single_to_single(
         str(source),
         str(destination),
         fmt,
-        metadata.get("sdtrain.family") or detect_family(state),
+        metadata.get("sdtrain.family") or _family_name(state),
         metadata.get(checkpoint.META_PREDICTION),
         str(dtype).replace("torch.", ""),
         0,
         0,
         dropped,
     )
+
+
+def _family_name(state: dict) -> str:
+    family = family_of_single_file(state)
+    return family.name if family is not None else "unknown"
 
 
 def _write_single(destination: Path, fmt: str, state: dict, metadata: dict[str, str]) -> None:

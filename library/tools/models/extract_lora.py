@@ -1,11 +1,13 @@
 """Extract a LoRA from two checkpoints: truncated SVD of the weight differences, tuned − original.
 
-Modules are the layers a LoRA trainer targets (:func:`library.networks.keys.find_unet_targets` /
-``find_text_encoder_targets``); with ``conv_dim`` also the ResNet / down / upsample blocks (LoCon,
-3x3 convs at ``conv_dim``). Each difference D = W_tuned − W_org gives up·down = U_k S_k V_kᵀ with
+Modules are the layers a LoRA trainer targets in each of the model family's parts
+(:meth:`library.networks.keys.NetworkPart.targets`: ``lora_te_`` for SD1/SD2, ``lora_te1_`` /
+``lora_te2_`` and SGM-named UNet modules for SDXL), so the file loads in the trainer; with ``conv_dim``
+also the ResNet / down / upsample blocks (LoCon, 3x3 convs at ``conv_dim``). Each difference D = W_tuned − W_org gives up·down = U_k S_k V_kᵀ with
 alpha = k (scale 1), so merging the result at ratio 1 adds the best rank-k approximation of D; the
 Frobenius error per module is sqrt(Σ_{i>k} S_i²) (before ``clamp_quantile`` clipping).
-The text encoder is skipped when no weight differs by more than ``min_diff`` (sd-scripts' rule).
+A text encoder is skipped when none of its weights differs by more than ``min_diff`` (sd-scripts' rule,
+applied to each encoder on its own).
 """
 
 from __future__ import annotations
@@ -30,22 +32,28 @@ DEFAULT_MIN_DIFF = 0.01
 
 @dataclass
 class ExtractReport:
-    """Per module: rank kept, singular values (for the error the truncation predicts)."""
+    """Per module: rank kept, singular values (for the error the truncation predicts); text parts skipped."""
 
     ranks: dict[str, int] = field(default_factory=dict)
     singular_values: dict[str, torch.Tensor] = field(default_factory=dict)
-    text_encoder_skipped: bool = False
+    skipped_parts: list[str] = field(default_factory=list)
+    part_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def text_encoder_skipped(self) -> bool:
+        """True when some text encoder was unchanged and left out."""
+        return bool(self.skipped_parts)
 
     def predicted_error(self, name: str) -> float:
         """‖D − D_k‖_F predicted by the discarded singular values of module ``name``."""
         return lowrank.discarded_error(self.singular_values[name], self.ranks[name])
 
     def lines(self) -> list[str]:
-        n_te = sum(n.startswith(keys.TE_PREFIX) for n in self.ranks)
         kept = [lowrank.fro_retained(self.singular_values[n], k) for n, k in self.ranks.items()]
-        out = [f"{len(self.ranks) - n_te} UNet and {n_te} text-encoder modules extracted"]
-        if self.text_encoder_skipped:
-            out.append("text encoder unchanged (all differences within min_diff): not extracted")
+        counts = ", ".join(f"{n} {part}" for part, n in self.part_counts.items())
+        out = [f"modules extracted: {counts or 'none'}"]
+        for part in self.skipped_parts:
+            out.append(f"{part} unchanged (all differences within min_diff): not extracted")
         if kept:
             out.append(
                 f"Frobenius norm of the differences retained: mean {sum(kept) / len(kept):.4f}, min {min(kept):.4f}"
@@ -67,9 +75,14 @@ def _pairs(org_root: torch.nn.Module, tuned_root: torch.nn.Module, targets: list
         yield target, other
 
 
+def _max_difference(pairs) -> float:
+    with torch.no_grad():
+        return max((float((b.weight - t.module.weight).abs().max()) for t, b in pairs), default=0.0)
+
+
 def extract_modules(
-    org: dict,
-    tuned: dict,
+    org: list[keys.NetworkPart] | dict,
+    tuned: list[keys.NetworkPart] | dict,
     *,
     dim: int,
     conv_dim: int | None = None,
@@ -77,28 +90,39 @@ def extract_modules(
     min_diff: float = DEFAULT_MIN_DIFF,
     device: str | None = None,
 ) -> tuple[dict[str, LoraModule], ExtractReport]:
-    """LoRA modules for tuned − org; ``org`` / ``tuned`` are {"unet", "text_encoder"} modules."""
+    """LoRA modules for tuned − org, text encoders first (the trainer's key order).
+
+    ``org`` / ``tuned``: the two models' parts (:func:`keys.model_parts`, same names in both), or
+    {"unet", "text_encoder"} modules (SD naming, ``lora_te``).
+    """
     if dim < 1 or (conv_dim is not None and conv_dim < 1):
         raise ConfigError(f"dim and conv_dim must be positive integers, got {dim} and {conv_dim}.")
+    org_parts, tuned_parts = _as_parts(org), {p.name: p for p in _as_parts(tuned)}
     report = ExtractReport()
-    te_pairs = list(
-        _pairs(
-            org["text_encoder"], tuned["text_encoder"], keys.find_text_encoder_targets(org["text_encoder"])
-        )
-    )
-    with torch.no_grad():
-        te_max = max((float((b.weight - t.module.weight).abs().max()) for t, b in te_pairs), default=0.0)
-    if te_max <= min_diff:
-        report.text_encoder_skipped, te_pairs = True, []
-        logger.info("text encoder max difference %.3g <= min_diff %.3g: not extracted", te_max, min_diff)
-    unet_targets = keys.find_unet_targets(org["unet"], include_conv_blocks=conv_dim is not None)
     modules = {}
-    for target, other in te_pairs + list(_pairs(org["unet"], tuned["unet"], unet_targets)):
-        rank_limit = conv_dim if target.kind == keys.KIND_CONV else dim
-        module, s = _extract_one(target, other, rank_limit, clamp_quantile, device)
-        modules[target.lora_name] = module
-        report.ranks[target.lora_name], report.singular_values[target.lora_name] = module.rank, s
+    for part in org_parts:
+        other = tuned_parts.get(part.name)
+        if other is None:
+            raise ModelLoadError(f"The tuned model has no {part.name}; extract needs two models of one family.")
+        targets = part.targets(include_conv_blocks=part.is_unet and conv_dim is not None)
+        pairs = list(_pairs(part.module, other.module, targets))
+        if not part.is_unet and (largest := _max_difference(pairs)) <= min_diff:
+            report.skipped_parts.append(part.name)
+            logger.info("%s max difference %.3g <= min_diff %.3g: not extracted", part.name, largest, min_diff)
+            continue
+        for target, tuned_layer in pairs:
+            rank_limit = conv_dim if target.kind == keys.KIND_CONV else dim
+            module, s = _extract_one(target, tuned_layer, rank_limit, clamp_quantile, device)
+            modules[target.lora_name] = module
+            report.ranks[target.lora_name], report.singular_values[target.lora_name] = module.rank, s
+        report.part_counts[part.name] = len(pairs)
     return modules, report
+
+
+def _as_parts(models) -> list[keys.NetworkPart]:
+    if isinstance(models, dict):
+        return keys.default_parts(models.get("unet"), models.get("text_encoder"))
+    return list(models)
 
 
 def _extract_one(target: keys.Target, tuned_layer, rank_limit: int, clamp_quantile, device):
@@ -141,12 +165,12 @@ def extract_lora_file(
     )
     if org.family != tuned.family:
         raise ModelLoadError(
-            f"{model_org} is {org.family} but {model_tuned} is {tuned.family}; they must match."
+            f"{model_org} is {org.family} but {model_tuned} is {tuned.family}; extract needs the tuned model "
+            "and the model it was tuned from, of one family."
         )
-    parts = ("unet", "text_encoder")
     modules, report = extract_modules(
-        {p: getattr(org.model, p) for p in parts},
-        {p: getattr(tuned.model, p) for p in parts},
+        keys.model_parts(org.model),
+        keys.model_parts(tuned.model),
         dim=dim,
         conv_dim=conv_dim,
         clamp_quantile=clamp_quantile,

@@ -18,12 +18,20 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.networks import keys
-from library.tools.models.lora_file import LoraFile, LoraModule, foreign_network_type, read_lora
+from library.tools.models.lora_file import (
+    LoraFile,
+    LoraModule,
+    foreign_network_type,
+    layout_family_names,
+    lora_family,
+    read_lora,
+)
 from library.tools.models.lycoris_file import LycorisModule
 from library.util.safetensors_io import (
     LEGACY_HASH_KEY,
@@ -41,23 +49,26 @@ SDXL_PREFIXES = (
     "lora_unet_middle_block_",
     "lora_unet_output_blocks_",
 )
+_TE_PREFIX = re.compile(r"^(lora_te\d*)_")
 TIME_KEYS = ("ss_training_started_at", "ss_training_finished_at")
 JSON_KEYS = ("ss_network_args", "ss_dataset_dirs", "ss_reg_dataset_dirs")
 
 
 @dataclass
 class BaseCheck:
-    """How the LoRA fits a base model."""
+    """How the LoRA fits a base model (``family``: the base's; ``family_problem``: a LoRA of another family)."""
 
     base: str
     matched: int = 0
     unknown: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     uncovered_targets: int = 0
+    family: str = ""
+    family_problem: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.unknown and not self.mismatched
+        return not self.unknown and not self.mismatched and not self.family_problem
 
 
 @dataclass
@@ -78,6 +89,11 @@ class Inspection:
     hash_problems: list[str]
     other_keys: list[str]
     check: BaseCheck | None = None
+    #: modules per key prefix (``lora_te1`` / ``lora_te2`` / ``lora_unet`` …)
+    prefix_counts: dict[str, int] = field(default_factory=dict)
+    #: the families whose key layout the file is in ("sd1/sd2", "sdxl"; "" unknown)
+    fits: str = ""
+    base_model_version: str = ""
 
 
 def file_hashes(path: str | os.PathLike) -> dict[str, str]:
@@ -162,14 +178,21 @@ def _top_tags(value: str, n: int) -> str:
 
 
 def check_against_base(lora: LoraFile, base_model: str, *, allow_unsafe_pickle: bool = False) -> BaseCheck:
-    """Which LoRA modules match a layer of ``base_model`` with the right shape."""
+    """Which LoRA modules match a layer of ``base_model`` (any family: its parts named as its LoRA files
+    name them) with the right shape."""
     from library.models.loading import load_base_model
-    from library.tools.models.layers import layer_index
+    from library.tools.models.layers import model_layer_index
+    from library.tools.models.lora_file import lora_family
     from library.tools.models.merge_lora import module_mismatch
 
     model = load_base_model(base_model, allow_unsafe_pickle=allow_unsafe_pickle)
-    index = layer_index(model.unet, model.text_encoder)
-    result = BaseCheck(str(base_model))
+    index = model_layer_index(model)
+    result = BaseCheck(str(base_model), family=model.family)
+    found = lora_family(lora)
+    if found is not None and found.lora_layout() != model.adapter.lora_layout():
+        result.family_problem = (
+            f"the LoRA is for {layout_family_names(found)} but {Path(base_model).name} is a {model.family} model"
+        )
     modules = {**lora.modules, **lora.lycoris}
     for name, module in modules.items():
         ref = index.get(name)
@@ -179,9 +202,22 @@ def check_against_base(lora: LoraFile, base_model: str, *, allow_unsafe_pickle: 
             result.mismatched.append(problem)
         else:
             result.matched += 1
-    targets = keys.find_unet_targets(model.unet) + keys.find_text_encoder_targets(model.text_encoder)
+    targets = [t for part in keys.model_parts(model) for t in part.targets()]
     result.uncovered_targets = sum(t.lora_name not in modules for t in targets)
     return result
+
+
+def prefix_counts(names) -> dict[str, int]:
+    """Modules per key prefix: {"lora_te1": 44, "lora_te2": 64, "lora_unet": 700} (text encoders first)."""
+    counts = collections.Counter(_prefix_of(name) for name in names)
+    return dict(sorted(counts.items(), key=lambda kv: (kv[0] == keys.UNET_PREFIX, kv[0])))
+
+
+def _prefix_of(name: str) -> str:
+    if name.startswith(keys.UNET_PREFIX + "_"):
+        return keys.UNET_PREFIX
+    match = _TE_PREFIX.match(name)
+    return match.group(1) if match else name.split("_", 1)[0]
 
 
 def inspect_lora(
@@ -205,6 +241,7 @@ def inspect_lora(
         lora.network_type if not foreign else (f"{lora.network_type} + {foreign}" if has_modules else foreign)
     )
     arch, reason = guess_architecture(lora, state_dict)
+    family = lora_family(lora)
     hashes, problems = {}, []
     if Path(path).suffix.lower() == ".safetensors":
         hashes = file_hashes(path)
@@ -235,6 +272,9 @@ def inspect_lora(
         check=check_against_base(lora, base_model, allow_unsafe_pickle=allow_unsafe_pickle)
         if base_model
         else None,
+        prefix_counts=prefix_counts([*lora.modules, *lora.lycoris]),
+        fits=layout_family_names(family) if family is not None else "",
+        base_model_version=lora.metadata.get("ss_base_model_version", ""),
     )
 
 
@@ -274,7 +314,9 @@ def report_lines(insp: Inspection, show_metadata: bool = True) -> list[str]:
     lines = [
         f"file: {insp.path}",
         f"type: {insp.network_type}, {insp.n_unet} UNet + {insp.n_text_encoder} text-encoder modules, {insp.dtype}",
+        f"modules per part: {', '.join(f'{p} {n}' for p, n in insp.prefix_counts.items()) or '-'}",
         f"architecture: {insp.architecture} ({insp.architecture_reason})",
+        fits_line(insp),
         f"rank (Linear / 1x1): {_counts(insp.ranks)}",
     ]
     if insp.conv_ranks:
@@ -296,15 +338,34 @@ def report_lines(insp: Inspection, show_metadata: bool = True) -> list[str]:
     return lines
 
 
+def fits_line(insp: Inspection) -> str:
+    """Which base models the file fits, by its key layout and its ``ss_base_model_version``."""
+    layout = f"{insp.fits} models (key layout)" if insp.fits else "unknown (no family's key layout)"
+    version = insp.base_model_version or "not recorded"
+    line = f"fits: {layout}; metadata ss_base_model_version: {version}"
+    if insp.fits and insp.base_model_version and not _version_agrees(insp.fits, insp.base_model_version):
+        line += " (WARNING: the metadata names another base than the keys)"
+    return line
+
+
+def _version_agrees(fits: str, version: str) -> bool:
+    from library.models.family import get_model_family
+
+    return any(get_model_family(name).base_model_version.split("_")[:2] == version.split("_")[:2]
+               for name in fits.split("/"))
+
+
 def _check_lines(check: BaseCheck) -> list[str]:
     lines = [
-        f"check against {check.base}: {check.matched} modules match"
+        f"check against {check.base} ({check.family}): {check.matched} modules match"
         + (
             ""
             if check.ok
             else f", {len(check.unknown)} not in the model, {len(check.mismatched)} wrong shape"
         )
     ]
+    if check.family_problem:
+        lines.append(f"  WARNING: {check.family_problem}")
     lines += [f"  not in the model: {name}" for name in check.unknown[:20]]
     lines += [f"  wrong shape: {text}" for text in check.mismatched[:20]]
     if len(check.unknown) + len(check.mismatched) > 40:

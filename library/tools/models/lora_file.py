@@ -218,6 +218,54 @@ def save_lora(
     return path
 
 
+def lora_family(lora: LoraFile):
+    """The :class:`library.models.family.ModelFamily` whose LoRA key layout the file's module names are in
+    (SD1 and SD2 share one: the first, sd1, stands for both), or None for names no family uses."""
+    from library.models.family import family_of_lora_names
+
+    return family_of_lora_names([*lora.modules, *lora.lycoris])
+
+
+def layout_family_names(family) -> str:
+    """ "sd1/sd2" for a family whose LoRA layout others share, else the family's name."""
+    from library.models.family import all_families
+
+    return "/".join(f.name for f in all_families() if f.lora_layout() == family.lora_layout())
+
+
+def check_lora_family(lora: LoraFile, family, what: str) -> None:
+    """Raise ModelLoadError when ``lora``'s key layout is another family's than ``family``'s.
+
+    ``what`` says what the other side is (e.g. "base.safetensors is a sdxl model").
+    """
+    found = lora_family(lora)
+    if found is None or found.lora_layout() == family.lora_layout():
+        return
+    raise ModelLoadError(
+        f"{lora.source} is a LoRA for {layout_family_names(found)} (its keys are in that family's layout), "
+        f"but {what}. A LoRA only fits models of the family it was trained on: use a "
+        f"{layout_family_names(family)} LoRA, or a {layout_family_names(found)} model."
+    )
+
+
+def common_lora_family(loras: list[LoraFile]):
+    """The one family of several LoRA files (None when no file's names are in a family's layout); raises
+    ModelLoadError naming both families when the files are for different ones."""
+    first = None
+    for lora in loras:
+        family = lora_family(lora)
+        if family is None:
+            continue
+        if first is None:
+            first = (lora, family)
+        elif family.lora_layout() != first[1].lora_layout():
+            raise ModelLoadError(
+                f"{first[0].source} is a LoRA for {layout_family_names(first[1])} but {lora.source} is one for "
+                f"{layout_family_names(family)}; LoRAs of different model families cannot be merged together."
+            )
+    return None if first is None else first[1]
+
+
 def network_metadata(
     *,
     family: str,
@@ -230,24 +278,28 @@ def network_metadata(
     resolution: int = 512,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The minimal ``ss_*`` keys sd-scripts keeps in every network file plus ``modelspec.*``."""
-    from library.models.families import get_family
-    from library.networks.metadata import lora_architecture, modelspec_metadata
+    """The minimal ``ss_*`` keys sd-scripts keeps in every network file plus ``modelspec.*``.
 
-    spec = get_family(family)
-    v2 = family == "sd2"
+    ``ss_v2``, ``ss_base_model_version`` and ``modelspec.architecture`` come from the model family
+    (:func:`library.models.family.get_model_family`), e.g. ``sdxl_base_v1-0`` and
+    ``stable-diffusion-xl-v1-base/lora`` for SDXL.
+    """
+    from library.models.family import get_model_family
+    from library.networks.metadata import ADAPTER_LORA, modelspec_metadata
+
+    spec = get_model_family(family)
     args = {} if not conv_dim else {"conv_dim": str(conv_dim), "conv_alpha": str(conv_alpha)}
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(dim),
         "ss_network_alpha": str(alpha),
         "ss_network_args": json.dumps(args),
-        "ss_v2": str(v2),
+        "ss_v2": str(spec.v2),
         "ss_base_model_version": spec.base_model_version,
     }
     meta.update(
         modelspec_metadata(
-            lora_architecture(v2, v_parameterization),
+            f"{spec.architecture(v_parameterization)}/{ADAPTER_LORA}",
             title or "LoRA",
             resolution,
             "v" if v_parameterization else "epsilon",

@@ -20,7 +20,12 @@ LOHA_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "ha
 LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 _PART = re.compile(r"^(.+)\.(" + "|".join(sorted(LOHA_PARTS + LOKR_PARTS, key=len, reverse=True)) + r")$")
 
-_CONV3X3_NAME = re.compile(r"^lora_unet_(.+_(conv1|conv2)|.+samplers_\d+_conv|conv_in|conv_out)$")
+#: 3x3 convs by name: diffusers (SD1/SD2) resnet conv1/conv2, sampler convs, conv_in/out; SGM (SDXL) resnet
+#: in_layers_2/out_layers_3, downsampler op, upsampler conv, input_blocks_0_0 (conv_in), out_2 (conv_out)
+_CONV3X3_NAME = re.compile(
+    r"^lora_unet_(.+_(conv1|conv2)|.+samplers_\d+_conv|conv_in|conv_out"
+    r"|.+_(in_layers_2|out_layers_3)|input_blocks_\d+_0_op|output_blocks_\d+_\d+_conv|input_blocks_0_0|out_2)$"
+)
 
 
 @dataclass
@@ -60,8 +65,8 @@ class LycorisModule:
     @property
     def is_conv3x3(self) -> bool:
         """A 3x3 (k>1) conv module: from a 4-D factor's kernel when there is one; LyCORIS stores LoHa and
-        factorised LoKr conv factors flattened ((r, in·k·k)), so then from the layer name (the SD UNets'
-        3x3 convs: resnet conv1/conv2, sampler conv, conv_in/conv_out)."""
+        factorised LoKr conv factors flattened ((r, in·k·k)), so then from the layer name (the UNets' 3x3
+        convs in diffusers or SGM naming, see ``_CONV3X3_NAME``)."""
         kernels = {tuple(t.shape[2:]) for t in self.parts.values() if t.dim() == 4}
         if kernels:
             return kernels != {(1, 1)}

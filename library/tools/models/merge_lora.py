@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from library.errors import ConfigError, ModelLoadError
+from library.models.family import BlockLayout
 from library.networks import keys
-from library.networks.blocks import block_index
 from library.networks.functional import merged_weight
 from library.tools.models import lora_file
-from library.tools.models.layers import BLOCK_NAMES, LayerRef, UnetBlocks, layer_index
+from library.tools.models.layers import SD_LAYOUT, LayerRef, UnetBlocks, parts_layer_index, unet_part
 from library.tools.models.lora_file import LoraFile, LoraModule
 from library.tools.models.lycoris_file import LycorisModule
 
@@ -85,14 +85,26 @@ def merge_into_model(
     *,
     block_weights: dict[str, float] | None = None,
 ) -> MergeReport:
-    """Add ratio · ΔW of every module to the model's weights, in place.
+    """:func:`merge_into_parts` for a UNet named by its diffusers paths and one ``lora_te`` text encoder."""
+    return merge_into_parts(keys.default_parts(unet, text_encoder), loras, block_weights=block_weights)
 
-    ``block_weights`` ({"IN00": w, …}) further scales UNet modules by block; UNet layers outside the
-    25 blocks (time embedding, conv_out) and the text encoder keep the plain ratio. Raises
+
+def merge_into_parts(
+    parts: list[keys.NetworkPart],
+    loras: list[tuple[LoraFile, float]],
+    *,
+    block_weights: dict[str, float] | None = None,
+    layout: BlockLayout | None = None,
+) -> MergeReport:
+    """Add ratio · ΔW of every module to the weights of the model parts (:func:`keys.model_parts`), in place.
+
+    ``block_weights`` ({"IN00": w, …}, blocks of ``layout``, default SD1/SD2's 25) further scales UNet
+    modules by block; UNet layers outside the blocks and the text encoders keep the plain ratio. Raises
     ModelLoadError when a file matches no layer or a module's shape does not fit its layer.
     """
-    index = layer_index(unet, text_encoder)
-    blocks = UnetBlocks(unet.config) if block_weights else None
+    index = parts_layer_index(parts)
+    unet = unet_part(parts)
+    blocks = UnetBlocks(unet.module.config, layout) if block_weights and unet is not None else None
     report = MergeReport()
     for lora, ratio in loras:
         items = {**lora.modules, **lora.lycoris}
@@ -103,7 +115,7 @@ def merge_into_model(
             raise ModelLoadError(_no_fit_message(lora, unmatched, bad))
         with torch.no_grad():
             for module, ref in matched:
-                multiplier = ratio * _block_weight(blocks, block_weights, ref)
+                multiplier = ratio * _block_weight(blocks, block_weights, ref, unet)
                 weight = ref.module.weight
                 dora_scale = lora.dora_scales.get(module.name)
                 if dora_scale is None:
@@ -160,8 +172,8 @@ def _dora_merged(weight: torch.Tensor, module, dora_scale: torch.Tensor, multipl
     return (weight.float() + multiplier * (decomposed - weight.float())).to(weight.dtype)
 
 
-def _block_weight(blocks: UnetBlocks | None, weights: dict | None, ref: LayerRef) -> float:
-    if blocks is None or ref.part != "unet":
+def _block_weight(blocks: UnetBlocks | None, weights: dict | None, ref: LayerRef, unet) -> float:
+    if blocks is None or ref.part != unet.name:
         return 1.0
     block = blocks.block_of_path(ref.path)
     return 1.0 if block is None else weights[block]
@@ -193,10 +205,11 @@ def merge_into_checkpoint(
     """Load ``sd_model``, merge the LoRA files at ``ratios``, save to ``save_to`` (file or diffusers folder)."""
     from library.tools.models import checkpoint
     from library.tools.models.common import precision_dtype
-    from library.tools.models.layers import parse_block_weights
+    from library.tools.models.layers import parse_block_weights, precheck_block_weights
 
     ratios = check_ratios(models, ratios)
-    weights = parse_block_weights(block_weights) if block_weights else None
+    if block_weights:
+        precheck_block_weights(block_weights)
     dtype = precision_dtype(save_precision)
     loras = [
         (lora_file.read_lora(path, allow_lycoris=True, allow_dora=True), ratio)
@@ -204,7 +217,12 @@ def merge_into_checkpoint(
     ]
     loaded = checkpoint.load_model(sd_model, v2=v2, allow_unsafe_pickle=allow_unsafe_pickle)
     model = loaded.model
-    report = merge_into_model(model.unet, model.text_encoder, loras, block_weights=weights)
+    family = model.adapter
+    for lora, _ in loras:
+        lora_file.check_lora_family(lora, family, f"{Path(sd_model).name} is a {family.name} model")
+    layout = family.block_layout
+    weights = parse_block_weights(block_weights, layout, family.name) if block_weights else None
+    report = merge_into_parts(keys.model_parts(model), loras, block_weights=weights, layout=layout)
     merged_from = ", ".join(f"{Path(p).name}:{r}" for p, r in zip(models, ratios, strict=True))
     checkpoint.save_model(
         model,
@@ -216,39 +234,45 @@ def merge_into_checkpoint(
     return report
 
 
-def module_block(name: str) -> str | None:
-    """The block ("IN01", "M00", "OUT11", …) of a UNet LoRA module by its name, else None.
+def module_block(name: str, layout: BlockLayout = SD_LAYOUT) -> str | None:
+    """The block ("IN01", "M00", "OUT11", …; SDXL also "BASE", "M02", "OUT") of a UNet LoRA module by its
+    name in ``layout`` (default SD1/SD2's 25 blocks), else None.
 
-    Numbered by :func:`library.networks.blocks.block_index` (sd-scripts' / the webui's SD1/SD2
-    numbering); ``conv_in`` is IN00 (LDM ``input_blocks.0``), as in checkpoint merges
-    (:class:`library.tools.models.layers.UnetBlocks`), though LoRA trainers rarely adapt it.
+    Numbered by the layout's ``index_of`` (sd-scripts' / the webui's numbering); SD's ``conv_in`` is IN00
+    (LDM ``input_blocks.0``), as in checkpoint merges (:class:`library.tools.models.layers.UnetBlocks`),
+    though LoRA trainers rarely adapt it.
     """
     if name == keys.UNET_PREFIX + "_conv_in":
-        return BLOCK_NAMES[0]
+        return layout.names[layout.leading]
     if not name.startswith(keys.UNET_PREFIX + "_"):
         return None
-    index = block_index(name)
-    return None if index is None else BLOCK_NAMES[index]
+    index = layout.index_of(name)
+    return None if index is None else layout.names[index]
 
 
-def module_block_weight(name: str, block_weights: dict[str, float] | None) -> float:
+def module_block_weight(
+    name: str, block_weights: dict[str, float] | None, layout: BlockLayout = SD_LAYOUT
+) -> float:
     """The block weight of a LoRA module (:func:`module_block`); 1 for text-encoder modules and UNet
-    modules outside the 25 blocks (time embedding, conv_out) or without ``block_weights``."""
-    block = module_block(name) if block_weights else None
+    modules outside the numbered blocks (SD: time embedding, conv_out) or without ``block_weights``."""
+    block = module_block(name, layout) if block_weights else None
     return 1.0 if block is None else block_weights[block]
 
 
 def concat_modules(
-    loras: list[tuple[LoraFile, float]], block_weights: dict[str, float] | None = None
+    loras: list[tuple[LoraFile, float]],
+    block_weights: dict[str, float] | None = None,
+    layout: BlockLayout = SD_LAYOUT,
 ) -> dict[str, LoraModule]:
     """One module per name holding Σ ratio_i · w_block · ΔW_i exactly, rank = Σ ranks, alpha = rank (scale 1).
 
-    ``block_weights`` ({"IN00": w, …}) scales each UNet module's contribution by its block's weight.
+    ``block_weights`` ({"IN00": w, …}, blocks of ``layout``) scales each UNet module's contribution by its
+    block's weight.
     """
     grouped: dict[str, list[tuple[LoraModule, float]]] = collections.defaultdict(list)
     for lora, ratio in loras:
         for name, module in lora.modules.items():
-            grouped[name].append((module, ratio * module_block_weight(name, block_weights)))
+            grouped[name].append((module, ratio * module_block_weight(name, block_weights, layout)))
     out = {}
     for name, parts in grouped.items():
         shapes = {(m.out_features, m.in_features, m.kernel) for m, _ in parts}
@@ -281,17 +305,19 @@ def merge_lora_files(
 ) -> tuple[Path, list]:
     """Merge LoRA files into one: concatenated ranks, or SVD to ``new_rank`` (``new_conv_rank`` for 3x3 convs).
 
-    ``block_weights``: 25 UNet block weights (IN00–IN11, M00, OUT00–OUT11) scaling each module's
+    ``block_weights``: one weight per UNet block of the files' family (SD1/SD2: 25, IN00–IN11, M00,
+    OUT00–OUT11; SDXL: 23, BASE, IN00–IN08, M00–M02, OUT00–OUT08, OUT) scaling each module's
     contribution (see :func:`module_block_weight`). LoHa / LoKr files are refused (their ΔW has no
     exact LoRA form): merge them into a checkpoint instead. Returns (path, per-module resize rows, empty without SVD). Metadata: the first file's minimal
     ``ss_*`` and ``modelspec.*`` keys, ranks updated, ``modelspec.merged_from`` listing the inputs.
     """
     from library.tools.models.common import precision_dtype
-    from library.tools.models.layers import parse_block_weights
+    from library.tools.models.layers import parse_block_weights, precheck_block_weights
     from library.tools.models.resize_lora import resize_modules
 
     ratios = check_ratios(models, ratios)
-    weights = parse_block_weights(block_weights) if block_weights is not None else None
+    if block_weights is not None:
+        precheck_block_weights(block_weights)
     loras = [lora_file.read_lora(path, allow_lycoris=True) for path in models]
     for lora in loras:
         if lora.lycoris:
@@ -299,7 +325,12 @@ def merge_lora_files(
                 f"{lora.source} is a {lora.network_type} file: its ΔW has no exact LoRA (up · down) form, so it "
                 "cannot be merged into a LoRA. Merge it into a checkpoint with --sd_model instead."
             )
-    modules = concat_modules(list(zip(loras, ratios, strict=True)), weights)
+    family = lora_file.common_lora_family(loras)
+    layout = family.block_layout if family is not None else SD_LAYOUT
+    weights = None
+    if block_weights is not None:
+        weights = parse_block_weights(block_weights, layout, family.name if family else "")
+    modules = concat_modules(list(zip(loras, ratios, strict=True)), weights, layout)
     rows: list = []
     if new_rank is not None:
         modules, rows = resize_modules(modules, new_rank, new_conv_rank=new_conv_rank, device=device)

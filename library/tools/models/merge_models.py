@@ -2,9 +2,10 @@
 
 As the webui's checkpoint merger. Models are loaded as diffusers modules (any source the loader
 takes), so EMA copies and other non-model keys are dropped. With per-block weights, UNet tensors
-use the weight of their block (IN00–IN11, M00, OUT00–OUT11, see :mod:`library.tools.models.layers`)
-instead of M; UNet tensors outside those blocks (time embedding, final norm and conv) and the VAE
-use M; the text encoder uses ``text_encoder_ratio`` (default M). Computed in float32.
+use the weight of their block in the family's layout (SD1/SD2: IN00–IN11, M00, OUT00–OUT11; SDXL:
+BASE, IN00–IN08, M00–M02, OUT00–OUT08, OUT; see :mod:`library.tools.models.layers`) instead of M; UNet
+tensors outside those blocks (SD: time embedding, final norm and conv) and the VAE use M; the text
+encoders (all of the family's) use ``text_encoder_ratio`` (default M). Computed in float32.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ def add_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, m: 
 
 #: models each mode needs
 MODE_MODELS = {"weighted_sum": 2, "add_difference": 3}
-PARTS = ("unet", "text_encoder", "vae")
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _check_mode(mode: str | None, models: list) -> str:
 def _unet_ratio(
     blocks, ratio: float, weights: dict | None, counts: collections.Counter
 ) -> Callable[[str], float]:
-    """Key -> M: the block's weight inside IN00–OUT11 when block weights are given, else ``ratio``."""
+    """Key -> M: the block's weight inside the layout's blocks when block weights are given, else ``ratio``."""
 
     def ratio_of(key: str) -> float:
         block = blocks.block_of_key(key) if weights else None
@@ -137,37 +137,44 @@ def merge_checkpoints(
 ) -> ModelMergeReport:
     """Merge 2 (weighted sum) or 3 (add difference) checkpoints and save to ``save_to``.
 
-    ``block_weights``: 25 values or a comma string. ``unet_only`` keeps A's text encoder and VAE.
+    ``block_weights``: one value per block of the models' family (SD1/SD2 25, SDXL 23) or a comma string.
+    ``unet_only`` keeps A's text encoders and VAE. Models of different families are refused.
     """
+    from library.models.family import UNET_PART, VAE_PART
     from library.tools.models import checkpoint
     from library.tools.models.common import precision_dtype
-    from library.tools.models.layers import UnetBlocks, parse_block_weights
+    from library.tools.models.layers import UnetBlocks, parse_block_weights, precheck_block_weights
 
     mode = _check_mode(mode, models)
-    weights = parse_block_weights(block_weights) if block_weights else None
+    if block_weights:
+        precheck_block_weights(block_weights)
     dtype = precision_dtype(save_precision)
     loaded = [checkpoint.load_model(m, v2=v2, allow_unsafe_pickle=allow_unsafe_pickle) for m in models]
     if len({lm.family for lm in loaded}) > 1:
         found = ", ".join(f"{Path(m).name}: {lm.family}" for m, lm in zip(models, loaded, strict=True))
-        raise ModelLoadError(f"The models are of different families ({found}); merge models of one family.")
+        raise ModelLoadError(
+            f"The models are of different families ({found}); their weights do not correspond. Merge models "
+            "of one family (SD1 with SD1, SDXL with SDXL)."
+        )
     report = ModelMergeReport(mode)
     base = loaded[0].model
+    family = base.adapter
+    layout = family.block_layout
+    weights = parse_block_weights(block_weights, layout, family.name) if block_weights else None
     counts: collections.Counter = collections.Counter()
     te_ratio = ratio if text_encoder_ratio is None else text_encoder_ratio
-    ratios = {
-        "unet": _unet_ratio(UnetBlocks(base.unet.config), ratio, weights, counts),
-        "text_encoder": lambda key: te_ratio,
-        "vae": lambda key: ratio,
-    }
-    for part in PARTS:
-        states = [getattr(lm.model, part).state_dict() for lm in loaded]
-        if unet_only and part != "unet":
+    ratios = {part: (lambda key: te_ratio) for part in family.text_parts}
+    ratios[UNET_PART] = _unet_ratio(UnetBlocks(base.unet.config, layout), ratio, weights, counts)
+    for part in (UNET_PART, *family.text_parts, VAE_PART):
+        states = [lm.model.parts[part].state_dict() for lm in loaded]
+        if unet_only and part != UNET_PART:
             report.copied += len(states[0])
             continue
         merged = merge_state_dicts(
-            states[0], states[1], states[2] if len(states) > 2 else None, ratios[part], mode, f"{part}."
+            states[0], states[1], states[2] if len(states) > 2 else None,
+            ratios.get(part, lambda key: ratio), mode, f"{part}."
         )
-        getattr(base, part).load_state_dict(merged)
+        base.parts[part].load_state_dict(merged)
         report.merged[part] = sum(v.is_floating_point() for v in states[0].values())
         report.copied += len(states[0]) - report.merged[part]
     if weights:
