@@ -87,14 +87,25 @@ def read_toml(path: str | Path, trainer: str, schema: Schema = SCHEMA) -> dict[s
     if not path.is_file():
         raise ConfigError(f"config_file {str(path)!r} does not exist. Give the path of a TOML config file.")
     try:
-        raw = toml.loads(path.read_text(encoding="utf-8"))
-    except (toml.TomlDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: editors on Windows may save a BOM first
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config_file {str(path)!r} is not UTF-8 text ({exc}). Save it as UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"config_file {str(path)!r} cannot be read ({exc.strerror or exc}).") from None
+    try:
+        raw = toml.loads(text)
+    except toml.TomlDecodeError as exc:
         raise ConfigError(f"config_file {str(path)!r} is not valid TOML: {exc}. Fix the syntax at that line.") from None
+    except RecursionError:
+        raise ConfigError(
+            f"config_file {str(path)!r} is nested too deeply (arrays or tables inside each other thousands of "
+            f"levels deep). Options are plain values or flat lists; fix the file."
+        ) from None
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and not _is_option(key, schema):
             for inner_key, inner_value in value.items():
-                if isinstance(inner_value, dict):
+                if isinstance(inner_value, dict) and not _is_option(inner_key, schema):
                     raise ConfigError(
                         f"config_file {str(path)!r}: [{key}.{inner_key}] is nested two levels deep; options go "
                         f"directly under a [section] header or at the top level."
@@ -103,6 +114,12 @@ def read_toml(path: str | Path, trainer: str, schema: Schema = SCHEMA) -> dict[s
         else:
             _put(flat, key, value, path)
     return _check_names(flat, trainer, f"config_file {str(path)!r}", schema)
+
+
+def _is_option(key: str, schema: Schema) -> bool:
+    """A table under an option's name is a wrong value (``network_dim = {a = 1}``), not a section:
+    it is kept as the value, and coercion says the option must be a number, not a table."""
+    return schema.aliases.get(key, key) in schema
 
 
 def _put(flat: dict[str, Any], key: str, value: Any, path: Path) -> None:

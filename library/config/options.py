@@ -349,7 +349,7 @@ def _area_options() -> list[Option]:
 
 #: modules holding an ``OPTIONS`` list of further declarations (DreamBooth, sampling, state, ...).
 AREA_MODULES: tuple[str, ...] = ("library.config.options_db", "library.config.options_optim",
-                                  "library.config.options_families")
+                                  "library.config.options_families", "library.config.options_resume")
 
 OPTIONS = OPTIONS + _area_options()
 

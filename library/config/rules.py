@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 from library.config.schema import Schema
+from library.config.values import file_name_problem
 from library.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+#: numpy's and accelerate's ``set_seed`` take seeds 0 .. 2**32 - 1 (torch takes more).
+SEED_MAX = 2**32 - 1
+#: a LoRA rank above a layer's width adds nothing; the widest layers of SD 1.x, 2.x and SDXL are 1280.
+NETWORK_DIM_MAX = 4096
+#: each repeat adds every picture of a folder once more to each epoch's list of draws.
+REPEATS_MAX = 10_000
 
 
 def check_values(config, schema: Schema) -> None:
@@ -45,8 +55,16 @@ def check_values(config, schema: Schema) -> None:
 def check_rules(config, schema: Schema) -> None:
     """All checks that can be made before any model is loaded."""
     check_values(config, schema)
+    _check_names_and_bounds(config)
     if config.output_config:
         return  # writing the config needs no data or model
+    if os.environ.get("RANK", "0") == "0":  # only the main process writes outputs and logs
+        for name in ("output_dir", "logging_dir"):
+            if getattr(config, name):
+                _check_writable(name, getattr(config, name))
+    for name in ("train_data_dir", "reg_data_dir"):
+        if getattr(config, name):
+            _check_repeats(name, Path(getattr(config, name)))
     if not config.pretrained_model_name_or_path:
         raise ConfigError(
             "option 'pretrained_model_name_or_path' is missing: give a diffusers folder, a .safetensors/.ckpt "
@@ -101,6 +119,7 @@ def check_rules(config, schema: Schema) -> None:
 
         read_prompts(config.sample_prompts)  # a bad line is an error now, not after an hour of training
     _check_one_lr(config)
+    _warn_unused_lr(config)
     if config.log_with in ("wandb", "all"):
         import importlib.util
 
@@ -158,3 +177,85 @@ def _check_one_lr(config) -> None:
             f"config has {found}. Set the learning rates equal (1.0 is usual for this optimizer) or leave "
             f"unet_lr / text_encoder_lr unset, and drop LoRA+ ratios."
         )
+
+
+def _check_names_and_bounds(config) -> None:
+    """Seeds in range, a sane rank, and names that stay plain file names inside their folder."""
+    for name in ("seed", "validation_seed"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value <= SEED_MAX:
+            raise ConfigError(f"option {name!r}: {value} is out of range; a seed must be 0 to {SEED_MAX} (2**32 - 1), "
+                              f"the range numpy and accelerate accept.")
+    dim = getattr(config, "network_dim", None)
+    if dim is not None and dim > NETWORK_DIM_MAX:
+        raise ConfigError(f"option 'network_dim': {dim} is out of range; it must be at most {NETWORK_DIM_MAX}: a "
+                          f"rank above a layer's width adds nothing, and no layer of SD 1.x, 2.x or SDXL is wider "
+                          f"than 1280. Ranks of 4 to 128 are usual.")
+    if config.caption_extension == "":
+        raise ConfigError("option 'caption_extension' is empty: give an extension such as \".txt\", or leave it unset "
+                          "(then <image>.txt, else <image>.caption is read).")
+    for name in ("output_name", "caption_extension", "log_prefix"):
+        value = getattr(config, name)
+        problem = None if value is None or (value == "" and name == "log_prefix") else file_name_problem(value)
+        if problem:
+            raise ConfigError(f"option {name!r}: {value!r} {problem}.")
+
+
+def _check_writable(option: str, folder: str) -> None:
+    """Create ``folder`` and a temporary file in it, then remove what was made: an unwritable output is
+    found now, not at the final save hours later."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"option {option!r}: {folder!r} is a file; it must be a folder (it is created when "
+                          f"missing). Give another path or move the file away.")
+    made = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        made.append(probe)
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=".sdtrain-write-test-", dir=path)
+        os.close(handle)
+        os.unlink(temp)
+    except OSError as exc:
+        raise ConfigError(f"option {option!r}: the folder {folder!r} cannot be written ({exc.strerror or exc}). "
+                          f"Choose a folder you can write to (or fix its permissions or free space) before "
+                          f"training; otherwise the run would fail when it saves.") from None
+    finally:
+        for made_folder in made:  # deepest first; leave no trace of the probe
+            try:
+                made_folder.rmdir()
+            except OSError:
+                pass
+
+
+def _check_repeats(option: str, root: Path) -> None:
+    """Folder names ask for ``<repeats>``; a huge count would fill the memory while the epoch is built."""
+    from library.data.folders import parse_folder_name
+
+    try:
+        names = [sub.name for sub in root.iterdir() if sub.is_dir()]
+    except OSError:
+        return  # the dataset scan reports an unreadable folder
+    for name in names:
+        parsed = parse_folder_name(name)
+        if parsed and parsed[0] > REPEATS_MAX:
+            raise ConfigError(
+                f"{option}: folder {name!r} asks for {parsed[0]} repeats; at most {REPEATS_MAX} are accepted. Each "
+                f"repeat adds every picture of the folder to each epoch once more (8 bytes of memory per picture "
+                f"and repeat, {parsed[0] * 8 / 1e9:.1f} GB per picture here). Rename the folder with fewer repeats "
+                f"and train more epochs or set max_train_steps.")
+
+
+def _warn_unused_lr(config) -> None:
+    """A part with its own rate ignores learning_rate, so changing learning_rate does nothing there."""
+    if config.trainer == "network":
+        own = [("the UNet", "unet_lr", config.unet_lr, not config.network_train_text_encoder_only),
+               ("the text encoder", "text_encoder_lr", config.text_encoder_lr, not config.network_train_unet_only)]
+    else:
+        own = [("the text encoder", "learning_rate_te", config.learning_rate_te, config.train_text_encoder)]
+    unused = [f"{part} uses {name} = {value}" for part, name, value, trained in own if trained and value is not None]
+    if unused:
+        logger.warning("learning_rate = %s has no effect where a part has its own rate: %s; change that value "
+                       "to change its learning rate", config.learning_rate, ", ".join(unused))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from typing import Any
 
 from library.config.schema import Option
@@ -13,7 +15,29 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def _fail(opt: Option, raw: Any, expected: str) -> ConfigError:
+    if isinstance(raw, dict):
+        return ConfigError(
+            f"option {opt.name!r} must be {expected}, not a table ({raw!r}). Write it as "
+            f"{opt.name} = <value>. {opt.help}"
+        )
     return ConfigError(f"option {opt.name!r}: {raw!r} is not {expected}. {opt.help}")
+
+
+def file_name_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a plain file name that stays inside its folder, or None when it can.
+
+    Refuses the empty name, ``.`` and ``..``, path separators (``/``, ``\\``) and control characters
+    (a newline in a name would forge lines in the log).
+    """
+    if text.strip() == "":
+        return "is empty; give a plain file name"
+    if text in (".", ".."):
+        return "refers to a folder, not a file; give a plain file name"
+    if "/" in text or "\\" in text:
+        return "holds a path separator (/ or \\); it must be a plain name that stays inside its folder"
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
+        return "holds a control character (such as a newline or tab); remove it"
+    return None
 
 
 def coerce(opt: Option, raw: Any) -> Any:
@@ -82,14 +106,19 @@ def _to_int(opt: Option, raw: Any) -> int:
 def _to_float(opt: Option, raw: Any) -> float:
     if isinstance(raw, bool):
         raise _fail(opt, raw, "a number")
-    if isinstance(raw, (int, float)):
-        return float(raw)
-    if isinstance(raw, str):
+    value: float | None = None
+    if isinstance(raw, (int, float, str)):
         try:
-            return float(raw.strip())
+            value = float(raw.strip() if isinstance(raw, str) else raw)
         except ValueError:
             pass
-    raise _fail(opt, raw, "a number")
+        except OverflowError:  # an int beyond the float range
+            value = math.inf
+    if value is None:
+        raise _fail(opt, raw, "a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"option {opt.name!r}: {raw!r} must be a finite number (not NaN or infinity). {opt.help}")
+    return value
 
 
 def _to_steps(opt: Option, raw: Any) -> int | float | str:

@@ -81,6 +81,10 @@ class ModelFamily:
     base_model_version: str = ""
     default_resolution: int = 512
     latent_cache_suffix: str = "sd"
+    #: the prediction type of a checkpoint of this family when nothing says otherwise
+    default_prediction_type: str = "epsilon"
+    #: the largest bucket side a run uses when ``max_bucket_reso`` is not set
+    default_max_bucket_reso: int = 1024
     v2: bool = False
     description: str = ""
     #: whether train_db.py trains the text encoder(s) when train_text_encoder is not set

@@ -43,6 +43,7 @@ class SDFamily(ModelFamily):
         self.v2 = spec.te_layout == "open_clip"
         self.description = description
         self.default_resolution = default_resolution
+        self.default_prediction_type = spec.default_prediction_type
 
     # --- detection and loading ---
     def detects_diffusers(self, info: dict) -> bool:
@@ -124,5 +125,5 @@ class SDFamily(ModelFamily):
 
 
 SD1 = register_family(SDFamily(FAMILIES["sd1"], "Stable Diffusion 1.x", 512))
-SD2 = register_family(SDFamily(FAMILIES["sd2"], "Stable Diffusion 2.x (OpenCLIP text encoder)", 768))
+SD2 = register_family(SDFamily(FAMILIES["sd2"], "Stable Diffusion 2.x (OpenCLIP text encoder)", 512))
 

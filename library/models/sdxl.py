@@ -61,6 +61,7 @@ class SDXLFamily(ModelFamily):
     lora_prefixes = {TE1: "lora_te1", TE2: "lora_te2", "unet": "lora_unet"}
     base_model_version = "sdxl_base_v1-0"
     default_resolution = 1024
+    default_max_bucket_reso = 2048  # room for SDXL's 832x1216-style buckets at 1024 (kohya_ss' SDXL presets)
     latent_cache_suffix = "sdxl"
     v2 = False
     trains_text_encoder_by_default = False  # sd-scripts' sdxl_train.py: --train_text_encoder to train them

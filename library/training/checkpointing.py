@@ -36,7 +36,7 @@ class Saver:
                                       cfg.save_last_n_epochs)
         if self.states_wanted:
             state.save_state(self.accelerator, state.epoch_state_dir(cfg.output_dir, cfg.output_name, epoch),
-                             position)
+                             position, cfg.seed)
             keep = cfg.save_last_n_epochs_state or cfg.save_last_n_epochs
             old = epoch - cfg.save_every_n_epochs * keep if keep else 0
             if old > 0 and self.accelerator.is_main_process:
@@ -49,7 +49,8 @@ class Saver:
             outputs.prune_step_saves(cfg.output_dir, cfg.output_name, self.ext, step, cfg.save_every_n_steps,
                                      cfg.save_last_n_steps)
         if self.states_wanted:
-            state.save_state(self.accelerator, state.step_state_dir(cfg.output_dir, cfg.output_name, step), position)
+            state.save_state(self.accelerator, state.step_state_dir(cfg.output_dir, cfg.output_name, step), position,
+                             cfg.seed)
             keep = cfg.save_last_n_steps_state or cfg.save_last_n_steps
             every = cfg.save_every_n_steps
             old = step - every * (keep // every + 1) if keep else 0
@@ -57,17 +58,15 @@ class Saver:
                 state.prune_state(state.step_state_dir(cfg.output_dir, cfg.output_name, old))
 
     def save_final(self, epoch: int, position: state.TrainPosition, stopped: bool = False) -> Path:
-        """The last file; a stopped run also saves its state when any state saving is on, to resume from."""
+        """The last file, and with save_state or save_state_on_train_end the final state (``<name>-state``), so a
+        finished or stopped run can be extended (as sd-scripts does)."""
         cfg = self.config
         path = outputs.final_file(cfg.output_dir, cfg.output_name, self.ext)
         self._save_file(path, epoch, position.step)
-        if cfg.save_state_on_train_end or (cfg.save_state and (stopped or not self._has_interval())):
-            # sd-scripts silently saves no state without a save interval (sd#1921); we save at the end
-            state.save_state(self.accelerator, state.final_state_dir(cfg.output_dir, cfg.output_name), position)
+        if cfg.save_state or cfg.save_state_on_train_end:
+            state.save_state(self.accelerator, state.final_state_dir(cfg.output_dir, cfg.output_name), position,
+                             cfg.seed)
         return path
-
-    def _has_interval(self) -> bool:
-        return bool(self.config.save_every_n_epochs or self.config.save_every_n_steps)
 
     def _save_file(self, path: Path, epoch: int, step: int) -> None:
         self.accelerator.wait_for_everyone()

@@ -122,7 +122,8 @@ def run_training(config, target) -> Path | None:
     accelerator = make_accelerator(config, getattr(target, "ddp_find_unused_parameters", False))
     if not accelerator.is_main_process:
         logging.getLogger("library").setLevel(logging.WARNING)  # one copy of the run's messages
-    seed = resolve_seed(config.seed)
+    seed = resolve_seed(state.seed_for_resume(config.seed, config.resume, config.resume_inexact)
+                        if config.resume else config.seed)  # a resumed run keeps the seed its state records
     config = with_family_defaults(config).replace(seed=seed)
     dataset, validation_set = build_datasets(config)
     steps_per_epoch = dataset.steps_per_epoch(accelerator.num_processes, config.gradient_accumulation_steps)
@@ -202,7 +203,9 @@ def run_training(config, target) -> Path | None:
                      validator, compute, average)
     loop.fused_backward = fused
     if config.resume:
-        loop.position = state.load_state(accelerator, config.resume, accelerator.unwrap_model(train_step))
+        loop.position = state.load_state(accelerator, config.resume, accelerator.unwrap_model(train_step),
+                                         allow_unsafe_pickle=config.allow_unsafe_pickle,
+                                         inexact=config.resume_inexact)
         target.on_step_end(loop.position.step)  # e.g. a text encoder whose training ended before the state
     final = loop.run()
     accelerator.end_training()

@@ -60,20 +60,26 @@ def _distributed_without_gpu() -> bool:
 
 def with_family_defaults(config):
     """The config with the base model's family defaults for options the user did not set (SDXL: resolution
-    1024), when the family can be told without loading the model."""
+    1024, max_bucket_reso 2048), when the family can be told without loading the model."""
     from library.models.family import get_model_family
     from library.models.loading import peek_family
 
-    if "resolution" in config.explicit or not config.pretrained_model_name_or_path:
+    if not config.pretrained_model_name_or_path:
         return config
     name = peek_family(str(config.pretrained_model_name_or_path))
     if name is None:
         return config
-    size = get_model_family(name).default_resolution
-    if tuple(config.resolution) == (size, size):
+    family = get_model_family(name)
+    size = family.default_resolution
+    changes = {}
+    if "resolution" not in config.explicit and tuple(config.resolution) != (size, size):
+        changes["resolution"] = (size, size)
+    if "max_bucket_reso" not in config.explicit and config.max_bucket_reso != family.default_max_bucket_reso:
+        changes["max_bucket_reso"] = family.default_max_bucket_reso
+    if not changes:
         return config
-    logger.info("resolution %dx%d: the %s default (resolution was not set)", size, size, name)
-    return config.replace(resolution=(size, size))
+    logger.info("%s defaults (not set in the config): %s", name, ", ".join(f"{k} {v}" for k, v in changes.items()))
+    return config.replace(**changes)
 
 
 def load_model(config):

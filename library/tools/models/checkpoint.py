@@ -82,12 +82,11 @@ def load_model(
 
 
 def default_prediction_type(family: str) -> str:
-    """The prediction type a model of ``family`` has when nothing says otherwise: its
-    :class:`library.models.families.FamilySpec` default (SD2 v-prediction), else epsilon (SDXL base)."""
-    from library.models.families import FAMILIES
+    """The prediction type a model of ``family`` has when nothing says otherwise (SD2 v-prediction, as the
+    768-v models; SD1 and SDXL base epsilon)."""
+    from library.models.family import get_model_family
 
-    spec = FAMILIES.get(family)
-    return spec.default_prediction_type if spec is not None else "epsilon"
+    return get_model_family(family).default_prediction_type
 
 
 def _declared_prediction_type(path: Path) -> str | None:
