@@ -197,7 +197,7 @@ OPTIONS = [
     Option("ema_update_every_n_steps", "int", 1, "Update the moving average every n optimizer steps.",
            "training", min=1),
     Option("seed", "int", None, "Random seed (unset: a random one, written to the metadata).", "training",
-           min=0, common=True),
+           min=0, max=2**32 - 1, common=True),
     # --- network -----------------------------------------------------------------------------
     Option("network_module", "str", "networks.lora", "Network type.", "network", trainers=NET,
            choices=_network_module_names, common=True),
@@ -266,7 +266,7 @@ OPTIONS = [
            "Share of each training folder's pictures held out for the validation loss (e.g. 0.1; 0 = none). "
            "Regularisation pictures are never held out.", "validation", min=0.0, check=_below_one),
     Option("validation_seed", "int", None, "Seed of the held-out draw and the validation noise (unset: seed).",
-           "validation"),
+           "validation", min=0, max=2**32 - 1),
     Option("validate_every_n_steps", "int", None, "Also compute the validation loss every n steps.",
            "validation", min=1),
     Option("validate_every_n_epochs", "int", None,
