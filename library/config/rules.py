@@ -9,6 +9,7 @@ from pathlib import Path
 
 from library.config.schema import Schema
 from library.config.values import file_name_problem
+from library.data.folders import REPEATS_MAX
 from library.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -17,8 +18,6 @@ logger = logging.getLogger(__name__)
 SEED_MAX = 2**32 - 1
 #: a LoRA rank above a layer's width adds nothing; the widest layers of SD 1.x, 2.x and SDXL are 1280.
 NETWORK_DIM_MAX = 4096
-#: each repeat adds every picture of a folder once more to each epoch's list of draws.
-REPEATS_MAX = 10_000
 
 
 def check_values(config, schema: Schema) -> None:

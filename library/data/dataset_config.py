@@ -13,7 +13,7 @@ from typing import Any
 
 import tomllib
 
-from library.data.folders import discover_concept_folders
+from library.data.folders import REPEATS_MAX, discover_concept_folders
 from library.data.specs import DatasetSpec, SubsetSpec
 from library.errors import DatasetError
 
@@ -229,6 +229,11 @@ def _check_ranges(values: dict[str, Any], where: str) -> None:
     for key in ("num_repeats", "keep_tokens", "caption_dropout_every_n_epochs"):
         if key in values and values[key] < 0:
             raise DatasetError(f"{where}: '{key}' = {values[key]} must be >= 0.")
+    if values.get("num_repeats", 0) > REPEATS_MAX:
+        raise DatasetError(
+            f"{where}: 'num_repeats' = {values['num_repeats']} is more than {REPEATS_MAX}: every repeat lists each "
+            "picture once more per epoch, so this cannot fit in memory. Use fewer repeats and more epochs."
+        )
     for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
         if key in values and not 0.0 <= values[key] <= 1.0:
             raise DatasetError(f"{where}: '{key}' = {values[key]} must be between 0 and 1.")

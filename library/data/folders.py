@@ -20,6 +20,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _REPEATS_RE = re.compile(r"[0-9]+")
 
 
+#: each repeat adds every picture of a folder once more to each epoch's list of draws (8 bytes per draw).
+REPEATS_MAX = 10_000
+
+
 @dataclass(frozen=True)
 class ConceptFolder:
     """One ``<repeats>_<class tokens>`` folder found under a data directory."""

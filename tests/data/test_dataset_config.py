@@ -168,3 +168,12 @@ def test_specs_from_folders(tmp_path):
         ("1_1girl", 1, "1girl", True),
     ]
     assert all(s.keep_tokens == 1 and s.flip_aug for s in ds.subsets)
+
+
+def test_num_repeats_that_cannot_fit_are_refused(tmp_path):
+    from library.data.dataset_config import _check_ranges
+    from library.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="'num_repeats' = 1000000000 is more than 10000"):
+        _check_ranges({"num_repeats": 1_000_000_000}, "dataset.toml [[datasets.subsets]] 1")
+    _check_ranges({"num_repeats": 10_000}, "dataset.toml")
