@@ -1,4 +1,5 @@
-"""Start the training GUI: python gui.py [--listen ADDR] [--port N] [--share] [--username U --password P]."""
+"""Start the training GUI: python gui.py [--listen ADDR --username U --password P] [--share] [--port N]
+[--allowed_hosts NAME ...] [--allowed_paths FOLDER ...]; served to other machines it needs a login."""
 
 import os
 import sys

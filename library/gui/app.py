@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass
+import os
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from library.gui import configs
 from library.gui.jobs import JobRunner
 from library.gui.run_queue import TrainingQueue, start_worker
+from library.gui.security import GuiPolicy, HostCheckMiddleware, HostPolicy, exposed, start_refusal
 from library.gui.tools_tabs import captioning_tab, dataset_tab, tools_tab
 from library.gui.training_tab import panel_values, training_tab
 
@@ -23,10 +28,12 @@ LOCALHOST = "127.0.0.1"
 
 @dataclass
 class GuiContext:
-    """What one GUI owns: its state folder (job + queue files), the runner, the queue and the launcher."""
+    """What one GUI owns: its state folder (job + queue files), the runner, the queue, the launcher and the
+    folders its path fields may name."""
 
     state_dir: Path
     launcher: str = "python"
+    paths: GuiPolicy = field(default_factory=GuiPolicy)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -65,15 +72,15 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
         with gr.Tabs():
             for trainer, title in (("network", "LoRA"), ("db", "DreamBooth")):
                 with gr.Tab(title, id=trainer, elem_id=f"tab-{trainer}"):
-                    panels.append(training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher))
+                    panels.append(training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths))
             with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
                 table = queue_tab(ctx)
             with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
-                captioning_tab()
+                captioning_tab(ctx.paths)
             with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
-                dataset_tab()
+                dataset_tab(ctx.paths)
             with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
-                tools_tab()
+                tools_tab(ctx.paths)
         timer = gr.Timer(1.0)
         outputs = [c for p in panels for c in p.outputs()] + [table]
 
@@ -93,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="a public gradio.live link (off by default)")
     p.add_argument("--username", help="login name (with --password)")
     p.add_argument("--password", help="login password (with --username)")
+    p.add_argument(
+        "--insecure_no_auth",
+        action="store_true",
+        help="serve other machines (--listen, --share) without --username/--password (anyone may use it)",
+    )
+    p.add_argument(
+        "--allowed_hosts",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="more host names the page may be reached by (e.g. a proxy's); other Host headers get 403",
+    )
+    p.add_argument(
+        "--allowed_paths",
+        nargs="*",
+        default=None,
+        metavar="FOLDER",
+        help="folders the path fields and tools may use (with --listen/--share; default: the working "
+        "folder and --state_dir)",
+    )
     p.add_argument("--inbrowser", action="store_true", help="open the page in the browser")
     p.add_argument("--state_dir", default="output/gui", help="where the job and queue files live")
     p.add_argument(
@@ -106,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exposure_warning(listen: str, share: bool, auth: bool) -> str | None:
     """The warning printed when the GUI is reachable from other machines without a login."""
-    if auth or (listen in (LOCALHOST, "localhost", "::1") and not share):
+    if auth or not exposed(listen, share):
         return None
     where = "a public share link" if share else f"{listen} (other machines can reach it)"
     return (
@@ -121,13 +148,21 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give both --username and --password, or neither.")
         return 2
     auth = (args.username, args.password) if args.username else None
+    refusal = start_refusal(args.listen, args.share, auth is not None, args.insecure_no_auth)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
     warning = exposure_warning(args.listen, args.share, auth is not None)
     if warning:
         print(warning)
-    ctx = GuiContext(Path(args.state_dir), args.launcher)
+    paths = GuiPolicy.for_gui(
+        exposed(args.listen, args.share), args.allowed_paths, [os.getcwd(), args.state_dir]
+    )
+    ctx = GuiContext(Path(args.state_dir), args.launcher, paths)
     start_worker(ctx.queue)
     app = build_app(ctx)
     app.queue(default_concurrency_limit=4)
+    hosts = HostPolicy.for_listen(args.listen, args.allowed_hosts)
     app.launch(
         server_name=args.listen,
         server_port=args.port,
@@ -135,5 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         auth=auth,
         inbrowser=args.inbrowser,
         footer_links=["settings"],
+        app_kwargs={"middleware": [Middleware(HostCheckMiddleware, policy=hosts)]},
+        prevent_thread_lock=True,
     )
+    if app.share_url:  # the share tunnel forwards requests under its own name
+        hosts.names.add(urlparse(app.share_url).hostname or "")
+    app.block_thread()
     return 0

@@ -9,22 +9,27 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
 from library.errors import UserError
 from library.gui.configs import REPO_ROOT
+from library.gui.security import GuiPolicy, check_safe_args, shell_command
 
 
 @dataclass(frozen=True)
 class Arg:
     """One field of a tool form: ``flag`` "" for a positional argument; ``many`` splits lines into values;
-    ``switch`` makes a checkbox that adds the bare flag."""
+    ``switch`` makes a checkbox that adds the bare flag; ``path``: its values are files or folders (kept
+    to ``--allowed_paths``); ``gui_only``: a checkbox the GUI reads itself (never passed to the tool)."""
 
     label: str
     flag: str = ""
     many: bool = False
     switch: bool = False
+    path: bool = False
+    gui_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,25 +44,71 @@ def tool_argv(spec: ToolSpec, values: list, extra: str = "") -> list[str]:
     """The argument list of ``spec`` for the field ``values`` (+ extra arguments, one per line)."""
     argv = [sys.executable, str(REPO_ROOT / "tools" / spec.script)]
     for arg, value in zip(spec.args, values, strict=True):
+        if arg.gui_only:
+            continue
         if arg.switch:
             argv += [arg.flag] if value else []
             continue
-        items = (
-            [v.strip() for v in str(value or "").splitlines() if v.strip()]
-            if arg.many
-            else ([str(value).strip()] if value not in (None, "") and str(value).strip() else [])
-        )
+        items = field_items(arg, value)
         if items:
             argv += ([arg.flag] if arg.flag else []) + items
-    return argv + [line.strip() for line in (extra or "").splitlines() if line.strip()]
+    return argv + extra_args(extra)
 
 
-def run_tool(spec: ToolSpec, values: list, extra: str, timeout: float = 24 * 3600) -> str:
-    """Run the tool and return its exit status and output (stdout + stderr)."""
+def extra_args(extra: str | None) -> list[str]:
+    """The "Extra arguments" field: one argument per line (never split by a shell)."""
+    return [line.strip() for line in (extra or "").splitlines() if line.strip()]
+
+
+def field_items(arg: Arg, value) -> list[str]:
+    """The values one field holds (lines of a ``many`` field, else the stripped text)."""
+    if arg.switch or value in (None, ""):
+        return []
+    lines = str(value).splitlines() if arg.many else [str(value)]
+    return [v.strip() for v in lines if v.strip()]
+
+
+def check_tool_form(spec: ToolSpec, values: list, extra: str, policy: GuiPolicy) -> None:
+    """Raise ``UserError`` when the form may not run: an unsafe switch anywhere (a field value or an extra
+    argument), a path outside the allowed folders, or (Convert) a non-empty destination folder without
+    the overwrite box ticked."""
+    check_safe_args(tool_argv(spec, values, extra)[2:])
+    policy.check_args(extra_args(extra))
+    fields = dict(zip(spec.args, values, strict=True))
+    for arg, value in fields.items():
+        if arg.path:
+            policy.check(*field_items(arg, value))
+    if spec.key == "convert":
+        destination = field_items(spec.args[1], values[1])
+        overwrite = next((bool(v) for a, v in fields.items() if a.gui_only), False)
+        if destination and not overwrite:
+            check_no_overwrite(destination[0])
+
+
+def check_no_overwrite(destination: str) -> None:
+    """Raise ``UserError`` when ``destination`` is an existing folder with something in it (Convert would
+    replace its contents)."""
+    folder = Path(destination).expanduser()
+    if folder.is_dir() and any(folder.iterdir()):
+        raise UserError(
+            f"the destination {destination!r} is a folder that is not empty, and converting onto it deletes "
+            'what it holds. Pick a new folder, or tick "Overwrite a non-empty destination folder".'
+        )
+
+
+def run_tool(
+    spec: ToolSpec, values: list, extra: str, timeout: float = 24 * 3600, policy: GuiPolicy | None = None
+) -> str:
+    """Run the tool and return its exit status and output (stdout + stderr); a refused form returns the
+    reason and runs nothing."""
+    try:
+        check_tool_form(spec, values, extra, policy or GuiPolicy())
+    except UserError as exc:
+        return f"❌ {exc}"
     argv = tool_argv(spec, values, extra)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     head = "✅ done" if done.returncode == 0 else f"❌ exit code {done.returncode}"
-    return f"{head}\n$ {' '.join(argv)}\n\n{done.stdout}{done.stderr}"
+    return f"{head}\n$ {shell_command(argv)}\n\n{done.stdout}{done.stderr}"
 
 
 CAPTION_TOOLS = (
@@ -66,8 +117,8 @@ CAPTION_TOOLS = (
         "WD14 tagger (ONNX)",
         "tag_images_by_wd14_tagger.py",
         (
-            Arg("Image folder"),
-            Arg("Model folder or hub repo", "--repo_id"),
+            Arg("Image folder", path=True),
+            Arg("Model folder or hub repo", "--repo_id", path=True),
             Arg("General threshold", "--general_threshold"),
             Arg("Character threshold", "--character_threshold"),
             Arg("Remove underscores", "--remove_underscore", switch=True),
@@ -78,8 +129,8 @@ CAPTION_TOOLS = (
         "BLIP captioning",
         "make_captions.py",
         (
-            Arg("Image folder"),
-            Arg("Model (folder or hub id)", "--caption_weights"),
+            Arg("Image folder", path=True),
+            Arg("Model (folder or hub id)", "--caption_weights", path=True),
             Arg("Beam search", "--beam_search", switch=True),
         ),
     ),
@@ -87,14 +138,14 @@ CAPTION_TOOLS = (
         "git",
         "GIT captioning",
         "make_captions_by_git.py",
-        (Arg("Image folder"), Arg("Model (folder or hub id)", "--model_id")),
+        (Arg("Image folder", path=True), Arg("Model (folder or hub id)", "--model_id", path=True)),
     ),
     ToolSpec(
         "edit",
         "Caption editing",
         "edit_captions.py",
         (
-            Arg("Image folder"),
+            Arg("Image folder", path=True),
             Arg("Sub-command and its arguments, one per line (e.g. fold, Smith, 1boy, beard)", many=True),
             Arg("Dry run", "--dry_run", switch=True),
         ),
@@ -107,8 +158,8 @@ DATASET_TOOLS = (
         "Prepare folders (N_trigger class)",
         "prepare_dataset.py",
         (
-            Arg("Raw image folder"),
-            Arg("Output folder"),
+            Arg("Raw image folder", path=True),
+            Arg("Output folder", path=True),
             Arg("Trigger word", "--trigger"),
             Arg("Class name", "--class_name"),
             Arg("Repeats", "--repeats"),
@@ -122,10 +173,10 @@ MODEL_TOOLS = (
         "Merge LoRA (into a model, or LoRAs together)",
         "merge_lora.py",
         (
-            Arg("Base model (empty: merge LoRAs together)", "--sd_model"),
-            Arg("LoRA files (one per line)", "--models", many=True),
+            Arg("Base model (empty: merge LoRAs together)", "--sd_model", path=True),
+            Arg("LoRA files (one per line)", "--models", many=True, path=True),
             Arg("Ratios (one per line)", "--ratios", many=True),
-            Arg("Save to", "--save_to"),
+            Arg("Save to", "--save_to", path=True),
         ),
     ),
     ToolSpec(
@@ -133,9 +184,9 @@ MODEL_TOOLS = (
         "Extract LoRA (SVD of the difference)",
         "extract_lora_from_models.py",
         (
-            Arg("Original model", "--model_org"),
-            Arg("Tuned model", "--model_tuned"),
-            Arg("Save to", "--save_to"),
+            Arg("Original model", "--model_org", path=True),
+            Arg("Tuned model", "--model_tuned", path=True),
+            Arg("Save to", "--save_to", path=True),
             Arg("Rank", "--dim"),
         ),
     ),
@@ -143,29 +194,38 @@ MODEL_TOOLS = (
         "resize",
         "Resize LoRA",
         "resize_lora.py",
-        (Arg("LoRA file", "--model"), Arg("New rank", "--new_rank"), Arg("Save to", "--save_to")),
+        (
+            Arg("LoRA file", "--model", path=True),
+            Arg("New rank", "--new_rank"),
+            Arg("Save to", "--save_to", path=True),
+        ),
     ),
     ToolSpec(
         "merge_models",
         "Merge models",
         "merge_models.py",
         (
-            Arg("Models A B [C] (one per line)", "--models", many=True),
+            Arg("Models A B [C] (one per line)", "--models", many=True, path=True),
             Arg("Ratio", "--ratio"),
             Arg("Mode", "--mode"),
-            Arg("Save to", "--save_to"),
+            Arg("Save to", "--save_to", path=True),
         ),
     ),
     ToolSpec(
         "convert",
         "Convert model (single file <-> diffusers)",
         "convert_model.py",
-        (Arg("Source"), Arg("Destination"), Arg("Precision", "--precision")),
+        (
+            Arg("Source", path=True),
+            Arg("Destination", path=True),
+            Arg("Precision", "--precision"),
+            Arg("Overwrite a non-empty destination folder", switch=True, gui_only=True),
+        ),
     ),
 )
 
 
-def tool_form(spec: ToolSpec) -> None:
+def tool_form(spec: ToolSpec, policy: GuiPolicy | None = None) -> None:
     """An accordion with the tool's fields, extra arguments, a Run button and the output."""
     with gr.Accordion(spec.title, open=False):
         fields = [
@@ -180,16 +240,17 @@ def tool_form(spec: ToolSpec) -> None:
 
         def run(*values, progress=gr.Progress()):  # noqa: B008 - gradio injects the progress tracker
             progress(0.0, desc=f"running {spec.script}")
-            return run_tool(spec, list(values[:-1]), values[-1])
+            return run_tool(spec, list(values[:-1]), values[-1], policy=policy)
 
         button.click(run, [*fields, extra], [output])
 
 
-def check_rows(source: str, reg: str, resolution) -> tuple[str, list[list]]:
+def check_rows(source: str, reg: str, resolution, policy: GuiPolicy | None = None) -> tuple[str, list[list]]:
     """Dataset check report as (summary markdown, table rows severity/code/message/paths)."""
     from library.tools.dataset.check import CheckOptions, check_dataset
 
     try:
+        (policy or GuiPolicy()).check(source.strip(), reg.strip())
         opts = CheckOptions(resolution=int(resolution) if resolution else None)
         report = check_dataset(source.strip(), reg.strip() or None, opts).to_json()
     except UserError as exc:
@@ -215,28 +276,40 @@ def tag_frequency_rows(folder: str, extension: str = ".txt") -> list[list]:
     return [[tag, n] for tag, n in counts.most_common()]
 
 
-def inspect_text(path: str, base: str) -> str:
+def inspect_text(path: str, base: str, policy: GuiPolicy | None = None) -> str:
     from library.tools.models.inspect_lora import inspect_lora, report_lines
 
     try:
+        (policy or GuiPolicy()).check(path.strip(), base.strip())
         return "\n".join(report_lines(inspect_lora(path.strip(), base.strip() or None)))
     except (UserError, OSError) as exc:
         return f"❌ {exc}"
 
 
-def captioning_tab() -> None:
+def tag_rows_checked(folder: str, extension: str, policy: GuiPolicy) -> list[list]:
+    """``tag_frequency_rows`` for the page: a folder outside the allowed ones shows an error."""
+    try:
+        policy.check(folder.strip())
+    except UserError as exc:
+        raise gr.Error(str(exc)) from None
+    return tag_frequency_rows(folder.strip(), extension)
+
+
+def captioning_tab(policy: GuiPolicy | None = None) -> None:
+    policy = policy or GuiPolicy()
     for spec in CAPTION_TOOLS:
-        tool_form(spec)
+        tool_form(spec, policy)
     with gr.Accordion("Tag frequencies", open=True):
         with gr.Row():
             folder = gr.Textbox(label="Image folder", elem_id="tags-folder", scale=3)
             ext = gr.Textbox(label="Caption extension", value=".txt", scale=1)
         button = gr.Button("Count tags", elem_id="tags-run")
         table = gr.Dataframe(headers=["tag", "count"], elem_id="tags-table", interactive=False)
-        button.click(lambda f, e: tag_frequency_rows(f.strip(), e), [folder, ext], [table])
+        button.click(lambda f, e: tag_rows_checked(f, e, policy), [folder, ext], [table])
 
 
-def dataset_tab() -> None:
+def dataset_tab(policy: GuiPolicy | None = None) -> None:
+    policy = policy or GuiPolicy()
     with gr.Accordion("Dataset check", open=True):
         with gr.Row():
             source = gr.Textbox(
@@ -252,18 +325,19 @@ def dataset_tab() -> None:
             interactive=False,
             wrap=True,
         )
-        button.click(check_rows, [source, reg, reso], [summary, table])
+        button.click(lambda s, r, n: check_rows(s, r, n, policy), [source, reg, reso], [summary, table])
     for spec in DATASET_TOOLS:
-        tool_form(spec)
+        tool_form(spec, policy)
 
 
-def tools_tab() -> None:
+def tools_tab(policy: GuiPolicy | None = None) -> None:
+    policy = policy or GuiPolicy()
     with gr.Accordion("Inspect / verify a LoRA", open=True):
         with gr.Row():
             path = gr.Textbox(label="LoRA file", elem_id="inspect-path", scale=3)
             base = gr.Textbox(label="Base model to check against (optional)", scale=2)
         button = gr.Button("Inspect", elem_id="inspect-run")
         out = gr.Textbox(label="Report", lines=14, elem_id="inspect-output")
-        button.click(inspect_text, [path, base], [out])
+        button.click(lambda p, b: inspect_text(p, b, policy), [path, base], [out])
     for spec in MODEL_TOOLS:
-        tool_form(spec)
+        tool_form(spec, policy)

@@ -27,11 +27,13 @@ from library.gui.fields import (
 )
 from library.gui.jobs import JobRunner, RunView
 from library.gui.run_queue import TrainingQueue
+from library.gui.security import GuiPolicy, shell_command
 
 logger = logging.getLogger(__name__)
 
 TITLES = {"network": "LoRA", "db": "DreamBooth"}
 MODEL_OPTION = SCHEMA["pretrained_model_name_or_path"]
+PATH_KINDS = ("path", "dir", "file")
 
 
 def make_component(trainer: str, opt: Option, visible: bool = True) -> gr.components.Component:
@@ -78,7 +80,8 @@ def loss_frame(view: RunView):
     rows += [(s, v, "validation") for s, v in view.validation if v is not None]
     # explicit dtypes: an untyped frame makes the browser plot the axes as categories
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype(
-        {"step": "int64", "value": "float64", "series": "str"})
+        {"step": "int64", "value": "float64", "series": "str"}
+    )
 
 
 def lr_frame(view: RunView):
@@ -120,19 +123,28 @@ class TrainingForm:
     queue: TrainingQueue
     launcher: str = "python"
     names: list[str] = field(default_factory=list)
+    policy: GuiPolicy = field(default_factory=GuiPolicy)
 
     def __post_init__(self) -> None:
-        self.names = [o.name for o in form_options(self.trainer)]
+        options = form_options(self.trainer)
+        self.names = [o.name for o in options]
+        self.path_names = [o.name for o in options if o.kind in PATH_KINDS]
 
     def _fields(self, values) -> dict[str, Any]:
         return dict(zip(self.names, values, strict=True))
+
+    def _checked(self, values) -> dict[str, Any]:
+        """The fields, after the policy's checks (paths inside ``--allowed_paths``; raises ``UserError``)."""
+        fields = self._fields(values)
+        self.policy.check_values(fields, self.path_names)
+        return fields
 
     def _ordered(self, fields: dict[str, Any]) -> list:
         return [fields[n] for n in self.names]
 
     def validate(self, *values) -> str:
         try:
-            configs.validate(self.trainer, self._fields(values))
+            configs.validate(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
         return "✅ the config is valid"
@@ -140,10 +152,23 @@ class TrainingForm:
     def save(self, path: str, *values) -> str:
         if not path or not path.strip():
             return "❌ give a file name to save to (e.g. configs/my_lora.toml)."
-        written, error = configs.save_config(self.trainer, self._fields(values), path.strip())
+        try:
+            self.policy.check(path.strip())
+            written, error = configs.save_config(self.trainer, self._fields(values), path.strip())
+        except UserError as exc:
+            return f"❌ {exc}"
+        except OSError as exc:
+            return f"❌ cannot write {path.strip()}: {exc.strerror or exc}"
         return f"saved {written}" + (f" — note, it does not validate yet: {error}" if error else "")
 
     def load(self, path: str) -> list:
+        try:
+            self.policy.check(path.strip())
+        except UserError as exc:
+            return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
+        return self._read(path)
+
+    def _read(self, path: str) -> list:
         try:
             fields = configs.load_config(self.trainer, path.strip())
         except UserError as exc:
@@ -153,12 +178,15 @@ class TrainingForm:
     def load_preset(self, name: str) -> list:
         if not name:
             return ["❌ pick a preset first", *[gr.skip() for _ in self.names]]
-        return self.load(str(configs.preset_path(name)))
+        if name not in configs.list_presets(self.trainer):
+            return [f"❌ there is no preset {name!r} for this trainer", *[gr.skip() for _ in self.names]]
+        return self._read(str(configs.preset_path(name)))
 
     def import_kohya(self, path: str) -> list:
         from library.gui.kohya_import import import_kohya_file
 
         try:
+            self.policy.check(path.strip())
             result = import_kohya_file(path.strip(), self.trainer)
         except UserError as exc:
             return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
@@ -166,19 +194,19 @@ class TrainingForm:
 
     def command(self, *values) -> str:
         try:
-            config = configs.validate(self.trainer, self._fields(values))
+            config = configs.validate(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
         path = configs.run_config_path(config)
         return (
-            " ".join(configs.trainer_command(self.trainer, path, self.launcher))
+            shell_command(configs.trainer_command(self.trainer, path, self.launcher))
             + f"\n\n# {path}:\n"
             + (configs.effective_toml(config))
         )
 
     def estimate(self, *values) -> str:
         try:
-            return configs.estimate_report(self.trainer, self._fields(values))
+            return configs.estimate_report(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
 
@@ -186,12 +214,12 @@ class TrainingForm:
         if self.runner.busy():
             return "❌ a run is already going (one run at a time): stop it or add this config to the queue."
         try:
-            path = configs.write_run_config(self.trainer, self._fields(values))
+            path = configs.write_run_config(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
         command = configs.trainer_command(self.trainer, path, self.launcher)
         self.runner.start(command, label=f"{TITLES[self.trainer]} {path.stem}", cwd=os.getcwd())
-        return f"started: {' '.join(command)}"
+        return f"started: {shell_command(command)}"
 
     def stop(self) -> str:
         return (
@@ -200,7 +228,7 @@ class TrainingForm:
 
     def enqueue(self, *values) -> str:
         try:
-            config = configs.validate(self.trainer, self._fields(values))
+            config = configs.validate(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
         number = self.queue.add(self.trainer, configs.effective_toml(config), label=config.output_name or "")
@@ -307,9 +335,11 @@ def run_panel(trainer: str) -> RunPanel:
     return RunPanel(status, loss, lr, samples, log)
 
 
-def training_tab(trainer: str, runner: JobRunner, queue: TrainingQueue, launcher: str) -> RunPanel:
+def training_tab(
+    trainer: str, runner: JobRunner, queue: TrainingQueue, launcher: str, policy: GuiPolicy | None = None
+) -> RunPanel:
     """Build the tab's content (call inside ``gr.Tab``); returns its run panel for the page timer."""
-    form = TrainingForm(trainer, runner, queue, launcher)
+    form = TrainingForm(trainer, runner, queue, launcher, policy=policy or GuiPolicy())
     message = gr.Markdown("", elem_id=f"{trainer}-message")
     bar = gr.Column()
     fields = form_fields(trainer)
