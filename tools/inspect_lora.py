@@ -1,7 +1,8 @@
 """Inspect a LoRA file: type, rank/alpha, target architecture, metadata, hashes; --check BASE for key fit.
 
 python tools/inspect_lora.py my_lora.safetensors --check base.safetensors
-Exit code 1 when --check finds modules that do not fit the base model.
+Exit code 1 when --check finds modules that do not fit the base model; 2 when the file is damaged
+(NaN/inf weights, rank mismatches, ...: the report lists them under "problems:").
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from library.tools.models.inspect_lora import check_failed, inspect_lora, report_lines
+        from library.tools.models.inspect_lora import (
+            check_failed,
+            inspect_lora,
+            raise_if_damaged,
+            report_lines,
+        )
 
         insp = inspect_lora(args.file, args.check, allow_unsafe_pickle=args.allow_unsafe_pickle)
-        print("\n".join(report_lines(insp, show_metadata=not args.no_metadata)))
+        print("\n".join(report_lines(insp, show_metadata=not args.no_metadata)), flush=True)
+        raise_if_damaged(insp)
         return 1 if check_failed(insp) else 0
 
     return run_tool(body)

@@ -30,6 +30,26 @@ def _writers(family: str):
     )
 
 
+def _check_targets(out: str | None, single_file: str | None) -> None:
+    """UserError before anything is written: --out must not be a file, --single_file not a folder."""
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(
+            f"--out {out} is an existing file; --out names the diffusers folder to write. Give a "
+            "folder path (or --single_file for a single file)."
+        )
+    if single_file and Path(single_file).is_dir():
+        raise UserError(
+            f"--single_file {single_file} is an existing folder; give a file path such as "
+            f"{Path(single_file) / 'tiny.safetensors'}."
+        )
+    for path in (out, single_file):
+        blocker = (
+            next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None) if path else None
+        )
+        if blocker is not None:
+            raise UserError(f"Cannot write {path}: {blocker} is a file, not a folder. Choose another path.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="diffusers folder to write")
@@ -41,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --out and/or --single_file")
     write_folder, write_file = _writers(args.family)
     try:
+        _check_targets(args.out, args.single_file)
         if args.out:
             print(f"wrote diffusers folder {write_folder(args.out, args.seed)}")
         if args.single_file:

@@ -1,9 +1,19 @@
-"""Safe image loading (EXIF orientation, modes -> RGB) and fast probing with a truncation check."""
+"""Safe image loading (EXIF orientation, modes -> RGB) and fast probing with a truncation check.
+
+Pictures over PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS`` pixels; PIL itself only warns
+up to twice that) are refused with a :class:`DatasetError` naming them, before any pixel is decoded, so
+the dataset scan and the tools skip them with a warning like any unreadable picture. PIL's own
+``DecompressionBombWarning`` is silenced while opening: the limit is checked here, with a message that names
+the file.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +27,35 @@ logger = logging.getLogger(__name__)
 _JPEG_END = b"\xff\xd9"
 _PNG_IEND = b"IEND\xaeB`\x82"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+# catch_warnings swaps process-wide state: one opener at a time (Image.open only reads the header).
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _bomb_error(path: Path, what: str, detail: str) -> DatasetError:
+    return DatasetError(
+        f"{what} '{path}' is too large to read safely ({detail}): over PIL's decompression-bomb limit of "
+        f"{Image.MAX_IMAGE_PIXELS} pixels, so it may be a crafted file that would fill the memory. Downscale it "
+        "(e.g. to 2048 pixels on the long side) or remove it from the dataset."
+    )
+
+
+def open_checked(path: Path, what: str) -> Image.Image:
+    """``Image.open`` (lazy: the header only) that refuses pictures over the bomb limit with a DatasetError."""
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _bomb_error(path, what, f"{pixels.group(1)} pixels" if pixels else str(exc)) from None
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = img.size
+    if limit and width * height > limit:
+        img.close()
+        raise _bomb_error(path, what, f"{width}x{height} = {width * height} pixels")
+    return img
 
 
 def _to_eight_bit(img: Image.Image) -> Image.Image:
@@ -47,10 +86,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def _open_transposed(path: Path, what: str = "Image") -> Image.Image:
     """Decode ``path`` with its EXIF orientation applied; DatasetError naming the file when it cannot be."""
     try:
-        with Image.open(path) as img:
+        with open_checked(path, what) as img:
             img.load()
             return ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except _UNREADABLE as exc:
         raise DatasetError(
             f"{what} '{path}' cannot be read ({exc}). Re-export it as PNG or JPEG, or remove it from the dataset."
         ) from exc
@@ -108,11 +147,11 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with open_checked(path, "Image") as img:
             _check_complete(path, img)
             width, height = img.size
             orientation = img.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except _UNREADABLE as exc:
         raise DatasetError(
             f"Image '{path}' is unreadable or truncated ({exc}). Re-export it or remove it from the dataset."
         ) from exc

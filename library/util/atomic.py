@@ -19,6 +19,22 @@ def _umask() -> int:
 _UMASK = _umask()  # read once, at import, while no other thread can create files
 
 
+def _make_parent(target: Path) -> None:
+    """Create ``target``'s folder; a UserError when a file stands where a folder of the path must be."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        from library.errors import UserError
+
+        blocker = next(
+            (p for p in [target.parent, *target.parent.parents] if p.exists() and not p.is_dir()),
+            target.parent,
+        )
+        raise UserError(
+            f"Cannot save {target}: {blocker} is a file, not a folder. Choose another path."
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
@@ -27,7 +43,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     temporary file.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        from library.errors import UserError
+
+        raise UserError(
+            f"{target} is an existing folder, so a file cannot be saved under that name. Give a file path "
+            f"(e.g. {target / ('model' + (target.suffix or '.safetensors'))}) or remove the folder."
+        )
+    _make_parent(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -63,7 +86,14 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     deleted, so a crash never leaves a half-written folder under the name.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        from library.errors import UserError
+
+        raise UserError(
+            f"{target} exists and is a file; a folder cannot be saved under that name. Give "
+            "another folder name or remove the file."
+        )
+    _make_parent(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp

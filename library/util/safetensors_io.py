@@ -18,6 +18,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 from library.errors import ModelLoadError
 from library.util.atomic import atomic_path
@@ -102,7 +103,8 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, on CPU."""
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise ModelLoadError(
-            f"Cannot load the safetensors file {path}: {exc}. Check that it exists and is complete."
+            f"Cannot load the safetensors file {path}: {exc}. Check that it exists and is a complete "
+            ".safetensors file (a download or copy may have been cut short, or it is another kind of file)."
         ) from exc

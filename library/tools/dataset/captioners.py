@@ -18,7 +18,7 @@ from PIL import Image
 from library.data.images import load_image
 from library.errors import ModelLoadError, UserError
 from library.tools.dataset.files import caption_path, find_images, write_caption
-from library.tools.dataset.pipeline import iter_loaded_batches
+from library.tools.dataset.pipeline import iter_loaded_batches, raise_none_readable
 from library.util.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -188,6 +188,8 @@ def caption_folder(
                 on_image(path, text)
             write_caption(caption_path(path, run.caption_extension), text, overwrite=True)
             report.written.append(caption_path(path, run.caption_extension))
+    if todo and len(report.unreadable) == len(todo):
+        raise_none_readable(folder, report.unreadable)
     if report.kept_existing:
         logger.warning(
             "%d pictures already had a caption that was kept (use --overwrite to replace it).",

@@ -59,7 +59,9 @@ class PictureHash:
 
 def hash_picture(path: str | Path) -> PictureHash:
     """Hash a picture file (EXIF rotation applied; JPEGs decoded at reduced size for speed)."""
-    with Image.open(path) as img:
+    from library.data.images import open_checked
+
+    with open_checked(Path(path), "Picture") as img:
         img.draft("L", (64, 64))
         gray = ImageOps.exif_transpose(img).convert("L")
     return PictureHash(dhash(gray), phash(gray), float(np.asarray(gray, dtype=np.float64).mean()))

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from library.errors import UserError
+from library.errors import DatasetError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +60,12 @@ def iter_loaded_batches(
                 batch = []
         if batch:
             yield batch
+
+
+def raise_none_readable(folder, unreadable: Sequence[Path]) -> None:
+    """DatasetError when every picture of ``folder`` was skipped (each one is named in a warning already)."""
+    raise DatasetError(
+        f"None of the {len(unreadable)} pictures in '{folder}' can be read (e.g. '{unreadable[0]}'; each is named "
+        "in a warning above: unreadable, truncated or over the decompression-bomb size limit). Re-export them as "
+        "PNG or JPEG."
+    )

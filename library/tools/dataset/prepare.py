@@ -156,7 +156,7 @@ def place_pictures(source: Path, out: Path, opts: PrepareOptions, report: Prepar
     """Place the readable pictures of ``source`` (of its subfolders too with ``opts.recursive``, named
     by :func:`flat_names`) and their captions into ``out``."""
     _check_out(out, opts.overwrite)
-    paths, sizes = [], {}
+    paths, sizes, skipped = [], {}, 0
     inside_out = out.resolve()
     for path in find_images(source, opts.recursive):
         if inside_out in path.resolve().parents:  # the output folder may sit inside the raw folder
@@ -167,6 +167,12 @@ def place_pictures(source: Path, out: Path, opts: PrepareOptions, report: Prepar
         except DatasetError as exc:
             logger.warning("Skipping: %s", exc)
             report.skipped.append(path)
+            skipped += 1
+    if skipped and not paths:
+        raise DatasetError(
+            f"None of the {skipped} pictures in '{source}' can be read (each is named in a warning above: "
+            "unreadable, truncated or over the decompression-bomb size limit). Re-export them as PNG or JPEG."
+        )
     names = flat_names(source, paths)
     out.mkdir(parents=True, exist_ok=True)
     for path, size in _targets(paths, sizes, opts).items():

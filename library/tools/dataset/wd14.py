@@ -22,7 +22,7 @@ from PIL import Image
 
 from library.data.images import load_image
 from library.tools.dataset.files import caption_path, find_images, read_text, write_caption
-from library.tools.dataset.pipeline import iter_loaded_batches
+from library.tools.dataset.pipeline import iter_loaded_batches, raise_none_readable
 from library.tools.dataset.tags import dedupe, join_caption, split_caption
 from library.tools.dataset.wd14_model import (
     CATEGORY_ARTIST,
@@ -278,6 +278,8 @@ def tag_folder(
                 _write_one(path, tags, run, report)
             else:
                 entries[str(path)] = {"tags": _caption_text(path, tags, run), "image_size": list(size)}
+    if paths and len(report.unreadable) == len(paths):
+        raise_none_readable(folder, report.unreadable)
     if run.output_path is not None:
         report.written.append(write_tags_file(run.output_path, entries))
     if report.kept_existing:

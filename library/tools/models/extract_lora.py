@@ -95,8 +95,15 @@ def extract_modules(
     ``org`` / ``tuned``: the two models' parts (:func:`keys.model_parts`, same names in both), or
     {"unet", "text_encoder"} modules (SD naming, ``lora_te``).
     """
+    from library.util.tensor_checks import require_finite_number
+
     if dim < 1 or (conv_dim is not None and conv_dim < 1):
         raise ConfigError(f"dim and conv_dim must be positive integers, got {dim} and {conv_dim}.")
+    min_diff = require_finite_number(min_diff, "--min_diff", "e.g. 0.01.")
+    if clamp_quantile is not None:
+        clamp_quantile = require_finite_number(clamp_quantile, "--clamp_quantile", "e.g. 0.99.")
+        if not 0 < clamp_quantile <= 1:
+            raise ConfigError(f"--clamp_quantile must be in (0, 1], got {clamp_quantile:g}; e.g. 0.99 (1 = no clamping).")
     org_parts, tuned_parts = _as_parts(org), {p.name: p for p in _as_parts(tuned)}
     report = ExtractReport()
     modules = {}
@@ -128,6 +135,11 @@ def _as_parts(models) -> list[keys.NetworkPart]:
 def _extract_one(target: keys.Target, tuned_layer, rank_limit: int, clamp_quantile, device):
     with torch.no_grad():
         diff = tuned_layer.weight.float() - target.module.weight.float()
+        if not bool(torch.isfinite(diff).all()):
+            raise ModelLoadError(
+                f"The weight of {target.lora_name} holds NaN or infinite values in one of the models, so no "
+                "LoRA can be extracted from it. Use an undamaged copy of the models."
+            )
         u, s, vh = lowrank.svd(lowrank.as_matrix(diff), device)
     rank = min(rank_limit, s.numel())
     up, down = lowrank.split_factors(u, s, vh, rank)
@@ -163,6 +175,10 @@ def extract_lora_file(
     tuned = checkpoint.load_model(
         model_tuned, v2=v2, v_parameterization=v_parameterization, allow_unsafe_pickle=allow_unsafe_pickle
     )
+    from library.tools.models.merge_lora import require_finite_model
+
+    require_finite_model(org.model, f"The original model {model_org}")
+    require_finite_model(tuned.model, f"The tuned model {model_tuned}")
     if org.family != tuned.family:
         raise ModelLoadError(
             f"{model_org} is {org.family} but {model_tuned} is {tuned.family}; extract needs the tuned model "

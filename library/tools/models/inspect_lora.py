@@ -94,6 +94,8 @@ class Inspection:
     #: the families whose key layout the file is in ("sd1/sd2", "sdxl"; "" unknown)
     fits: str = ""
     base_model_version: str = ""
+    #: damaged modules ("name: NaN/inf values in lora_up.weight", rank mismatches, ...); empty when sound
+    problems: list[str] = field(default_factory=list)
 
 
 def file_hashes(path: str | os.PathLike) -> dict[str, str]:
@@ -224,14 +226,15 @@ def inspect_lora(
     path: str | os.PathLike, base_model: str | None = None, *, allow_unsafe_pickle: bool = False
 ) -> Inspection:
     """Everything the inspector reports about ``path`` (and its fit to ``base_model`` when given)."""
-    from library.networks.network import read_state_dict
+    from library.tools.models.lora_file import read_tensor_file
 
-    state_dict, _ = read_state_dict(path)
-    lora = read_lora(state_dict, allow_other_types=True, allow_lycoris=True)
+    state_dict, _ = read_tensor_file(path)
+    damaged: list[str] = []
+    lora = read_lora(state_dict, allow_other_types=True, allow_lycoris=True, problems=damaged)
     lora.source, lora.metadata = str(path), _metadata_of(path)
     prefixes = tuple(name + "." for name in lora.lycoris)
     foreign = foreign_network_type({k: v for k, v in state_dict.items() if not k.startswith(prefixes)})
-    if not lora.modules and not lora.lycoris and not foreign:
+    if not lora.modules and not lora.lycoris and not foreign and not damaged:
         read_lora(path)  # raises the "not a LoRA" error naming what the file holds
     every = [*lora.modules.values(), *lora.lycoris.values()]
     linear = [_rank(m) for m in every if not m.is_conv3x3]
@@ -275,6 +278,7 @@ def inspect_lora(
         prefix_counts=prefix_counts([*lora.modules, *lora.lycoris]),
         fits=layout_family_names(family) if family is not None else "",
         base_model_version=lora.metadata.get("ss_base_model_version", ""),
+        problems=damaged,
     )
 
 
@@ -335,6 +339,11 @@ def report_lines(insp: Inspection, show_metadata: bool = True) -> list[str]:
         lines += [f"  {k}: {v}" for k, v in insp.metadata.items()]
     if insp.check is not None:
         lines += _check_lines(insp.check)
+    if insp.problems:
+        lines.append(f"problems: {len(insp.problems)} damaged modules")
+        lines += [f"  {p}" for p in insp.problems[:20]]
+        if len(insp.problems) > 20:
+            lines.append("  …")
     return lines
 
 
@@ -373,6 +382,15 @@ def _check_lines(check: BaseCheck) -> list[str]:
     if check.uncovered_targets:
         lines.append(f"  ({check.uncovered_targets} layers a LoRA usually adapts are not in this file)")
     return lines
+
+
+def raise_if_damaged(insp: Inspection) -> None:
+    """ModelLoadError (exit 2) when the file has damaged modules (NaN/inf, rank mismatches, ...)."""
+    if insp.problems:
+        from library.errors import ModelLoadError
+        from library.tools.models.lora_file import damaged_message
+
+        raise ModelLoadError(damaged_message(insp.path, insp.problems))
 
 
 def check_failed(insp: Inspection) -> bool:

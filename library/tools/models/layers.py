@@ -13,6 +13,7 @@ name through :func:`library.models.ldm_keys.unet_prefix_table`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -138,6 +139,9 @@ def parse_block_weights(values, layout: BlockLayout | None = None, family: str =
         numbers = [float(v) for v in values]
     except (TypeError, ValueError):
         raise ConfigError(f"block weights must be numbers, got {values!r}.") from None
+    bad = [v for v in numbers if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"block weights must be finite numbers, got {bad[0]} in {values!r}.")
     if len(numbers) != layout.total:
         where = f" for {family} models" if family else ""
         raise ConfigError(

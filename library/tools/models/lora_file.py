@@ -120,7 +120,7 @@ def foreign_network_type(state_dict: dict[str, torch.Tensor]) -> str | None:
 
 def read_lora(
     source: str | os.PathLike | dict, *, allow_other_types: bool = False, allow_lycoris: bool = False,
-    allow_dora: bool = False,
+    allow_dora: bool = False, problems: list[str] | None = None,
 ) -> LoraFile:
     """Read a LoRA / LoCon file (``.safetensors`` or a tensor-only ``.ckpt/.pt``) or a state dict.
 
@@ -128,10 +128,16 @@ def read_lora(
     ``allow_dora`` the DoRA magnitudes of any module (into ``LoraFile.dora_scales``). Raises
     ModelLoadError for a file with no modules the caller handles, naming what it holds instead (a
     LoHa file, a checkpoint, ...); with ``allow_other_types`` such keys are only listed.
+
+    Damaged modules (NaN/inf values, lora_down rank != lora_up rank, integer tensors, a vector alpha,
+    wrong dimensions) raise ModelLoadError naming the file and the first modules; when a ``problems``
+    list is given they are described there instead (modules that cannot be read are left out).
     """
     from library.tools.models.lycoris_file import read_lycoris_modules
 
-    state_dict, description = read_state_dict(source)
+    state_dict, description = read_tensor_file(source)
+    found = _nonfinite_problems(state_dict)
+    n_nonfinite = len(found)
     dora_scales = {}
     if allow_dora:
         dora_scales = {k[: -len(DORA_SUFFIX)]: v for k, v in state_dict.items() if k.endswith(DORA_SUFFIX)}
@@ -152,11 +158,19 @@ def read_lora(
             other.extend(name + s if s.startswith(".") else s for s in entries)
             continue
         alpha = entries.get(keys.ALPHA_SUFFIX)
+        if problem := module_problem(down, up, alpha):
+            found.append(f"{name}: {problem}")
+            continue
         if alpha is None:
             alpha_defaulted.append(name)
         modules[name] = LoraModule(
             name, down, up, float(alpha) if alpha is not None else float(down.shape[0])
         )
+    structural = len(found) > n_nonfinite
+    if problems is not None:
+        problems.extend(found)
+    elif structural or (found and (modules or lycoris)):
+        raise ModelLoadError(damaged_message(description, found))
     foreign = foreign_network_type(rest)
     handled = "LoRA/LoCon" + (", LoHa and LoKr" if allow_lycoris else "")
     if not modules and not lycoris and not allow_other_types:
@@ -178,6 +192,81 @@ def read_lora(
                              "file is incomplete or damaged.")
     return LoraFile(description, modules, metadata, sorted(alpha_defaulted), sorted(other), dtype, lycoris,
                     dora_scales)
+
+
+def read_tensor_file(source) -> tuple[dict[str, torch.Tensor], str]:
+    """:func:`read_state_dict` with torch.load's many-paragraph refusals cut to the one line that matters."""
+    try:
+        return read_state_dict(source)
+    except ModelLoadError as error:
+        cause = error.__cause__
+        if cause is None or isinstance(source, dict) or Path(source).suffix.lower() == ".safetensors":
+            raise
+        raise ModelLoadError(
+            f"Cannot load {source}: it is not a plain tensor file ({_short_reason(cause)}). Only tensors are "
+            "loaded from .ckpt/.pt files, for safety. Check that the file is complete and is a LoRA; a LoRA "
+            "from a trusted source can be converted to .safetensors."
+        ) from None
+
+
+def _short_reason(error: BaseException) -> str:
+    """The telling line of an exception: torch's "WeightsUnpickler error: X" gives X, else the first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            return (rest or (lines[i + 1] if i + 1 < len(lines) else line))[:200]
+    first = lines[0] if lines else ""
+    if len(first.strip("'\"")) < 8:  # e.g. KeyError('101') from reading text as a pickle
+        return f"unreadable data, {type(error).__name__} {first}".strip()
+    return first[:200]
+
+
+def module_problem(down: torch.Tensor, up: torch.Tensor, alpha: torch.Tensor | None) -> str | None:
+    """Why a (lora_down, lora_up, alpha) triple is not a usable LoRA module, or None when it is."""
+    for label, tensor in (("lora_down", down), ("lora_up", up)):
+        if not tensor.is_floating_point():
+            return f"{label} holds {str(tensor.dtype).replace('torch.', '')} values, not floating point"
+        if tensor.dim() not in (2, 4) or 0 in tensor.shape:
+            return f"{label} has shape {tuple(tensor.shape)}; a LoRA weight has 2 (Linear) or 4 (conv) dimensions"
+    if down.dim() != up.dim():
+        return f"lora_down {tuple(down.shape)} and lora_up {tuple(up.shape)} do not have the same number of dimensions"
+    if up.shape[1] != down.shape[0]:
+        return f"rank mismatch: lora_down has rank {down.shape[0]} but lora_up has rank {up.shape[1]}"
+    if up.dim() == 4 and tuple(up.shape[2:]) != (1, 1):
+        return f"lora_up {tuple(up.shape)} of a conv module must have a 1x1 kernel"
+    if alpha is not None:
+        if alpha.numel() != 1:
+            return f"alpha has {alpha.numel()} values (shape {tuple(alpha.shape)}); it must be one number"
+        if alpha.dtype == torch.bool or alpha.is_complex():
+            return f"alpha is a {str(alpha.dtype).replace('torch.', '')} value, not a number"
+    return None
+
+
+def _nonfinite_problems(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """ "name: NaN/inf in lora_down.weight, alpha" per module with non-finite values."""
+    from library.util.tensor_checks import nonfinite_keys
+
+    by_module: dict[str, list[str]] = {}
+    for key in nonfinite_keys(state_dict):
+        name, suffix = keys.split_key(key)
+        if not suffix and "." in key:
+            name, suffix = key.split(".", 1)
+        by_module.setdefault(name, []).append(suffix.lstrip(".") or key)
+    return [f"{name}: NaN/inf values in {', '.join(parts)}" for name, parts in by_module.items()]
+
+
+def damaged_message(description: str, problems: list[str]) -> str:
+    """One paragraph naming the file, how many modules are damaged and the first ones."""
+    first = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    nan = any("NaN/inf" in p for p in problems)
+    fix = (
+        "A LoRA with NaN/inf weights comes from a training that diverged (a NaN loss) or a damaged save: use "
+        "an earlier saved epoch, or retrain with a lower learning rate (or mixed_precision bf16)."
+        if nan
+        else "The file is damaged or was not written by a LoRA trainer; use another copy of it."
+    )
+    return f"{description} has {len(problems)} damaged LoRA modules ({first}). {fix}"
 
 
 def _describe(state_dict: dict) -> str:
@@ -207,8 +296,19 @@ def save_lora(
     metadata: dict[str, str] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write a LoRA file atomically; ``.safetensors`` gets metadata and fresh sshs hashes."""
+    """Write a LoRA file atomically; ``.safetensors`` gets metadata and fresh sshs hashes.
+
+    Refuses (ModelLoadError, nothing written) tensors holding NaN/inf, e.g. after an fp16 overflow.
+    """
+    from library.util.tensor_checks import require_finite_tensors
+
     tensors = modules_state_dict(modules, dtype)
+    require_finite_tensors(
+        tensors,
+        f"The LoRA to save as {path}",
+        "Nothing was saved. The values overflow the precision (try --save_precision float or bf16) or an "
+        "input holds extreme values; check the inputs with tools/inspect_lora.py.",
+    )
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
         meta = {k: v for k, v in (metadata or {}).items() if k not in ("sshs_model_hash", "sshs_legacy_hash")}

@@ -142,6 +142,13 @@ def read_lycoris_modules(
                 "weight difference. Merge it with LyCORIS' own tools."
             )
         alpha = state_dict.get(name + ".alpha")
+        if alpha is not None and alpha.numel() != 1:
+            if not strict:
+                continue
+            raise ModelLoadError(
+                f"{source}: the alpha of {kind} module {name} has {alpha.numel()} values (shape "
+                f"{tuple(alpha.shape)}); it must be one number. The file is damaged."
+            )
         modules[name] = LycorisModule(name, kind, parts, float(alpha) if alpha is not None else None)
         used |= {f"{name}.{part}" for part in parts} | {name + ".alpha"}
     return modules, used

@@ -49,14 +49,19 @@ class MergeReport:
 
 
 def check_ratios(models: list, ratios: list[float] | None) -> list[float]:
-    """One ratio per model (all 1.0 when omitted)."""
+    """One finite ratio per model (all 1.0 when omitted)."""
+    from library.util.tensor_checks import require_finite_number
+
     if not ratios:
         return [1.0] * len(models)
     if len(ratios) != len(models):
         raise ConfigError(
             f"--ratios has {len(ratios)} values for {len(models)} models; give one ratio per model."
         )
-    return [float(r) for r in ratios]
+    return [
+        require_finite_number(r, f"--ratios (value {i + 1}, for {Path(str(m)).name})", "Give e.g. 0.8.")
+        for i, (r, m) in enumerate(zip(ratios, models, strict=True))
+    ]
 
 
 def layer_mismatch(module: LoraModule, layer: torch.nn.Module) -> str | None:
@@ -223,6 +228,11 @@ def merge_into_checkpoint(
     layout = family.block_layout
     weights = parse_block_weights(block_weights, layout, family.name) if block_weights else None
     report = merge_into_parts(keys.model_parts(model), loras, block_weights=weights, layout=layout)
+    require_finite_model(
+        model,
+        f"The merge of {', '.join(Path(m).name for m in models)} into {Path(sd_model).name}",
+        MERGE_NAN_FIX,
+    )
     merged_from = ", ".join(f"{Path(p).name}:{r}" for p, r in zip(models, ratios, strict=True))
     checkpoint.save_model(
         model,
@@ -232,6 +242,20 @@ def merge_into_checkpoint(
         extra_metadata={"modelspec.merged_from": f"{Path(sd_model).name} + {merged_from}"},
     )
     return report
+
+
+MERGE_NAN_FIX = (
+    "Nothing was saved. The base model may already hold NaN/inf weights (use another copy), or the ratios "
+    "are too strong: check the LoRAs with tools/inspect_lora.py and use lower ratios."
+)
+
+
+def require_finite_model(model, what: str, fix: str = "Use an undamaged copy of the model.") -> None:
+    """ModelLoadError naming the first weights of ``model`` (a BaseModel) that hold NaN/inf."""
+    from library.util.tensor_checks import require_finite_tensors
+
+    for part, module in model.parts.items():
+        require_finite_tensors(module.state_dict(), f"{what} ({part})", fix)
 
 
 def module_block(name: str, layout: BlockLayout = SD_LAYOUT) -> str | None:

@@ -144,8 +144,12 @@ def merge_checkpoints(
     from library.tools.models import checkpoint
     from library.tools.models.common import precision_dtype
     from library.tools.models.layers import UnetBlocks, parse_block_weights, precheck_block_weights
+    from library.util.tensor_checks import require_finite_number
 
     mode = _check_mode(mode, models)
+    ratio = require_finite_number(ratio, "--ratio", "Give the multiplier M, e.g. 0.5.")
+    if text_encoder_ratio is not None:
+        text_encoder_ratio = require_finite_number(text_encoder_ratio, "--text_encoder_ratio", "Give e.g. 0.5.")
     if block_weights:
         precheck_block_weights(block_weights)
     dtype = precision_dtype(save_precision)
@@ -174,6 +178,7 @@ def merge_checkpoints(
             states[0], states[1], states[2] if len(states) > 2 else None,
             ratios.get(part, lambda key: ratio), mode, f"{part}."
         )
+        _require_finite_merge(merged, states, models, part)
         base.parts[part].load_state_dict(merged)
         report.merged[part] = sum(v.is_floating_point() for v in states[0].values())
         report.copied += len(states[0]) - report.merged[part]
@@ -188,3 +193,20 @@ def merge_checkpoints(
         extra_metadata={"modelspec.merged_from": ", ".join(Path(m).name for m in models)},
     )
     return report
+
+
+def _require_finite_merge(merged: dict, states: list[dict], models: list[str], part: str) -> None:
+    """ModelLoadError naming the merged tensors holding NaN/inf and the input models they come from."""
+    from library.util.tensor_checks import examples, nonfinite_keys
+
+    bad = nonfinite_keys(merged)
+    if not bad:
+        return
+    sources = [Path(m).name for m, state in zip(models, states, strict=True)
+               if nonfinite_keys({k: state[k] for k in bad if k in state})]
+    where = (f"{', '.join(sources)} already hold{'s' if len(sources) == 1 else ''} NaN/inf there: use another "
+             "copy of that model") if sources else "the values overflow: use a smaller --ratio"
+    raise ModelLoadError(
+        f"The merged {part} would hold NaN or infinite values in {len(bad)} tensors ({examples(bad)}); "
+        f"{where}. Nothing was saved."
+    )

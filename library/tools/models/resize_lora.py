@@ -55,6 +55,45 @@ def resize_module(
     return LoraModule(module.name, down, up, new_alpha), row
 
 
+def check_resize_options(
+    new_rank, new_conv_rank=None, dynamic_method: str | None = None, dynamic_param: float | None = None
+) -> None:
+    """ConfigError for ranks below 1 and a ``dynamic_param`` outside its method's range: sv_ratio takes a
+    ratio ≥ 1 (max / min singular value), sv_fro and sv_cumulative a fraction in (0, 1]."""
+    import math
+
+    for option, rank in (("--new_rank", new_rank), ("--new_conv_rank", new_conv_rank)):
+        if rank is None and option == "--new_conv_rank":
+            continue
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ConfigError(f"{option} must be a positive integer, got {rank!r}.")
+    if dynamic_method is not None and dynamic_method not in lowrank.DYNAMIC_METHODS:
+        raise ConfigError(
+            f"dynamic_method must be one of {', '.join(lowrank.DYNAMIC_METHODS)}, got {dynamic_method!r}."
+        )
+    if dynamic_method is None:
+        if dynamic_param is not None:
+            raise ConfigError(
+                f"--dynamic_param {dynamic_param:g} is given without --dynamic_method; add --dynamic_method "
+                f"({', '.join(lowrank.DYNAMIC_METHODS)}) or drop --dynamic_param."
+            )
+        return
+    if dynamic_param is None:
+        raise ConfigError(f"dynamic_method {dynamic_method} needs --dynamic_param (e.g. 0.9 for sv_fro).")
+    param = float(dynamic_param)
+    if dynamic_method == "sv_ratio":
+        if not (math.isfinite(param) and param >= 1):
+            raise ConfigError(
+                f"--dynamic_param for sv_ratio is the largest / smallest singular value kept, a number ≥ 1; got "
+                f"{dynamic_param!r}. Try 10."
+            )
+    elif not (math.isfinite(param) and 0 < param <= 1):
+        raise ConfigError(
+            f"--dynamic_param for {dynamic_method} is the fraction to keep, in (0, 1]; got {dynamic_param!r}. "
+            "Try 0.9."
+        )
+
+
 def resize_modules(
     modules: dict[str, LoraModule],
     new_rank: int,
@@ -65,14 +104,7 @@ def resize_modules(
     device: str | None = None,
 ) -> tuple[dict[str, LoraModule], list[ResizeRow]]:
     """Resize every module: 3x3 conv modules to ``new_conv_rank`` (default ``new_rank``), others to ``new_rank``."""
-    if new_rank is None or new_rank < 1:
-        raise ConfigError(f"new_rank must be a positive integer, got {new_rank!r}.")
-    if dynamic_method is not None and dynamic_method not in lowrank.DYNAMIC_METHODS:
-        raise ConfigError(
-            f"dynamic_method must be one of {', '.join(lowrank.DYNAMIC_METHODS)}, got {dynamic_method!r}."
-        )
-    if dynamic_method is not None and dynamic_param is None:
-        raise ConfigError(f"dynamic_method {dynamic_method} needs --dynamic_param (e.g. 0.9 for sv_fro).")
+    check_resize_options(new_rank, new_conv_rank, dynamic_method, dynamic_param)
     out, rows = {}, []
     for name, module in modules.items():
         target = (new_conv_rank or new_rank) if module.is_conv3x3 else new_rank
@@ -98,6 +130,8 @@ def resize_lora_file(
     from library.tools.models.common import precision_dtype
     from library.tools.models.merge_lora import merged_metadata
 
+    check_resize_options(new_rank, new_conv_rank, dynamic_method, dynamic_param)
+    precision_dtype(save_precision)
     lora = lora_file.read_lora(model)
     modules, rows = resize_modules(
         lora.modules,
