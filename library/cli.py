@@ -48,6 +48,29 @@ def write_output_config(config) -> Path:
     return path
 
 
+#: what to do about the usual OS errors, by errno name
+_OS_ERROR_FIXES = {
+    "ENOSPC": "the disk is full: free space there or choose another folder",
+    "EDQUOT": "the disk quota is used up: free space there or choose another folder",
+    "EROFS": "the file system is read-only: choose a writable folder",
+    "EACCES": "permission denied: choose a folder you may write to, or fix its permissions",
+    "EPERM": "the operation is not permitted there: choose another folder or fix its permissions",
+    "EISDIR": "a folder is where a file was expected: give a file name, not a folder",
+    "ENOTDIR": "a file is where a folder was expected: check the path",
+    "ENOENT": "it does not exist: check the path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One paragraph for an OS error: what failed, on which file, and the fix."""
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    where = f" ({exc.filename})" if exc.filename else ""
+    fix = _OS_ERROR_FIXES.get(name, "check the path and the disk")
+    return f"{exc.strerror or exc}{where}: {fix}."
+
+
 def run_guarded(body: Callable[[], int | None], log_level: str = "INFO") -> int:
     """Run a command's body: a ``UserError`` prints one ``error:`` paragraph and returns its exit code (2),
     never a traceback; Ctrl-C returns 130. Shared by the trainers and every tool."""
@@ -60,6 +83,9 @@ def run_guarded(body: Callable[[], int | None], log_level: str = "INFO") -> int:
     except BrokenPipeError:  # output piped into head/less that closed early
         sys.stderr.close()
         return 0
+    except OSError as exc:  # disk full, read-only, permission, a folder where a file should be …
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
