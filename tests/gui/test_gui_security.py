@@ -228,6 +228,7 @@ def _get(port: int, host: str, path: str = "/", method: str = "GET", body: bytes
         conn.close()
 
 
+@pytest.mark.slow  # starts a whole process / traces a 1024 px step: kept out of the fast tier
 def test_served_gui_refuses_forged_host_headers(tmp_path):
     server = GuiServer(tmp_path, extra=["--allowed_hosts", "trainer.example"])
     try:

@@ -164,6 +164,7 @@ def test_sdxl_single_file_missing_a_part(tmp_path, sdxl):
         load_base_model(str(path))
 
 
+@pytest.mark.slow  # starts a whole process / traces a 1024 px step: kept out of the fast tier
 def test_estimate_for_sdxl(tiny_dataset, tmp_path):
     from library.training.estimate import estimate_run
     from library.training.lora_target import LoRATarget
