@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 
 from library.models import clip_text
-from library.models.clip_text import CHUNK_TOKENS  # noqa: F401  (re-exported: the chunk size)
 from library.models.families import FamilySpec, get_family
 from library.models.family import Conditioning, ModelFamily, get_model_family
 
@@ -31,9 +31,9 @@ class BaseModel:
     #: free slots families use (e.g. SDXL's cached text-encoder outputs); not saved
     extras: dict = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def adapter(self) -> ModelFamily:
-        """The :class:`ModelFamily` of this model."""
+        """The :class:`ModelFamily` of this model (looked up once: the step asks for it every time)."""
         return get_model_family(self.family)
 
     @property
@@ -71,9 +71,6 @@ class BaseModel:
     def latent_scale(self) -> float:
         """VAE latent scaling factor (0.18215 for SD1/SD2, 0.13025 for SDXL)."""
         return float(self.vae.config.scaling_factor)
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return dict(self.parts)
 
     # --- single-encoder operations (SD1/SD2; SDXL goes through encode_prompt) ---
     def tokenize(self, captions: list[str], max_token_length: int | None = None, pad: bool = True) -> torch.Tensor:

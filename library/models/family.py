@@ -10,6 +10,7 @@ outside the family modules compares a family's name.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,8 @@ class BlockLayout:
         return len(self.names)
 
 
-class ModelFamily:
-    """One model family. Subclasses set the class data and implement the hooks.
+class ModelFamily(ABC):
+    """One model family. Subclasses set the class data and implement the abstract hooks.
 
     Class data:
         name: "sd1", "sd2", "sdxl", …
@@ -113,42 +114,43 @@ class ModelFamily:
         return any(name.startswith(text) or (unet and name.startswith(unet)) for name in names)
 
     # --- detection and loading ------------------------------------------------------------------------
-    def detects_diffusers(self, model_index: dict) -> bool:
-        """Whether a diffusers folder's ``model_index.json`` (parsed) is this family's."""
-        raise NotImplementedError
+    @abstractmethod
+    def detects_diffusers(self, info: dict) -> bool:
+        """Whether a diffusers folder is this family's, from :func:`library.models.loading.diffusers_info`
+        (pipeline class, whether it has a second text encoder, the text encoder's activation)."""
 
+    @abstractmethod
     def detects_single_file(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
         """Whether a single file's keys are in this family's original layout."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_diffusers(self, source: str, local: bool) -> dict:
         """{part: module} plus {"tokenizers": {text part: tokenizer}} from a diffusers folder or hub id."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_single_file(self, state_dict: dict, metadata: dict | None, source: str) -> dict:
         """{part: module} plus {"tokenizers": …} from a single file in the family's original layout."""
-        raise NotImplementedError
 
     def unet_key_path(self, unet: torch.nn.Module) -> Callable[[str], str]:
         """Module path in the denoiser -> the path LoRA keys are named by (identity for diffusers names)."""
         return lambda path: path
 
     # --- text -----------------------------------------------------------------------------------------
+    @abstractmethod
     def tokenize(self, model, captions: list[str], max_token_length: int | None,
                  pad: bool = True) -> dict[str, torch.Tensor]:
         """Token ids per text part, LongTensor (B, n_chunks * 77) each."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, model, tokens: dict[str, torch.Tensor], clip_skip: int | None) -> Conditioning:
         """The conditioning of tokens from :meth:`tokenize`."""
-        raise NotImplementedError
 
     # --- the denoiser ---------------------------------------------------------------------------------
+    @abstractmethod
     def predict(self, model, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
                 batch: dict) -> torch.Tensor:
         """The denoiser's output (B, C, h, w) for noisy latents; ``batch`` carries per-sample extras
         (SDXL: the size and crop fields)."""
-        raise NotImplementedError
 
     def objective(self, model):
         """The training objective of this family's models (DDPM ε / v for the UNet families)."""
@@ -159,29 +161,30 @@ class ModelFamily:
     # --- sampling and saving --------------------------------------------------------------------------
     def pipeline(self, model, scheduler):
         """A diffusers pipeline over the model's own modules (no copies) for sample images."""
-        raise NotImplementedError
+        return self.diffusers_pipeline(model.parts, model.tokenizers, scheduler)
 
+    @abstractmethod
     def pipeline_inputs(self, positive: Conditioning, negative: Conditioning) -> dict:
         """Keyword arguments that hand precomputed conditionings to :meth:`pipeline`'s ``__call__``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save_single_file(self, model, path: str | os.PathLike, dtype: torch.dtype | None,
                          metadata: dict[str, str] | None) -> Path:
         """One file in the family's original layout (atomic)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def diffusers_pipeline(self, modules: dict, tokenizers: dict, scheduler):
         """A diffusers pipeline object over ``modules`` for ``save_pretrained``."""
-        raise NotImplementedError
 
     # --- metadata and layout --------------------------------------------------------------------------
+    @abstractmethod
     def architecture(self, v_prediction: bool) -> str:
         """``modelspec.architecture`` of a checkpoint of this family (add ``/lora`` for a LoRA)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def block_layout(self) -> BlockLayout:
-        raise NotImplementedError
+        """The block numbering of this family's denoiser for block weights (sd-scripts' numbering)."""
 
 
 MODEL_FAMILIES = Registry("model family")
@@ -211,10 +214,10 @@ def all_families() -> list[ModelFamily]:
     return [MODEL_FAMILIES.find(n).factory for n in MODEL_FAMILIES.names()]
 
 
-def family_of_diffusers(model_index: dict) -> ModelFamily | None:
-    """The family whose detection accepts a diffusers folder's model_index.json, or None."""
+def family_of_diffusers(info: dict) -> ModelFamily | None:
+    """The family whose detection accepts a diffusers folder's :func:`~library.models.loading.diffusers_info`."""
     for family in all_families():
-        if family.detects_diffusers(model_index):
+        if family.detects_diffusers(info):
             return family
     return None
 

@@ -92,9 +92,6 @@ class SDFamily(ModelFamily):
         return unet(noisy.to(unet.dtype), timesteps, cond.hidden.to(unet.dtype)).sample
 
     # --- sampling and saving ---
-    def pipeline(self, model, scheduler):
-        return self.diffusers_pipeline(model.parts, model.tokenizers, scheduler)
-
     def pipeline_inputs(self, positive: Conditioning, negative: Conditioning) -> dict:
         return {"prompt_embeds": positive.hidden, "negative_prompt_embeds": negative.hidden}
 

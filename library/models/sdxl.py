@@ -128,9 +128,6 @@ class SDXLFamily(ModelFamily):
         return unet(noisy.to(dtype), timesteps, cond.hidden.to(dtype), added_cond_kwargs=added).sample
 
     # --- sampling and saving ---
-    def pipeline(self, model, scheduler):
-        return self.diffusers_pipeline(model.parts, model.tokenizers, scheduler)
-
     def pipeline_inputs(self, positive: Conditioning, negative: Conditioning) -> dict:
         return {"prompt_embeds": positive.hidden, "pooled_prompt_embeds": positive.pooled,
                 "negative_prompt_embeds": negative.hidden, "negative_pooled_prompt_embeds": negative.pooled}
@@ -141,6 +138,7 @@ class SDXLFamily(ModelFamily):
         return StableDiffusionXLPipeline(
             vae=modules["vae"], text_encoder=modules[TE1], text_encoder_2=modules[TE2],
             tokenizer=tokenizers[TE1], tokenizer_2=tokenizers[TE2], unet=modules["unet"], scheduler=scheduler,
+            add_watermarker=False,  # samples and saved folders carry no invisible watermark
         )
 
     def save_single_file(self, model, path, dtype, metadata) -> Path:

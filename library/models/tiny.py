@@ -141,19 +141,12 @@ def save_diffusers_folder(out_dir: str | os.PathLike, components: dict) -> Path:
 
     Writes model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/; no safety checker.
     """
-    from diffusers import StableDiffusionPipeline
+    from library.models.family import get_model_family
 
     out = Path(out_dir)
-    pipe = StableDiffusionPipeline(
-        vae=components["vae"],
-        text_encoder=components["text_encoder"],
-        tokenizer=components["tokenizer"],
-        unet=components["unet"],
-        scheduler=components["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    parts = {name: components[name] for name in ("unet", "vae", "text_encoder")}
+    pipe = get_model_family("sd1").diffusers_pipeline(parts, {"text_encoder": components["tokenizer"]},
+                                                      components["scheduler"])  # SD1 and SD2: one pipeline class
     pipe.save_pretrained(out, safe_serialization=True)
     return out
 

@@ -121,19 +121,12 @@ def save_sdxl_diffusers_folder(out_dir: str | os.PathLike, components: dict) -> 
     Writes model_index.json, unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/,
     scheduler/; no watermarker.
     """
-    from diffusers import StableDiffusionXLPipeline
+    from library.models.family import get_model_family
 
     out = Path(out_dir)
-    pipe = StableDiffusionXLPipeline(
-        vae=components["vae"],
-        text_encoder=components["text_encoder_1"],
-        text_encoder_2=components["text_encoder_2"],
-        tokenizer=components["tokenizer_1"],
-        tokenizer_2=components["tokenizer_2"],
-        unet=components["unet"],
-        scheduler=components["scheduler"],
-        add_watermarker=False,
-    )
+    parts = {name: components[name] for name in ("unet", "vae", "text_encoder_1", "text_encoder_2")}
+    tokenizers = {"text_encoder_1": components["tokenizer_1"], "text_encoder_2": components["tokenizer_2"]}
+    pipe = get_model_family("sdxl").diffusers_pipeline(parts, tokenizers, components["scheduler"])
     pipe.save_pretrained(out, safe_serialization=True)
     return out
 

@@ -113,8 +113,7 @@ class LoRATarget(BaseTarget):
 
 def check_weights_family(source, model) -> None:
     """``network_weights`` made for another model family is a clear error naming both families."""
-    state_dict, description = read_state_dict(source)
-    names = {key.split(".", 1)[0] for key in state_dict}
+    names, description = _module_names(source)
     found = family_of_lora_names(names)
     if found is not None and found.lora_layout() != model.adapter.lora_layout():
         raise ModelLoadError(
@@ -122,3 +121,20 @@ def check_weights_family(source, model) -> None:
             f"{model.name} is {model.adapter.description} ({model.family}). Use a LoRA trained on this family's "
             "base models, or the base model the LoRA was made for."
         )
+
+
+def _module_names(source) -> tuple[set[str], str]:
+    """The module names of a network file (a .safetensors header only; other files are read weights-only)."""
+    from pathlib import Path
+
+    path = Path(source) if not isinstance(source, dict) else None
+    if path is not None and path.suffix.lower() == ".safetensors" and path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key.split(".", 1)[0] for key in handle.keys()}, str(path)
+        except Exception:  # noqa: BLE001 - unreadable header: the full read below says why
+            pass
+    state_dict, description = read_state_dict(source)
+    return {key.split(".", 1)[0] for key in state_dict}, description
