@@ -92,14 +92,22 @@ class BaseModel:
         """The conditioning (hidden states, pooled output) of captions, as the family's denoiser takes it."""
         return self.adapter.encode(self, self.tokenize_prompt(captions, max_token_length, pad), clip_skip)
 
+    @property
+    def latent_shift(self) -> float:
+        """VAE latent shift factor (FLUX's 0.1159; 0 for the SD VAEs, whose config has none)."""
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Latents (B, 4, H/8, W/8) = a sample of the VAE posterior x ``latent_scale``.
+        """Latents (B, C, H/8, W/8) = (a sample of the VAE posterior − ``latent_shift``) x ``latent_scale``.
 
         ``pixels`` is (B, 3, H, W) in [-1, 1]; ``generator`` makes the sample reproducible.
         """
         posterior = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-        return posterior.sample(generator=generator) * self.latent_scale
+        sample = posterior.sample(generator=generator)
+        shift = self.latent_shift
+        return (sample - shift) * self.latent_scale if shift else sample * self.latent_scale
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 3, 8h, 8w) in about [-1, 1] from scaled latents (B, 4, h, w)."""
-        return self.vae.decode(latents.to(self.vae.device, self.vae.dtype) / self.latent_scale).sample
+        """Pixels (B, 3, 8h, 8w) in about [-1, 1] from scaled latents (B, C, h, w)."""
+        latents = latents.to(self.vae.device, self.vae.dtype) / self.latent_scale + self.latent_shift
+        return self.vae.decode(latents).sample

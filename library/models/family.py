@@ -1,6 +1,6 @@
-"""The model-family seam: what differs between SD1, SD2, SDXL (and FLUX later), behind one interface.
+"""The model-family seam: what differs between SD1, SD2, SDXL and FLUX, behind one interface.
 
-A family is one :class:`ModelFamily` subclass in its own module (``sd.py``, ``sdxl.py``) registered in
+A family is one :class:`ModelFamily` subclass in its own module (``sd.py``, ``sdxl.py``, ``flux.py``) registered in
 :data:`MODEL_FAMILIES`. The trainer, its targets, the network layer and the tools ask the family for
 its named parts, how to detect and load a model, how to turn captions into a :class:`Conditioning`, how
 to call the denoiser, how to sample, save and name LoRA keys, and which metadata to write. Nothing
@@ -31,15 +31,17 @@ class Conditioning:
 
     ``hidden`` (B, L, D): the cross-attention states (SDXL: both encoders' states concatenated on D);
     ``pooled`` (B, P) or None: the pooled/projected output some families also condition on (SDXL's
-    second encoder).
+    second encoder, FLUX's CLIP-L); ``mask`` (B, L) or None: 1 for real tokens where the denoiser masks
+    padding (FLUX with ``apply_t5_attn_mask``).
     """
 
     hidden: torch.Tensor
     pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
 
     def to(self, dtype: torch.dtype) -> Conditioning:
         pooled = None if self.pooled is None else self.pooled.to(dtype)
-        return Conditioning(self.hidden.to(dtype), pooled)
+        return Conditioning(self.hidden.to(dtype), pooled, self.mask)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,17 @@ class ModelFamily(ABC):
     trains_text_encoder_by_default: bool = True
     #: how this family's LoRA files name UNet modules (``lora_unet_`` + one of these)
     lora_unet_markers: tuple[str, ...] = ()
+    #: the options only some families use that this one takes (its objective's, its files'); an option
+    #: another family takes but this one does not is refused by :func:`check_family_options`
+    accepted_options: frozenset[str] = frozenset()
+    #: network_args only some families use (FLUX's train_blocks, train_t5xxl); see :meth:`network_parts`
+    network_args: frozenset[str] = frozenset()
+    #: class names of the denoiser's blocks whose Linear / 1x1 Conv children get a LoRA
+    unet_target_blocks: tuple[str, ...] = ("Transformer2DModel",)
+    #: blocks searched too when a network trains convolutions (LoCon's conv_dim)
+    unet_conv_target_blocks: tuple[str, ...] = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+    #: class names (or base class names) of the text encoders' blocks whose Linear children get a LoRA
+    text_target_blocks: tuple[str, ...] = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -128,8 +141,33 @@ class ModelFamily(ABC):
         """{part: module} plus {"tokenizers": {text part: tokenizer}} from a diffusers folder or hub id."""
 
     @abstractmethod
-    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str) -> dict:
-        """{part: module} plus {"tokenizers": …} from a single file in the family's original layout."""
+    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str,
+                         components: dict | None = None) -> dict:
+        """{part: module} plus {"tokenizers": …} from a single file in the family's original layout;
+        ``components`` names separate files of further parts (FLUX's ``clip_l``, ``t5xxl``, ``ae``)."""
+
+    def noise_scheduler(self, v_parameterization: bool):
+        """The training noise scheduler of a loaded model (DDPM for the UNet families)."""
+        from library.models.families import make_noise_scheduler
+
+        return make_noise_scheduler("v_prediction" if v_parameterization else "epsilon")
+
+    def configure(self, model, config) -> None:
+        """Take the run's family-specific options into ``model.extras`` (after loading; default: none)."""
+        return None
+
+    def network_parts(self, parts: list, args: dict) -> list:
+        """The network parts (:func:`library.networks.keys.model_parts`) a network trains, given its parsed
+        network_args; a family's own network_args (:attr:`network_args`) act here. Default: all parts."""
+        return parts
+
+    def text_signature(self, model) -> str:
+        """What besides clip_skip / max_token_length changes the text encoders' outputs (for caches)."""
+        return ""
+
+    def swappable_blocks(self, unet) -> list[torch.nn.Module] | None:
+        """The denoiser's block stack in run order for ``blocks_to_swap`` (None: the family has none)."""
+        return None
 
     def unet_key_path(self, unet: torch.nn.Module) -> Callable[[str], str]:
         """Module path in the denoiser -> the path LoRA keys are named by (identity for diffusers names)."""
@@ -178,8 +216,9 @@ class ModelFamily(ABC):
 
     # --- metadata and layout --------------------------------------------------------------------------
     @abstractmethod
-    def architecture(self, v_prediction: bool) -> str:
-        """``modelspec.architecture`` of a checkpoint of this family (add ``/lora`` for a LoRA)."""
+    def architecture(self, v_prediction: bool, model=None) -> str:
+        """``modelspec.architecture`` of a checkpoint of this family (add ``/lora`` for a LoRA); ``model``
+        tells variants apart where the family has them (FLUX dev / schnell)."""
 
     @property
     @abstractmethod
@@ -197,7 +236,7 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 def _load_family_modules() -> None:
     # imported here: the family modules import this one for the base class
-    from library.models import sd, sdxl  # noqa: F401
+    from library.models import flux, sd, sdxl  # noqa: F401
 
 
 def get_model_family(name: str) -> ModelFamily:
@@ -212,6 +251,41 @@ def get_model_family(name: str) -> ModelFamily:
 def all_families() -> list[ModelFamily]:
     _load_family_modules()
     return [MODEL_FAMILIES.find(n).factory for n in MODEL_FAMILIES.names()]
+
+
+def check_family_options(config, family: ModelFamily) -> None:
+    """Refuse options set in ``config`` that other families use and ``family`` does not (DDPM's
+    ``min_snr_gamma`` for a flow-matching model, FLUX's ``timestep_sampling`` for SD1 …) — never ignore
+    them. An "off" value (unset, false, 0 or the default) is accepted: copied configs carry those."""
+    from library.config.options import SCHEMA
+
+    universe = frozenset().union(*(f.accepted_options for f in all_families()))
+    refused = []
+    for name in sorted((set(config.explicit) & universe) - family.accepted_options):
+        value = getattr(config, name, None)
+        if value is None or value is False or value == 0 or (name in SCHEMA and value == SCHEMA[name].default):
+            continue
+        refused.append(f"{name} = {value!r}")
+    if refused:
+        users = sorted({f.name for f in all_families() for r in refused if r.split(" = ")[0] in f.accepted_options})
+        raise ConfigError(
+            f"{', '.join(refused)}: {'this option does' if len(refused) == 1 else 'these options do'} not apply "
+            f"to {family.description or family.name} models (the base model is {family.name}; "
+            f"{'it is' if len(refused) == 1 else 'they are'} for {', '.join(users)}). Remove "
+            f"{'it' if len(refused) == 1 else 'them'} from the config, or choose a base model of that family."
+        )
+
+
+def check_family_network_args(args: dict, family: ModelFamily) -> None:
+    """Refuse network_args that other families use and ``family`` does not (FLUX's ``train_blocks`` on SDXL)."""
+    universe = frozenset().union(*(f.network_args for f in all_families()))
+    refused = sorted(k for k in (set(args) & universe) - family.network_args if args[k] not in (None, False))
+    if refused:
+        users = sorted({f.name for f in all_families() if set(refused) & f.network_args})
+        raise ConfigError(
+            f"network_args {', '.join(refused)}: for {', '.join(users)} models, but the base model is "
+            f"{family.name} ({family.description}). Remove {'it' if len(refused) == 1 else 'them'}."
+        )
 
 
 def family_of_diffusers(info: dict) -> ModelFamily | None:

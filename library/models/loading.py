@@ -15,7 +15,6 @@ import torch
 
 from library.errors import ModelLoadError
 from library.models.base_model import BaseModel
-from library.models.families import make_noise_scheduler
 from library.models.family import all_families, family_of_diffusers, family_of_single_file, get_model_family
 from library.models.safe_load import PICKLE_SUFFIXES, load_state_dict_file
 
@@ -32,14 +31,18 @@ def load_base_model(
     v_parameterization: bool = False,
     vae: str | None = None,
     allow_unsafe_pickle: bool = False,
+    components: dict[str, str | None] | None = None,
 ) -> BaseModel:
     """Load a base model as float32 modules in eval mode; its family is detected from its layout.
 
     ``v2`` is a hint: if the detected family disagrees, a warning is logged and the detected family
     wins. ``v_parameterization`` selects the noise scheduler's prediction type. ``vae`` replaces the
-    model's VAE (a diffusers folder or a single VAE file). Raises ModelLoadError with what was found.
+    model's VAE (a diffusers folder or a single VAE file). ``components`` names separate files of further
+    parts for a family whose single file holds only its denoiser (FLUX: ``clip_l``, ``t5xxl``, ``ae``).
+    Raises ModelLoadError with what was found.
     """
-    parts, family, name = _load_parts(str(name_or_path), allow_unsafe_pickle)
+    components = {k: v for k, v in (components or {}).items() if v}
+    parts, family, name = _load_parts(str(name_or_path), allow_unsafe_pickle, components)
     _check_v2_hint(v2, family, name)
     tokenizers = parts.pop("tokenizers")
     if vae:
@@ -53,7 +56,7 @@ def load_base_model(
         family=family,
         parts=parts,
         tokenizers=tokenizers,
-        noise_scheduler=make_noise_scheduler("v_prediction" if v_parameterization else "epsilon"),
+        noise_scheduler=get_model_family(family).noise_scheduler(v_parameterization),
         v_parameterization=v_parameterization,
         name=name,
     )
@@ -83,7 +86,7 @@ def _check_v2_hint(v2: bool | None, family: str, name: str) -> None:
     )
 
 
-def _load_parts(source: str, allow_unsafe_pickle: bool) -> tuple[dict, str, str]:
+def _load_parts(source: str, allow_unsafe_pickle: bool, components: dict) -> tuple[dict, str, str]:
     from library.models.tiny import BUILTIN_NAMES, builtin_components
 
     if source in BUILTIN_NAMES:
@@ -94,11 +97,17 @@ def _load_parts(source: str, allow_unsafe_pickle: bool) -> tuple[dict, str, str]
             f"Unknown built-in model {source!r}. Built-in models: {', '.join(sorted(BUILTIN_NAMES))}."
         )
     path = Path(source).expanduser()
+    if components and not path.is_file():
+        raise ModelLoadError(
+            f"{', '.join(sorted(components))} name separate files for a model given as one denoiser file (a "
+            f"FLUX transformer .safetensors), but {source} is not a file: a diffusers folder brings its own "
+            "text encoders and autoencoder. Remove those options or give the transformer file."
+        )
     if path.is_dir():
         parts, family = _load_diffusers(str(path), local=True)
         return parts, family, path.name
     if path.is_file():
-        return _load_single_file(path, allow_unsafe_pickle)
+        return _load_single_file(path, allow_unsafe_pickle, components)
     if HUB_ID.match(source) and not source.startswith((".", "~")):
         parts, family = _load_diffusers(source, local=False)
         return parts, family, source.split("/")[-1]
@@ -125,14 +134,16 @@ def peek_family(source: str) -> str | None:
 
 def diffusers_info(source: str, local: bool) -> dict:
     """What family detection reads from a diffusers folder or hub repo: the pipeline class, whether it has
-    a second text encoder, and the (first) text encoder's activation."""
+    a second text encoder and a UNet, and the (first) text encoder's activation."""
     info: dict = {}
     index = _read_json(source, "model_index.json", local)
     if index:
         info["class_name"] = index.get("_class_name")
         info["has_text_encoder_2"] = bool(index.get("text_encoder_2") and index["text_encoder_2"][0])
+        info["has_unet"] = bool(index.get("unet") and index["unet"][0])
     elif local:
         info["has_text_encoder_2"] = (Path(source) / "text_encoder_2").is_dir()
+        info["has_unet"] = (Path(source) / "unet").is_dir()
     text_config = _read_json(source, "text_encoder/config.json", local) or {}
     info["text_hidden_act"] = text_config.get("hidden_act", "quick_gelu")
     return info
@@ -192,19 +203,20 @@ def describe_foreign_keys(state_dict: dict) -> str:
     return f"its keys start with {', '.join(prefixes) or '(no keys)'}"
 
 
-def _load_single_file(path: Path, allow_unsafe_pickle: bool) -> tuple[dict, str, str]:
+def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -> tuple[dict, str, str]:
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelLoadError(
             f"{path} is not a model file: expected a diffusers folder or one of {', '.join(SINGLE_FILE_SUFFIXES)}."
         )
     state, metadata = load_state_dict_file(path, allow_unsafe_pickle=allow_unsafe_pickle)
-    if not any(k.startswith("model.diffusion_model.") for k in state):
+    family = family_of_single_file(state)
+    if family is None and not any(k.startswith("model.diffusion_model.") for k in state):
         kind = "safetensors" if path.suffix.lower() == ".safetensors" else "checkpoint"
         raise ModelLoadError(
             f"{path}: {kind} file has no model.diffusion_model.* keys: {describe_foreign_keys(state)}."
         )
-    family = family_of_single_file(state)
     if family is None:
         raise ModelLoadError(f"{path}: the file's layout matches no supported model family "
                              f"({', '.join(f.name for f in all_families())}).")
-    return family.load_single_file(state, metadata, str(path)), family.name, path.name
+    parts = family.load_single_file(state, metadata, str(path), components=components)
+    return parts, family.name, path.name

@@ -74,9 +74,9 @@ def _single_file(path: Path) -> ModelFamily:
             "the trainer detects the family when it loads the model"
         )
     keys = dict.fromkeys(_safetensors_keys(path))
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise UnknownFamily(f"{path.name} is not a base model: {describe_foreign_keys(keys)}")
     family = family_of_single_file(keys)
+    if family is None and not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise UnknownFamily(f"{path.name} is not a base model: {describe_foreign_keys(keys)}")
     if family is None:
         raise UnknownFamily(f"{path.name}: its layout matches no supported model family")
     return family

@@ -15,6 +15,7 @@ from library.models import clip_text
 from library.models.families import FAMILIES, FamilySpec
 from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
 from library.models.tokenizer import clip_tokenizer
+from library.training.objective import DDPMObjective
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class SDFamily(ModelFamily):
     lora_prefixes = {TEXT_PART: "lora_te", "unet": "lora_unet"}
     latent_cache_suffix = "sd"
     lora_unet_markers = ("down_blocks_", "mid_block_", "up_blocks_")
+    accepted_options = DDPMObjective.OPTIONS | {"clip_skip", "max_token_length"}
 
     def __init__(self, spec: FamilySpec, description: str, default_resolution: int):
         self.spec = spec
@@ -73,7 +75,8 @@ class SDFamily(ModelFamily):
             tokenizer = clip_tokenizer(self.spec.pad_token)
         return {"unet": unet, "vae": vae, TEXT_PART: text_encoder, "tokenizers": {TEXT_PART: tokenizer}}
 
-    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str) -> dict:
+    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str,
+                         components: dict | None = None) -> dict:
         from library.models.single_file import modules_from_single_file
 
         modules, _ = modules_from_single_file(state_dict, metadata, source=source)
@@ -111,7 +114,7 @@ class SDFamily(ModelFamily):
                                 extra_metadata=metadata)
 
     # --- metadata and layout ---
-    def architecture(self, v_prediction: bool) -> str:
+    def architecture(self, v_prediction: bool, model=None) -> str:
         from library.networks.metadata import base_architecture
 
         return base_architecture(self.v2, v_prediction)

@@ -18,6 +18,7 @@ import torch
 from library.models import clip_text
 from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
 from library.models.tokenizer import EOS_TOKEN, clip_tokenizer
+from library.training.objective import DDPMObjective
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,11 @@ class SDXLFamily(ModelFamily):
     v2 = False
     trains_text_encoder_by_default = False  # sd-scripts' sdxl_train.py: --train_text_encoder to train them
     lora_unet_markers = ("input_blocks_", "middle_block_", "output_blocks_")
+    accepted_options = DDPMObjective.OPTIONS | {"clip_skip", "max_token_length"}
 
     # --- detection and loading ---
     def detects_diffusers(self, info: dict) -> bool:
-        return bool(info.get("has_text_encoder_2"))
+        return bool(info.get("has_text_encoder_2")) and info.get("has_unet", True)
 
     def detects_single_file(self, state_dict) -> bool:
         return any(k.startswith("conditioner.embedders.") for k in state_dict)
@@ -94,7 +96,8 @@ class SDXLFamily(ModelFamily):
                 tokenizers[part] = clip_tokenizer(PAD_TOKENS[part])
         return {**parts, "tokenizers": tokenizers}
 
-    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str) -> dict:
+    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str,
+                         components: dict | None = None) -> dict:
         from library.models.sgm import modules_from_sgm_single_file
 
         modules, _ = modules_from_sgm_single_file(state_dict, metadata, source)
@@ -147,7 +150,7 @@ class SDXLFamily(ModelFamily):
         return save_sgm_single_file(path, model.parts, dtype=dtype, extra_metadata=metadata)
 
     # --- metadata and layout ---
-    def architecture(self, v_prediction: bool) -> str:
+    def architecture(self, v_prediction: bool, model=None) -> str:
         from library.networks.metadata import ARCH_SD_XL_V1_BASE
 
         return ARCH_SD_XL_V1_BASE

@@ -47,6 +47,8 @@ LORA = NetworkType(
     known_args=tuple(LORA_ARGS),
 )
 NETWORK_TYPES.register("networks.lora", description="LoRA; LoCon with network_args conv_dim")(LORA)
+NETWORK_TYPES.register("networks.lora_flux", description="sd-scripts' name of LoRA for FLUX.1 (the same LoRA; "
+                       "network_args train_blocks, train_t5xxl)")(LORA)
 NETWORK_TYPES.register("lycoris.kohya", package=lycoris_bridge.PACKAGE, description="LyCORIS: LoHa, LoKr, LoCon, IA3, DyLoRA, full (network_args algo=…)")(NetworkType("lycoris.kohya", lycoris_bridge.create_lycoris_network, lycoris_bridge.lycoris_network_from_weights, lycoris_bridge.parse_lycoris_args, tuple(lycoris_bridge.LYCORIS_ARGS)))  # noqa: E501
 
 

@@ -70,6 +70,8 @@ def text_encoder_key_path(text_encoder: nn.Module, module_path: str) -> str:
     """
     if hasattr(text_encoder, "text_model") or module_path.startswith(TE_ROOT):
         return module_path
+    if not type(text_encoder).__name__.startswith("CLIP"):
+        return module_path  # T5 and other encoders are named by their own paths (sd-scripts' lora_te3_encoder_…)
     return TE_ROOT + module_path
 
 
@@ -140,14 +142,20 @@ class NetworkPart:
     module: nn.Module
     is_unet: bool
     key_path: Callable[[str], str] | None = None
+    #: class names of the blocks searched for layers (None: the SD defaults above); the family sets them
+    blocks: tuple[str, ...] | None = None
+    conv_blocks: tuple[str, ...] | None = None
 
     def targets(self, include_conv_blocks: bool = False) -> list[Target]:
         """The layers of this part that get a network module (see the module docstring)."""
         if self.is_unet:
-            blocks = UNET_TARGET_BLOCKS + (UNET_CONV_TARGET_BLOCKS if include_conv_blocks else ())
+            blocks = UNET_TARGET_BLOCKS if self.blocks is None else self.blocks
+            conv = UNET_CONV_TARGET_BLOCKS if self.conv_blocks is None else self.conv_blocks
+            blocks = blocks + (conv if include_conv_blocks else ())
             return _find_targets(self.module, self.prefix, blocks, self.key_path or (lambda path: path))
         module = self.module
-        return _find_targets(module, self.prefix, TE_TARGET_BLOCKS, lambda path: text_encoder_key_path(module, path))
+        blocks = TE_TARGET_BLOCKS if self.blocks is None else self.blocks
+        return _find_targets(module, self.prefix, blocks, lambda path: text_encoder_key_path(module, path))
 
 
 def text_encoder_parts(text_encoder) -> list[NetworkPart]:
@@ -170,9 +178,11 @@ def default_parts(unet, text_encoder) -> list[NetworkPart]:
 def model_parts(model) -> list[NetworkPart]:
     """The network parts of a loaded base model, named as its family's LoRA files name them."""
     family = model.adapter
-    parts = [NetworkPart(name, family.lora_prefixes[name], model.parts[name], False) for name in family.text_parts]
+    parts = [NetworkPart(name, family.lora_prefixes[name], model.parts[name], False, blocks=family.text_target_blocks)
+             for name in family.text_parts]
     unet = model.unet
-    return parts + [NetworkPart("unet", family.lora_prefixes["unet"], unet, True, family.unet_key_path(unet))]
+    return parts + [NetworkPart("unet", family.lora_prefixes["unet"], unet, True, family.unet_key_path(unet),
+                                blocks=family.unet_target_blocks, conv_blocks=family.unet_conv_target_blocks)]
 
 
 def part_of_name(lora_name: str, parts: list[NetworkPart]) -> NetworkPart | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from library.errors import ModelLoadError
-from library.models.family import family_of_lora_names
+from library.models.family import check_family_network_args, family_of_lora_names
 from library.networks import get_network_type, keys
 from library.networks.metadata import ADAPTER_LORA, modelspec_metadata
 from library.networks.network import read_state_dict
@@ -40,7 +40,9 @@ class LoRATarget(BaseTarget):
         options = dict(train_unet=train_unet, train_text_encoder=self.trains_text_encoder,
                        dropout=config.network_dropout, rank_dropout=self.args.get("rank_dropout"),
                        module_dropout=self.args.get("module_dropout"))
-        options["parts"] = keys.model_parts(model)
+        check_family_network_args(self.args, model.adapter)
+        options["parts"] = model.adapter.network_parts(keys.model_parts(model), self.args)
+        family_args = model.adapter.network_args
         if config.network_weights:
             check_weights_family(config.network_weights, model)
         if config.network_weights and config.dim_from_weights:
@@ -52,7 +54,8 @@ class LoRATarget(BaseTarget):
             network = self.network_type.create(model.unet, model.text_encoder, dim=config.network_dim,
                                                alpha=config.network_alpha, generator=generator,
                                                block_layout=model.adapter.block_layout, **options,
-                                               **{k: v for k, v in self.args.items() if k not in options})
+                                               **{k: v for k, v in self.args.items()
+                                                  if k not in options and k not in family_args})
             if config.network_weights:
                 network.load_weights(config.network_weights)
         network.apply_to()
@@ -97,7 +100,7 @@ class LoRATarget(BaseTarget):
         }
         model = self._model
         meta.update(modelspec_metadata(
-            f"{model.adapter.architecture(model.v_parameterization)}/{ADAPTER_LORA}",
+            f"{model.adapter.architecture(model.v_parameterization, model)}/{ADAPTER_LORA}",
             config.metadata_title or config.output_name,
             config.resolution,
             "v" if model.v_parameterization else "epsilon",

@@ -26,10 +26,14 @@ RANDOM_CAPTION_OPTIONS = ("shuffle_caption", "caption_dropout_rate", "caption_dr
                           "caption_tag_dropout_rate")
 
 
-class TextEncoderCache:
-    """Caption -> (hidden (L, D), pooled (P,) or None), CPU float32; :meth:`lookup` batches them."""
+Entry = tuple  # (hidden (L, D), pooled (P,) or None, mask (L,) or None)
 
-    def __init__(self, entries: dict[str, tuple[torch.Tensor, torch.Tensor | None]], device: torch.device):
+
+class TextEncoderCache:
+    """Caption -> (hidden (L, D), pooled (P,) or None, mask (L,) or None), CPU float32 (mask int64);
+    :meth:`lookup` batches them."""
+
+    def __init__(self, entries: dict[str, Entry], device: torch.device):
         self.entries = entries
         self.device = device
 
@@ -40,7 +44,13 @@ class TextEncoderCache:
         hidden = torch.stack([self.entries[c][0] for c in captions]).to(self.device)
         pooled = [self.entries[c][1] for c in captions]
         pooled = None if pooled[0] is None else torch.stack(pooled).to(self.device)
-        return Conditioning(hidden, pooled)
+        masks = [self._mask(c) for c in captions]
+        mask = None if masks[0] is None else torch.stack(masks).to(self.device)
+        return Conditioning(hidden, pooled, mask)
+
+    def _mask(self, caption: str):
+        entry = self.entries[caption]
+        return entry[2] if len(entry) > 2 else None
 
 
 def fixed_caption(dataset, ref) -> str:
@@ -74,16 +84,20 @@ def _read(path: Path, caption: str, signature: str):
                 return None
             hidden = torch.from_numpy(data["hidden"].copy())
             pooled = torch.from_numpy(data["pooled"].copy()) if "pooled" in data else None
+            mask = torch.from_numpy(data["mask"].copy()) if "mask" in data else None
     except (OSError, KeyError, ValueError) as error:
         logger.warning("text-encoder cache %s is unreadable (%s); encoding again", path, error)
         return None
-    return hidden, pooled
+    return hidden, pooled, mask
 
 
-def _write(path: Path, caption: str, signature: str, hidden: torch.Tensor, pooled: torch.Tensor | None) -> None:
+def _write(path: Path, caption: str, signature: str, hidden: torch.Tensor, pooled: torch.Tensor | None,
+           mask: torch.Tensor | None = None) -> None:
     arrays = {"caption": np.array(caption), "signature": np.array(signature), "hidden": hidden.numpy()}
     if pooled is not None:
         arrays["pooled"] = pooled.numpy()
+    if mask is not None:
+        arrays["mask"] = mask.numpy()
     with atomic_path(path) as tmp, tmp.open("wb") as f:
         np.savez(f, **arrays)
 
@@ -93,8 +107,9 @@ def cache_text_encoder_outputs(model, datasets: list, *, clip_skip: int | None, 
                                to_disk: bool, batch_size: int = 8) -> TextEncoderCache:
     """Encode the fixed caption of every used picture of ``datasets``; the model's step then reads the cache
     (``model.extras["text_cache"]``). Returns the cache."""
-    signature = f"{model.family}|{model.name}|clip_skip={clip_skip}|max_token_length={max_token_length}"
-    entries: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    signature = (f"{model.family}|{model.name}|clip_skip={clip_skip}|max_token_length={max_token_length}"
+                 f"{model.adapter.text_signature(model)}")
+    entries: dict[str, Entry] = {}
     pending: dict[str, list[Path]] = {}
     for dataset in (d for d in datasets if d is not None):
         check_fixed_captions(dataset)
@@ -113,7 +128,8 @@ def cache_text_encoder_outputs(model, datasets: list, *, clip_skip: int | None, 
         cond = model.encode_prompt(chunk, clip_skip, max_token_length)
         for i, caption in enumerate(chunk):
             pooled = None if cond.pooled is None else cond.pooled[i].float().cpu()
-            entries[caption] = (cond.hidden[i].float().cpu(), pooled)
+            mask = None if cond.mask is None else cond.mask[i].cpu()
+            entries[caption] = (cond.hidden[i].float().cpu(), pooled, mask)
     if to_disk:
         for caption, paths in pending.items():
             for path in paths:

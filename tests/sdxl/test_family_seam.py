@@ -9,7 +9,8 @@ LIBRARY = Path(__file__).resolve().parents[2] / "library"
 #: the family modules (and their own single-file layouts and tiny models) may name their families
 FAMILY_MODULES = {"models/sd.py", "models/sdxl.py", "models/families.py", "models/tiny.py", "models/tiny_sdxl.py",
                   "models/sgm.py", "models/ldm_convert.py", "models/ldm_keys.py", "models/ldm_text.py",
-                  "models/ldm_infer.py"}
+                  "models/ldm_infer.py", "models/flux.py", "models/flux_model.py", "models/flux_keys.py",
+                  "models/tiny_flux.py"}
 NAMES = r"""["'](?:sd1|sd2|sdxl|flux)["']"""
 COMPARISON = re.compile(r"(?:==|!=)\s*" + NAMES + "|" + NAMES + r"\s*(?:==|!=|in\b)|\bin\s*[(\[{]\s*" + NAMES)
 

@@ -1,0 +1,426 @@
+"""The FLUX.1 family (dev and schnell): a flow-matching transformer in BFL's layout, CLIP-L's pooled output
+and T5-XXL's hidden states, a 16-channel VAE with a shift factor.
+
+Sources: a diffusers ``FluxPipeline`` folder (or hub id), or sd-scripts' separate files —
+``pretrained_model_name_or_path`` the transformer file in BFL's key layout (``flux1-dev.safetensors``), with
+``clip_l``, ``t5xxl`` and ``ae``. dev and schnell are told apart by the guidance embedding. The denoiser
+part is still called ``unet`` (sd-scripts' ``lora_unet_`` prefix), the text parts are CLIP-L
+(``lora_te1_``) and T5 (``lora_te3_``, trained only with the network arg ``train_t5xxl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from library.errors import ConfigError, ModelLoadError
+from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
+from library.models.flux_model import image_ids, pack_latents, text_ids, unpack_latents
+from library.training.flow_matching import FlowMatchingObjective, FlowSettings, flux_time_shift_mu, time_shift
+
+logger = logging.getLogger(__name__)
+
+TE_CLIP = "text_encoder_1"
+TE_T5 = "text_encoder_2"
+MODEL_VERSION = "flux1"  # sd-scripts' ss_base_model_version for FLUX.1
+ARCH_DEV = "flux-1-dev"
+ARCH_SCHNELL = "flux-1-schnell"
+CLIP_LENGTH = 77
+#: the T5 tokenizer sd-scripts uses for FLUX (fetched once from the hub, then from its cache)
+T5_TOKENIZER_ID = "google/t5-v1_1-xxl"
+#: metadata keys of our own separate files (the tiny model's): module config and tokenizer as JSON
+META_CONFIG = "sdtrain.config"
+META_TOKENIZER = "sdtrain.tokenizer"
+FILE_OPTIONS = ("clip_l", "t5xxl", "ae")
+
+# The fixed configs of the real separate files (they carry none).
+CLIP_L_CONFIG = {
+    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768,
+    "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
+}
+T5_XXL_CONFIG = {
+    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_decoder_layers": 24,
+    "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+    "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new",
+    "is_gated_act": True, "tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 1,
+    "decoder_start_token_id": 0,
+}
+AE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32, "sample_size": 1024,
+    "scaling_factor": 0.3611, "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False,
+    "mid_block_add_attention": True,
+}
+
+
+@dataclass(frozen=True)
+class FluxRunSettings:
+    """What a run sets on a FLUX model (:meth:`FluxFamily.configure`)."""
+
+    guidance_scale: float = 1.0
+    t5_max_length: int | None = None
+    apply_t5_attn_mask: bool = False
+    flow: FlowSettings = FlowSettings()
+
+
+def _settings(model) -> FluxRunSettings:
+    return model.extras.get("flux_settings") or FluxRunSettings()
+
+
+def _is_dev(transformer) -> bool:
+    return bool(transformer.params.guidance_embed)
+
+
+def _config_from(metadata: dict | None, default: dict) -> dict:
+    if metadata and META_CONFIG in metadata:
+        return json.loads(metadata[META_CONFIG])
+    return dict(default)
+
+
+def _load_file(path, what: str):
+    from library.models.safe_load import load_state_dict_file
+
+    if not path:
+        raise ConfigError(
+            f"A FLUX transformer file needs its text encoders and autoencoder as separate files, as sd-scripts "
+            f"takes them: set {what} (clip_l = clip_l.safetensors, t5xxl = t5xxl_fp16.safetensors, ae = "
+            "ae.safetensors), or give a diffusers FLUX folder as pretrained_model_name_or_path."
+        )
+    return load_state_dict_file(path)
+
+
+def _assign(module_factory, state: dict, what: str, path, tied: dict[str, str] | None = None) -> torch.nn.Module:
+    with torch.device("meta"):
+        module = module_factory()
+    state = dict(state)
+    for key, source in (tied or {}).items():
+        if key not in state and source in state:
+            state[key] = state[source]
+    expected = set(module.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing:
+        raise ModelLoadError(
+            f"{path}: not a {what} file: {len(missing)} of its weights are missing (e.g. {missing[:3]}); "
+            f"unexpected keys: {unexpected[:3]}. Check that {what} points at the right file."
+        )
+    module.load_state_dict({k: state[k] for k in expected}, strict=True, assign=True)
+    _materialise_buffers(module)
+    return module.float().eval()
+
+
+def _materialise_buffers(module: torch.nn.Module) -> None:
+    """Non-persistent buffers of a module built on the meta device are not in its file; rebuild them
+    (CLIP's ``position_ids`` = 0 … n−1)."""
+    for name, buffer in list(module.named_buffers()):
+        if not buffer.is_meta:
+            continue
+        owner_path, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        if leaf != "position_ids":
+            raise ModelLoadError(f"internal: buffer {name} of {type(module).__name__} has no value after loading")
+        positions = torch.arange(buffer.shape[-1], dtype=buffer.dtype).expand(buffer.shape).clone()
+        owner.register_buffer(leaf, positions, persistent=False)
+
+
+def _t5_tokenizer(metadata: dict | None, local_hint: str | None = None):
+    from transformers import AutoTokenizer
+
+    if metadata and META_TOKENIZER in metadata:
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        spec = json.loads(metadata[META_TOKENIZER])
+        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(spec["tokenizer"]),
+                                       model_max_length=spec.get("model_max_length", 512), eos_token="</s>",
+                                       pad_token="<pad>", unk_token="<unk>")
+    for local in (True, False):
+        try:
+            return AutoTokenizer.from_pretrained(T5_TOKENIZER_ID, local_files_only=local)
+        except (OSError, ValueError) as error:
+            last = error
+    raise ModelLoadError(
+        f"The T5-XXL tokenizer ({T5_TOKENIZER_ID}, as sd-scripts uses) is not in the Hugging Face cache and "
+        f"could not be downloaded ({last}). Run once with internet access, or give a diffusers FLUX folder "
+        "(its tokenizer_2/ folder is used)."
+    )
+
+
+class FluxFamily(ModelFamily):
+    name = "flux"
+    description = "FLUX.1 dev / schnell (flow-matching transformer, CLIP-L + T5-XXL)"
+    text_parts = (TE_CLIP, TE_T5)
+    lora_prefixes = {TE_CLIP: "lora_te1", TE_T5: "lora_te3", "unet": "lora_unet"}
+    base_model_version = MODEL_VERSION
+    default_resolution = 1024
+    default_max_bucket_reso = 2048
+    default_prediction_type = "flow"
+    latent_cache_suffix = "flux"
+    trains_text_encoder_by_default = False
+    lora_unet_markers = ("double_blocks_", "single_blocks_")
+    accepted_options = FlowMatchingObjective.OPTIONS | {
+        *FILE_OPTIONS, "model_type", "t5xxl_max_token_length", "apply_t5_attn_mask", "guidance_scale",
+        "blocks_to_swap",
+    }
+    network_args = frozenset({"train_blocks", "train_t5xxl"})
+    unet_target_blocks = ("DoubleStreamBlock", "SingleStreamBlock")
+    unet_conv_target_blocks = ()
+    text_target_blocks = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP", "T5Attention", "T5DenseGatedActDense")
+
+    # --- detection and loading ---
+    def detects_diffusers(self, info: dict) -> bool:
+        return str(info.get("class_name") or "").startswith("Flux")
+
+    def detects_single_file(self, state_dict) -> bool:
+        from library.models.flux_keys import is_bfl_flux
+
+        return is_bfl_flux(state_dict)
+
+    def load_diffusers(self, source: str, local: bool) -> dict:
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        from library.models.flux_keys import from_diffusers_transformer
+        from library.models.tokenizer import clip_tokenizer
+
+        kwargs = {"local_files_only": local, "torch_dtype": torch.float32}
+        transformer = from_diffusers_transformer(
+            FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", **kwargs))
+        parts = {
+            "unet": transformer,
+            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs),
+            TE_CLIP: CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs),
+            TE_T5: T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", **kwargs),
+        }
+        try:
+            clip = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local)
+        except (OSError, ValueError, TypeError):
+            clip = clip_tokenizer()
+        t5 = AutoTokenizer.from_pretrained(source, subfolder="tokenizer_2", local_files_only=local)
+        return {**parts, "tokenizers": {TE_CLIP: clip, TE_T5: t5}}
+
+    def load_single_file(self, state_dict: dict, metadata: dict | None, source: str,
+                         components: dict | None = None) -> dict:
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+        from library.models.flux_keys import (
+            ae_from_file,
+            clip_l_from_file,
+            load_bfl_transformer,
+            t5_from_file,
+        )
+        from library.models.tokenizer import clip_tokenizer
+
+        components = components or {}
+        missing = [name for name in FILE_OPTIONS if not components.get(name)]
+        if missing:
+            _load_file(None, " and ".join(missing))
+        transformer = load_bfl_transformer(state_dict).float().eval()
+        clip_state, clip_meta = _load_file(components["clip_l"], "clip_l")
+        t5_state, t5_meta = _load_file(components["t5xxl"], "t5xxl")
+        ae_state, ae_meta = _load_file(components["ae"], "ae")
+        clip_config = _config_from(clip_meta, CLIP_L_CONFIG)
+        t5_config = _config_from(t5_meta, T5_XXL_CONFIG)
+        ae_config = _config_from(ae_meta, AE_CONFIG)
+        clip = _assign(lambda: CLIPTextModel(CLIPTextConfig(**clip_config)), clip_l_from_file(clip_state),
+                       "CLIP-L", components["clip_l"])
+        t5 = _assign(lambda: T5EncoderModel(T5Config(**t5_config)), t5_from_file(t5_state), "T5-XXL",
+                     components["t5xxl"], tied={"encoder.embed_tokens.weight": "shared.weight"})
+        t5.encoder.embed_tokens = t5.shared
+        with torch.device("meta"):
+            vae = AutoencoderKL(**ae_config)
+        vae.load_state_dict(ae_from_file(ae_state, vae.config), strict=True, assign=True)
+        return {"unet": transformer, "vae": vae.float().eval(), TE_CLIP: clip, TE_T5: t5,
+                "tokenizers": {TE_CLIP: clip_tokenizer(), TE_T5: _t5_tokenizer(t5_meta)}}
+
+    def configure(self, model, config) -> None:
+        model.extras["flux_settings"] = FluxRunSettings(
+            guidance_scale=float(config.guidance_scale), t5_max_length=config.t5xxl_max_token_length,
+            apply_t5_attn_mask=bool(config.apply_t5_attn_mask), flow=FlowSettings.from_config(config))
+        if config.model_type != "flux":
+            raise ConfigError(f"model_type = {config.model_type!r}: only FLUX.1 (model_type = \"flux\") is "
+                              "supported; Chroma's transformer is not yet.")
+
+    def network_parts(self, parts: list, args: dict) -> list:
+        """sd-scripts' lora_flux: T5 gets a LoRA only with ``train_t5xxl``; ``train_blocks`` = all (default),
+        single or double picks the transformer blocks."""
+        blocks = {"single": ("SingleStreamBlock",), "double": ("DoubleStreamBlock",)}.get(
+            args.get("train_blocks") or "all", self.unet_target_blocks)
+        chosen = []
+        for part in parts:
+            if part.name == TE_T5 and not args.get("train_t5xxl"):
+                continue
+            chosen.append(dataclasses.replace(part, blocks=blocks) if part.is_unet else part)
+        return chosen
+
+    def swappable_blocks(self, unet) -> list[torch.nn.Module]:
+        return [*unet.double_blocks, *unet.single_blocks]
+
+    # --- text ---
+    def t5_length(self, model) -> int:
+        return _settings(model).t5_max_length or (512 if _is_dev(model.unet) else 256)
+
+    def text_signature(self, model) -> str:
+        return f"|t5_length={self.t5_length(model)}|t5_mask={_settings(model).apply_t5_attn_mask}"
+
+    def tokenize(self, model, captions, max_token_length, pad=True) -> dict[str, torch.Tensor]:
+        clip = model.tokenizers[TE_CLIP](captions, max_length=CLIP_LENGTH, padding="max_length",
+                                         truncation=True, return_tensors="pt")
+        t5 = model.tokenizers[TE_T5](captions, max_length=self.t5_length(model), padding="max_length",
+                                     truncation=True, return_tensors="pt")
+        return {TE_CLIP: clip.input_ids, TE_T5: t5.input_ids}
+
+    def encode(self, model, tokens, clip_skip) -> Conditioning:
+        clip, t5 = model.parts[TE_CLIP], model.parts[TE_T5]
+        pooled = clip(tokens[TE_CLIP].to(clip.device)).pooler_output
+        ids = tokens[TE_T5].to(t5.device)
+        mask = (ids != model.tokenizers[TE_T5].pad_token_id).long() if _settings(model).apply_t5_attn_mask else None
+        hidden = t5(input_ids=ids, attention_mask=mask).last_hidden_state
+        return Conditioning(hidden, pooled, mask)
+
+    # --- the denoiser ---
+    def compute_dtype(self, unet) -> torch.dtype:
+        return unet.final_layer.linear.bias.dtype
+
+    def predict(self, model, noisy, timesteps, cond, batch) -> torch.Tensor:
+        transformer = model.unet
+        dtype = self.compute_dtype(transformer)
+        b, _, h, w = noisy.shape
+        device = noisy.device
+        guidance = None
+        if _is_dev(transformer):
+            guidance = torch.full((b,), _settings(model).guidance_scale, device=device, dtype=dtype)
+        out = transformer(
+            pack_latents(noisy).to(dtype), image_ids(b, h, w, device, dtype), cond.hidden.to(device, dtype),
+            text_ids(b, cond.hidden.shape[1], device, dtype), (timesteps.to(torch.float32) / 1000).to(device, dtype),
+            cond.pooled.to(device, dtype), guidance,
+            None if cond.mask is None else cond.mask.to(device),
+        )
+        return unpack_latents(out, h, w).to(noisy.dtype)
+
+    def objective(self, model):
+        return FlowMatchingObjective(_settings(model).flow)
+
+    def noise_scheduler(self, v_parameterization: bool):
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+
+    # --- sampling and saving ---
+    def pipeline(self, model, scheduler):
+        return FluxSampler(self, model)
+
+    def pipeline_inputs(self, positive: Conditioning, negative: Conditioning) -> dict:
+        return {"positive": positive}
+
+    def diffusers_pipeline(self, modules: dict, tokenizers: dict, scheduler):
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+        from library.models.flux_keys import to_diffusers_transformer
+
+        transformer = modules["unet"]
+        shift = {"shift": 3.0, "use_dynamic_shifting": True} if _is_dev(transformer) else {"shift": 1.0}
+        return FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(
+                num_train_timesteps=1000, base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                max_shift=1.15, **shift),
+            vae=modules["vae"], text_encoder=modules[TE_CLIP], tokenizer=tokenizers[TE_CLIP],
+            text_encoder_2=modules[TE_T5], tokenizer_2=tokenizers[TE_T5],
+            transformer=to_diffusers_transformer(transformer),
+        )
+
+    def save_single_file(self, model, path, dtype, metadata) -> Path:
+        """The transformer alone in BFL's layout (what sd-scripts' flux_train.py saves)."""
+        from library.models.single_file import write_checkpoint
+
+        meta = {"modelspec.architecture": self.architecture(False, model), **(metadata or {})}
+        return write_checkpoint(path, model.unet.state_dict(), meta, dtype=dtype)
+
+    # --- metadata and layout ---
+    def architecture(self, v_prediction: bool, model=None) -> str:
+        if model is not None and not _is_dev(model.unet):
+            return ARCH_SCHNELL
+        return ARCH_DEV
+
+    def unet_key_path(self, unet):
+        return lambda path: path
+
+    @property
+    def block_layout(self) -> BlockLayout:
+        return BlockLayout(FLUX_BLOCK_NAMES, 0, flux_block_index, mid_count=0)
+
+
+FLUX_DOUBLE_BLOCKS = 19
+FLUX_SINGLE_BLOCKS = 38
+FLUX_BLOCK_NAMES = tuple([f"D{i:02d}" for i in range(FLUX_DOUBLE_BLOCKS)]
+                         + [f"S{i:02d}" for i in range(FLUX_SINGLE_BLOCKS)])
+
+
+def flux_block_index(lora_name: str) -> int | None:
+    """Block of a FLUX LoRA module name: double block i -> i, single block j -> 19 + j."""
+    name = lora_name.removeprefix("lora_unet_")
+    for marker, offset in (("double_blocks_", 0), ("single_blocks_", FLUX_DOUBLE_BLOCKS)):
+        if name.startswith(marker):
+            digits = name[len(marker):].split("_", 1)[0]
+            return offset + int(digits) if digits.isdigit() else None
+    return None
+
+
+class FluxSampler:
+    """Sample images with the model being trained (its LoRA in effect): FLUX.1's Euler flow sampler on our
+    transformer — σ from 1 to 0, shifted by the image's token count for dev (BFL's ``get_schedule``),
+    guidance embedded for dev, no classifier-free guidance — then the VAE decode."""
+
+    def __init__(self, family: FluxFamily, model):
+        self.family = family
+        self.model = model
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        pass
+
+    def __call__(self, positive: Conditioning, width: int, height: int, num_inference_steps: int,
+                 guidance_scale: float, generator: torch.Generator, output_type: str = "pil", **_):
+        from PIL import Image
+
+        model = self.model
+        transformer = model.unet
+        h, w = 2 * math.ceil(height / 16), 2 * math.ceil(width / 16)
+        channels = transformer.in_channels // 4
+        x = torch.randn((1, channels, h, w), generator=generator, dtype=torch.float32)
+        device = next(transformer.parameters()).device
+        x = x.to(device)
+        sigmas = torch.linspace(1.0, 0.0, num_inference_steps + 1)
+        if _is_dev(transformer):
+            sigmas = torch.cat([time_shift(flux_time_shift_mu((h // 2) * (w // 2)), sigmas[:-1]), sigmas[-1:]])
+        settings = _settings(model)
+        model.extras["flux_settings"] = FluxRunSettings(float(guidance_scale), settings.t5_max_length,
+                                                        settings.apply_t5_attn_mask, settings.flow)
+        try:
+            for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+                t = torch.full((1,), float(sigma) * 1000, device=device)
+                v = self.family.predict(model, x, t, positive, {})
+                x = x + (float(sigma_next) - float(sigma)) * v.float()
+        finally:
+            model.extras["flux_settings"] = settings
+        vae = model.vae
+        latents = x / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        pixels = vae.decode(latents.to(vae.device, vae.dtype)).sample[:, :, :height, :width]
+        array = ((pixels[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return _Output([Image.fromarray(array)])
+
+
+@dataclass
+class _Output:
+    images: list
+
+
+FLUX = register_family(FluxFamily())
