@@ -38,6 +38,8 @@ T5_TOKENIZER_ID = "google/t5-v1_1-xxl"
 META_CONFIG = "sdtrain.config"
 META_TOKENIZER = "sdtrain.tokenizer"
 FILE_OPTIONS = ("clip_l", "t5xxl", "ae")
+#: embedded guidance of sample images when a prompt gives no --g (sd-scripts' default)
+SAMPLE_GUIDANCE = 3.5
 
 # The fixed configs of the real separate files (they carry none).
 CLIP_L_CONFIG = {
@@ -378,7 +380,11 @@ def flux_block_index(lora_name: str) -> int | None:
 class FluxSampler:
     """Sample images with the model being trained (its LoRA in effect): FLUX.1's Euler flow sampler on our
     transformer — σ from 1 to 0, shifted by the image's token count for dev (BFL's ``get_schedule``),
-    guidance embedded for dev, no classifier-free guidance — then the VAE decode."""
+    the prompt's ``--g`` embedded for dev (3.5 when not given, sd-scripts' default), no classifier-free
+    guidance (the CFG scale and negative prompt are not used) — then the VAE decode."""
+
+    #: takes ``guidance`` (sd-scripts' --g) besides the CFG scale
+    takes_guidance = True
 
     def __init__(self, family: FluxFamily, model):
         self.family = family
@@ -388,7 +394,8 @@ class FluxSampler:
         pass
 
     def __call__(self, positive: Conditioning, width: int, height: int, num_inference_steps: int,
-                 guidance_scale: float, generator: torch.Generator, output_type: str = "pil", **_):
+                 guidance_scale: float, generator: torch.Generator, output_type: str = "pil",
+                 guidance: float | None = None, **_):
         from PIL import Image
 
         model = self.model
@@ -402,7 +409,8 @@ class FluxSampler:
         if _is_dev(transformer):
             sigmas = torch.cat([time_shift(flux_time_shift_mu((h // 2) * (w // 2)), sigmas[:-1]), sigmas[-1:]])
         settings = _settings(model)
-        model.extras["flux_settings"] = FluxRunSettings(float(guidance_scale), settings.t5_max_length,
+        embedded = SAMPLE_GUIDANCE if guidance is None else float(guidance)
+        model.extras["flux_settings"] = FluxRunSettings(embedded, settings.t5_max_length,
                                                         settings.apply_t5_attn_mask, settings.flow)
         try:
             for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):

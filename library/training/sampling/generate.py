@@ -65,6 +65,13 @@ def generate_samples(model, prompts: list[SamplePrompt], settings: SampleSetting
         width, height = p.width or settings.width, p.height or settings.height
         inputs = model.adapter.pipeline_inputs(_conditioning(model, p.prompt, settings),
                                                _conditioning(model, p.negative_prompt, settings))
+        if p.guidance is not None:
+            if not getattr(pipe, "takes_guidance", False):
+                from library.errors import ConfigError
+
+                raise ConfigError(f"sample prompt {p.prompt!r}: --g (embedded guidance) is for guidance-distilled "
+                                  f"models such as FLUX.1 dev, not {model.family}; use --l for the CFG scale.")
+            inputs["guidance"] = p.guidance
         image = pipe(
             **inputs,
             width=width, height=height, num_inference_steps=p.steps, guidance_scale=p.scale,

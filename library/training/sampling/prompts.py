@@ -27,6 +27,8 @@ class SamplePrompt:
     scale: float = 7.5
     seed: int | None = None
     sampler: str | None = None
+    #: the embedded guidance of a guidance-distilled model (FLUX.1 dev, sd-scripts' --g); None: the family's
+    guidance: float | None = None
 
 
 #: inline option -> (field, converter)
@@ -38,13 +40,14 @@ _INLINE = {
     "l": ("scale", float),
     "d": ("seed", int),
     "ss": ("sampler", str),
+    "g": ("guidance", float),
 }
 
 #: .toml / .json keys (sd-scripts' names) -> field
 _KEYS = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width", "height": "height",
     "sample_steps": "steps", "steps": "steps", "scale": "scale", "cfg_scale": "scale", "seed": "seed",
-    "sample_sampler": "sampler", "sampler": "sampler",
+    "sample_sampler": "sampler", "sampler": "sampler", "guidance_scale": "guidance",
 }
 
 
@@ -64,7 +67,7 @@ def parse_prompt_line(line: str, where: str) -> SamplePrompt | None:
         if key not in _INLINE:
             raise PromptFileError(
                 f"{where}: unknown option --{key}. Sample prompt options are --n (negative prompt), --w, --h, "
-                f"--s (steps), --l (CFG scale), --d (seed) and --ss (sampler)."
+                f"--s (steps), --l (CFG scale), --g (embedded guidance, FLUX.1 dev), --d (seed) and --ss (sampler)."
             )
         field, convert = _INLINE[key]
         try:
