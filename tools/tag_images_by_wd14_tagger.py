@@ -6,6 +6,7 @@ python tools/tag_images_by_wd14_tagger.py DIR --repo_id SmilingWolf/wd-v1-4-conv
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -65,10 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def body(args: argparse.Namespace) -> int:
     from library.errors import UserError
+    from library.tools.dataset.files import normalise_extension
     from library.tools.dataset.tags import parse_tag_list, parse_tag_replacement
     from library.tools.dataset.wd14 import TaggingRun, TagSelection, format_frequency, tag_folder
     from library.tools.dataset.wd14_model import WD14Model, resolve_model_files
 
+    folder = Path(args.train_data_dir)
+    if not folder.is_dir():  # before any model download: minutes lost to a typo otherwise
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"image folder '{folder}' {what}. Give the folder that holds the pictures to tag.")
+    normalise_extension(args.caption_extension)  # refused before any model download, not at the first write
+    for flag, value, low in (("--batch_size", args.batch_size, 1),
+                             ("--max_data_loader_n_workers", args.max_data_loader_n_workers, 0)):
+        if value < low:
+            raise UserError(f"{flag} {value} is out of range: it must be at least {low}.")
     try:
         replacement = tuple(parse_tag_replacement(args.tag_replacement))
     except ValueError as exc:
@@ -77,6 +88,11 @@ def body(args: argparse.Namespace) -> int:
         f"{n}_threshold": getattr(args, f"{n}_threshold") for n in ("general", "character", *CATEGORY_OPTIONS)
     }
     thresholds = {key: args.thresh if value is None else value for key, value in given.items()}
+    for key, value in {"thresh": args.thresh, **thresholds}.items():
+        if not math.isfinite(value):  # NaN would silently select no tag at all
+            raise UserError(f"--{key} {value} is not a number: give a threshold such as 0.35.")
+    if args.output_path is not None and args.output_path.is_dir():
+        raise UserError(f"--output_path {args.output_path} is a folder; give a .json or .jsonl file name.")
     selection = TagSelection(
         **thresholds,
         remove_underscore=args.remove_underscore,

@@ -15,6 +15,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from library.gui import configs
+from library.gui.guard import bind
 from library.gui.jobs import JobRunner
 from library.gui.run_queue import TrainingQueue, start_worker
 from library.gui.security import GuiPolicy, HostCheckMiddleware, HostPolicy, exposed, start_refusal
@@ -60,7 +61,13 @@ def queue_tab(ctx: GuiContext) -> gr.Dataframe:
         number = gr.Textbox(label="Entry #", scale=1)
         cancel = gr.Button("Stop or remove entry", scale=1, elem_id="queue-cancel")
     message = gr.Markdown("", elem_id="queue-message")
-    cancel.click(lambda n: (ctx.queue.cancel(n.strip()), ctx.queue.rows()), [number], [message, table])
+    bind(
+        cancel.click,
+        lambda n: (ctx.queue.cancel(n.strip()), ctx.queue.rows()),
+        [number],
+        [message, table],
+        api_name="queue_cancel",
+    )
     return table
 
 
@@ -88,8 +95,8 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
             values = panel_values(ctx.runner.view())
             return values * len(panels) + [ctx.queue.rows()]
 
-        timer.tick(refresh, None, outputs, show_progress="hidden")
-        app.load(refresh, None, outputs)
+        bind(timer.tick, refresh, None, outputs, show_progress="hidden")
+        bind(app.load, refresh, None, outputs)
     return app
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shlex
 import socket
 from collections.abc import Iterable, Sequence
@@ -205,6 +206,66 @@ def free_form_value(token: str) -> str:
     return token.split("=", 1)[1] if token.startswith("-") and "=" in token else token
 
 
+#: keys of a dataset config (sd-scripts' ``--dataset_config``) that name files or folders.
+DATASET_PATH_KEYS = frozenset({"image_dir", "conditioning_data_dir", "metadata_file"})
+#: keys whose file is read in turn (a config naming its dataset config).
+NESTED_CONFIG_KEYS = frozenset({"dataset_config", "config_file"})
+#: how deep configs may name other configs before the check gives up (a loop, or a crafted chain).
+_MAX_CONFIG_DEPTH = 4
+
+
+def _config_path_keys() -> frozenset[str]:
+    """Keys of a training or dataset config whose values are paths (the schema's path options)."""
+    from library.config.options import SCHEMA
+
+    return DATASET_PATH_KEYS | {o.name for o in SCHEMA.options if o.kind in ("path", "dir", "file")}
+
+
+def _read_config_data(path: Path):
+    """The parsed TOML/JSON of ``path``, or None when it is not readable as one (the trainer's own
+    validation reports that)."""
+    import json
+
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        return json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def config_path_values(data, path_keys: frozenset[str]) -> list[tuple[str, str]]:
+    """(key, path) for every string (or list of strings) under a path key anywhere in ``data`` (nested
+    tables such as ``[[datasets.subsets]]`` included)."""
+    found: list[tuple[str, str]] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                values = value if isinstance(value, list) else [value]
+                if key in path_keys:
+                    found += [(key, v) for v in values if isinstance(v, str) and v.strip()]
+                stack += [v for v in values if isinstance(v, dict | list)]
+        elif isinstance(item, list):
+            stack += [v for v in item if isinstance(v, dict | list)]
+    return found
+
+
+#: options whose value may name a model on the hub (``owner/name``) or built in (``builtin:tiny``).
+MODEL_SOURCE_OPTIONS = frozenset({"pretrained_model_name_or_path", "vae"})
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_remote_model(value: str) -> bool:
+    """True for a built-in model name or a hub id that is not also a local path (no local file is read)."""
+    value = value.strip()
+    if value.startswith("builtin:"):
+        return True
+    return bool(_HUB_ID.fullmatch(value)) and ".." not in value and not Path(value).exists()
+
+
 @dataclass(frozen=True)
 class GuiPolicy:
     """What the GUI's handlers allow: ``allowed`` the folders path fields may name (None: any, the GUI serves
@@ -236,6 +297,30 @@ class GuiPolicy:
             if looks_like_path(token):
                 check_path_allowed(free_form_value(token), self.allowed)
 
+    def check_config_file(self, path: str | os.PathLike, depth: int = 0) -> None:
+        """A training or dataset config named in a form: every path it holds (``image_dir`` of each subset,
+        ``train_data_dir``, ``output_dir``, a nested ``dataset_config`` and its paths ...) inside the
+        allowed folders. A file that is not valid TOML/JSON is left to the trainer's validation."""
+        if self.allowed is None:
+            return
+        target = Path(os.path.expanduser(str(path).strip()))
+        check_path_allowed(target, self.allowed)
+        data = _read_config_data(target) if target.is_file() else None
+        if data is None:
+            return
+        for key, value in config_path_values(data, _config_path_keys()):
+            try:
+                check_path_allowed(value, self.allowed)
+            except UserError as exc:
+                raise UserError(f"{key} in '{target}': {exc}") from None
+            if key in NESTED_CONFIG_KEYS:
+                if depth >= _MAX_CONFIG_DEPTH:
+                    raise UserError(
+                        f"'{target}' names configs inside configs more than {_MAX_CONFIG_DEPTH} levels deep "
+                        f"({key} = {value!r}); name the dataset config directly."
+                    )
+                self.check_config_file(value, depth + 1)
+
     def check_values(self, values: dict, path_names: Iterable[str]) -> None:
         """A training form's option values: its path options inside the allowed folders; no
         ``allow_unsafe_pickle`` from a client on another machine."""
@@ -247,5 +332,8 @@ class GuiPolicy:
         for name in path_names:
             value = values.get(name)
             for item in value if isinstance(value, list | tuple) else [value]:
-                if isinstance(item, str):
+                if isinstance(item, str) and not (name in MODEL_SOURCE_OPTIONS and is_remote_model(item)):
                     self.check(item.strip())
+        dataset_config = values.get("dataset_config")
+        if isinstance(dataset_config, str) and dataset_config.strip():
+            self.check_config_file(dataset_config)

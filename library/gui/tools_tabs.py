@@ -15,6 +15,7 @@ import gradio as gr
 
 from library.errors import UserError
 from library.gui.configs import REPO_ROOT
+from library.gui.guard import bind
 from library.gui.security import GuiPolicy, check_safe_args, shell_command
 
 
@@ -22,7 +23,9 @@ from library.gui.security import GuiPolicy, check_safe_args, shell_command
 class Arg:
     """One field of a tool form: ``flag`` "" for a positional argument; ``many`` splits lines into values;
     ``switch`` makes a checkbox that adds the bare flag; ``path``: its values are files or folders (kept
-    to ``--allowed_paths``); ``gui_only``: a checkbox the GUI reads itself (never passed to the tool)."""
+    to ``--allowed_paths``); ``gui_only``: a checkbox the GUI reads itself (never passed to the tool);
+    ``folder_flag``: the flag used instead of ``flag`` when the value is an existing local folder (a field
+    that takes a folder or a hub id)."""
 
     label: str
     flag: str = ""
@@ -30,6 +33,13 @@ class Arg:
     switch: bool = False
     path: bool = False
     gui_only: bool = False
+    folder_flag: str = ""
+
+    def flag_for(self, items: list[str]) -> str:
+        """The flag of this field's ``items``: ``folder_flag`` for one existing folder, else ``flag``."""
+        if self.folder_flag and len(items) == 1 and Path(items[0]).expanduser().is_dir():
+            return self.folder_flag
+        return self.flag
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,8 @@ def tool_argv(spec: ToolSpec, values: list, extra: str = "") -> list[str]:
             continue
         items = field_items(arg, value)
         if items:
-            argv += ([arg.flag] if arg.flag else []) + items
+            flag = arg.flag_for(items)
+            argv += ([flag] if flag else []) + items
     return argv + extra_args(extra)
 
 
@@ -80,7 +91,7 @@ def check_tool_form(spec: ToolSpec, values: list, extra: str, policy: GuiPolicy)
             policy.check(*field_items(arg, value))
     if spec.key == "convert":
         destination = field_items(spec.args[1], values[1])
-        overwrite = next((bool(v) for a, v in fields.items() if a.gui_only), False)
+        overwrite = next((bool(v) for a, v in fields.items() if a.flag == "--overwrite"), False)
         if destination and not overwrite:
             check_no_overwrite(destination[0])
 
@@ -118,7 +129,7 @@ CAPTION_TOOLS = (
         "tag_images_by_wd14_tagger.py",
         (
             Arg("Image folder", path=True),
-            Arg("Model folder or hub repo", "--repo_id", path=True),
+            Arg("Model folder or hub repo", "--repo_id", path=True, folder_flag="--model_dir"),
             Arg("General threshold", "--general_threshold"),
             Arg("Character threshold", "--character_threshold"),
             Arg("Remove underscores", "--remove_underscore", switch=True),
@@ -219,7 +230,7 @@ MODEL_TOOLS = (
             Arg("Source", path=True),
             Arg("Destination", path=True),
             Arg("Precision", "--precision"),
-            Arg("Overwrite a non-empty destination folder", switch=True, gui_only=True),
+            Arg("Overwrite a non-empty destination folder", "--overwrite", switch=True),
         ),
     ),
 )
@@ -242,7 +253,7 @@ def tool_form(spec: ToolSpec, policy: GuiPolicy | None = None) -> None:
             progress(0.0, desc=f"running {spec.script}")
             return run_tool(spec, list(values[:-1]), values[-1], policy=policy)
 
-        button.click(run, [*fields, extra], [output])
+        bind(button.click, run, [*fields, extra], [output], api_name=f"tool_{spec.key}")
 
 
 def check_rows(source: str, reg: str, resolution, policy: GuiPolicy | None = None) -> tuple[str, list[list]]:
@@ -250,7 +261,10 @@ def check_rows(source: str, reg: str, resolution, policy: GuiPolicy | None = Non
     from library.tools.dataset.check import CheckOptions, check_dataset
 
     try:
-        (policy or GuiPolicy()).check(source.strip(), reg.strip())
+        policy = policy or GuiPolicy()
+        policy.check(source.strip(), reg.strip())
+        if Path(source.strip()).is_file():  # a dataset or training config: the folders it names too
+            policy.check_config_file(source.strip())
         opts = CheckOptions(resolution=int(resolution) if resolution else None)
         report = check_dataset(source.strip(), reg.strip() or None, opts).to_json()
     except UserError as exc:
@@ -286,13 +300,12 @@ def inspect_text(path: str, base: str, policy: GuiPolicy | None = None) -> str:
         return f"❌ {exc}"
 
 
-def tag_rows_checked(folder: str, extension: str, policy: GuiPolicy) -> list[list]:
-    """``tag_frequency_rows`` for the page: a folder outside the allowed ones shows an error."""
-    try:
-        policy.check(folder.strip())
-    except UserError as exc:
-        raise gr.Error(str(exc)) from None
-    return tag_frequency_rows(folder.strip(), extension)
+def tag_rows_checked(folder: str, extension: str, policy: GuiPolicy) -> tuple[str, list[list]]:
+    """(message, ``tag_frequency_rows``) for the page; a folder outside the allowed ones, or one that is
+    not a folder, raises ``UserError`` (shown beside the button)."""
+    policy.check(folder.strip())
+    rows = tag_frequency_rows(folder.strip(), extension)
+    return f"{len(rows)} tags", rows
 
 
 def captioning_tab(policy: GuiPolicy | None = None) -> None:
@@ -304,8 +317,15 @@ def captioning_tab(policy: GuiPolicy | None = None) -> None:
             folder = gr.Textbox(label="Image folder", elem_id="tags-folder", scale=3)
             ext = gr.Textbox(label="Caption extension", value=".txt", scale=1)
         button = gr.Button("Count tags", elem_id="tags-run")
+        message = gr.Markdown(elem_id="tags-message")
         table = gr.Dataframe(headers=["tag", "count"], elem_id="tags-table", interactive=False)
-        button.click(lambda f, e: tag_rows_checked(f, e, policy), [folder, ext], [table])
+        bind(
+            button.click,
+            lambda f, e: tag_rows_checked(f, e, policy),
+            [folder, ext],
+            [message, table],
+            api_name="tag_frequencies",
+        )
 
 
 def dataset_tab(policy: GuiPolicy | None = None) -> None:
@@ -325,7 +345,13 @@ def dataset_tab(policy: GuiPolicy | None = None) -> None:
             interactive=False,
             wrap=True,
         )
-        button.click(lambda s, r, n: check_rows(s, r, n, policy), [source, reg, reso], [summary, table])
+        bind(
+            button.click,
+            lambda s, r, n: check_rows(s, r, n, policy),
+            [source, reg, reso],
+            [summary, table],
+            api_name="check_dataset",
+        )
     for spec in DATASET_TOOLS:
         tool_form(spec, policy)
 
@@ -338,6 +364,7 @@ def tools_tab(policy: GuiPolicy | None = None) -> None:
             base = gr.Textbox(label="Base model to check against (optional)", scale=2)
         button = gr.Button("Inspect", elem_id="inspect-run")
         out = gr.Textbox(label="Report", lines=14, elem_id="inspect-output")
-        button.click(lambda p, b: inspect_text(p, b, policy), [path, base], [out])
+        inspect = lambda p, b: inspect_text(p, b, policy)  # noqa: E731
+        bind(button.click, inspect, [path, base], [out], api_name="inspect_lora")
     for spec in MODEL_TOOLS:
         tool_form(spec, policy)

@@ -14,7 +14,8 @@ import gradio as gr
 
 from library.config.options import SCHEMA
 from library.config.schema import Option
-from library.errors import UserError
+from library.data.images import load_image
+from library.errors import DatasetError, UserError
 from library.gui import configs
 from library.gui.family_hint import FamilyHint, family_hint, option_visibility
 from library.gui.fields import (
@@ -25,6 +26,7 @@ from library.gui.fields import (
     from_field,
     to_field,
 )
+from library.gui.guard import bind, error_text
 from library.gui.jobs import JobRunner, RunView
 from library.gui.run_queue import TrainingQueue
 from library.gui.security import GuiPolicy, shell_command
@@ -91,17 +93,25 @@ def lr_frame(view: RunView):
     return pd.DataFrame(rows, columns=["step", "lr"]).astype({"step": "int64", "lr": "float64"})
 
 
-def newest_samples(view: RunView, count: int = 6) -> list:
-    """The newest sample pictures as PIL images (served from gradio's cache, not from arbitrary paths)."""
-    from PIL import Image
+#: sample pictures found unreadable (or over the bomb limit): the page refreshes every second, so each is
+#: warned about once and not opened again
+_SKIPPED_SAMPLES: set[str] = set()
 
+
+def newest_samples(view: RunView, count: int = 6) -> list:
+    """The newest sample pictures as PIL images (served from gradio's cache, not from arbitrary paths).
+
+    Opened with the project's guarded loader: a picture over PIL's decompression-bomb limit (or one that
+    cannot be decoded) is skipped with a warning naming it, never read into memory."""
     images = []
     for path in view.samples[-count:]:
-        try:
-            with Image.open(path) as img:
-                images.append((img.convert("RGB"), Path(path).name))
-        except OSError:
+        if str(path) in _SKIPPED_SAMPLES:
             continue
+        try:
+            images.append((load_image(path), Path(path).name))
+        except DatasetError as exc:
+            _SKIPPED_SAMPLES.add(str(path))
+            logger.warning("sample picture skipped: %s", exc)
     return images
 
 
@@ -112,6 +122,21 @@ def panel_values(view: RunView) -> list:
     # lines of the series that arrive later are never drawn)
     loss, lr = (loss_frame(view), lr_frame(view)) if points else (gr.skip(), gr.skip())
     return [status, loss, lr, newest_samples(view), view.log_tail]
+
+
+def shell_comment(text: str) -> str:
+    """``text`` as shell comment lines: control characters escaped, so no line of it can run."""
+    escaped = "".join(
+        c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in text
+    )
+    return "\n".join(f"# {line}" for line in escaped.split("\n"))
+
+
+def pasteable_command(argv: list[str], config_path: Path, toml_text: str) -> str:
+    """What "Print command" shows: the shell-quoted command, then the config it reads as comments. Pasted
+    whole into a shell it runs exactly ``argv`` and nothing else (a crafted name cannot end a comment)."""
+    path_line = shell_comment(f"{config_path!s}:".replace("\n", "\\n"))
+    return f"{shell_command(argv)}\n\n{path_line}\n{shell_comment(toml_text.rstrip())}"
 
 
 @dataclass
@@ -158,7 +183,7 @@ class TrainingForm:
         except UserError as exc:
             return f"❌ {exc}"
         except OSError as exc:
-            return f"❌ cannot write {path.strip()}: {exc.strerror or exc}"
+            return error_text(exc)
         return f"saved {written}" + (f" — note, it does not validate yet: {error}" if error else "")
 
     def load(self, path: str) -> list:
@@ -198,10 +223,8 @@ class TrainingForm:
         except UserError as exc:
             return f"❌ {exc}"
         path = configs.run_config_path(config)
-        return (
-            shell_command(configs.trainer_command(self.trainer, path, self.launcher))
-            + f"\n\n# {path}:\n"
-            + (configs.effective_toml(config))
+        return pasteable_command(
+            configs.trainer_command(self.trainer, path, self.launcher), path, configs.effective_toml(config)
         )
 
     def estimate(self, *values) -> str:
@@ -256,11 +279,12 @@ def config_bar(form: TrainingForm, fields: list, message: gr.Markdown) -> None:
         with gr.Row():
             kohya_path = gr.Textbox(label="kohya_ss JSON file", elem_id=f"{t}-kohya-path", scale=3)
             kohya_btn = gr.Button("Import", elem_id=f"{t}-kohya-import", scale=1)
-    preset_btn.click(form.load_preset, [preset], [message, *fields])
-    load_btn.click(form.load, [path], [message, *fields])
-    save_btn.click(form.save, [path, *fields], [message])
-    save_as_btn.click(form.save, [save_as, *fields], [message]).then(lambda p: p, [save_as], [path])
-    kohya_btn.click(form.import_kohya, [kohya_path], [message, *fields])
+    bind(preset_btn.click, form.load_preset, [preset], [message, *fields], api_name=f"{t}_load_preset")
+    bind(load_btn.click, form.load, [path], [message, *fields], api_name=f"{t}_load")
+    bind(save_btn.click, form.save, [path, *fields], [message], api_name=f"{t}_save")
+    saved_as = bind(save_as_btn.click, form.save, [save_as, *fields], [message], api_name=f"{t}_save_as")
+    bind(saved_as.then, lambda p: p, [save_as], [path])
+    bind(kohya_btn.click, form.import_kohya, [kohya_path], [message, *fields], api_name=f"{t}_import_kohya")
 
 
 def form_fields(trainer: str) -> list:
@@ -312,7 +336,8 @@ def family_updates(source: str | None, options: dict[str, Option], values: list)
 def follow_model_family(model: gr.components.Component, text: gr.Markdown, options: dict[str, Any]) -> None:
     """Re-detect the family whenever the model field changes (typing, Load, preset, kohya_ss import)."""
     opts = {name: SCHEMA[name] for name in options}
-    model.change(
+    bind(
+        model.change,
         lambda source, *values: family_updates(source, opts, list(values)),
         [model, *options.values()],
         [text, *options.values()],
@@ -358,10 +383,13 @@ def training_tab(
             )
         }
     command = gr.Textbox(label="Command or estimate", lines=4, elem_id=f"{trainer}-command")
-    buttons["validate"].click(form.validate, fields, [message])
-    buttons["command"].click(form.command, fields, [command])
-    buttons["estimate"].click(form.estimate, fields, [command])
-    buttons["start"].click(form.start, fields, [message])
-    buttons["stop"].click(form.stop, None, [message])
-    buttons["enqueue"].click(form.enqueue, fields, [message])
+    for name, handler, inputs, output in (
+        ("validate", form.validate, fields, message),
+        ("command", form.command, fields, command),
+        ("estimate", form.estimate, fields, command),
+        ("start", form.start, fields, message),
+        ("stop", form.stop, None, message),
+        ("enqueue", form.enqueue, fields, message),
+    ):
+        bind(buttons[name].click, handler, inputs, [output], api_name=f"{trainer}_{name}")
     return run_panel(trainer)

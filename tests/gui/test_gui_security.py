@@ -29,7 +29,7 @@ from library.gui.security import (
     start_refusal,
     unsafe_flag,
 )
-from library.gui.tools_tabs import CAPTION_TOOLS, MODEL_TOOLS, check_tool_form, run_tool
+from library.gui.tools_tabs import CAPTION_TOOLS, MODEL_TOOLS, check_tool_form, run_tool, tool_argv
 from library.gui.training_tab import TrainingForm
 from tests.gui.server import GuiServer
 
@@ -216,6 +216,9 @@ def test_convert_refuses_a_non_empty_destination_folder_unless_ticked(tmp_path):
     check_tool_form(CONVERT, [str(source), str(tmp_path / "new"), "", False], "", GuiPolicy())
     assert run_tool(CONVERT, [str(source), str(full), "", False], "").startswith("❌ the destination")
     assert (full / "keep.txt").read_text(encoding="utf-8") == "mine"
+    # the ticked box reaches the tool as its --overwrite switch (the CLI refuses the folder without it)
+    assert tool_argv(CONVERT, [str(source), str(full), "", True])[-1] == "--overwrite"
+    assert "--overwrite" not in tool_argv(CONVERT, [str(source), str(full), "", False])
 
 
 def _get(port: int, host: str, path: str = "/", method: str = "GET", body: bytes | None = None):

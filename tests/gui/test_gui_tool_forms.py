@@ -24,8 +24,9 @@ def test_every_form_flag_is_a_flag_of_its_tool(spec):
     ).stdout
     assert help_text.startswith("usage:")
     for arg in spec.args:
-        if arg.flag:
-            assert arg.flag in help_text, (spec.script, arg.flag)
+        for flag in (arg.flag, arg.folder_flag):
+            if flag:
+                assert flag in help_text, (spec.script, flag)
 
 
 def test_caption_edit_form_runs_the_tool(tmp_path):

@@ -102,10 +102,60 @@ def load_tag_table(path: str | Path) -> TagTable:
     return TagTable(names, categories)
 
 
+#: seconds to wait for the hub's TCP connection before calling the machine offline
+HUB_PROBE_TIMEOUT = 3.0
+
+
+class HubUnreachable(ModelLoadError):
+    """The hub cannot be reached (no network, DNS, a firewall): raised before any download is tried."""
+
+
+def hub_unreachable_reason(endpoint: str | None = None, timeout: float = HUB_PROBE_TIMEOUT) -> str | None:
+    """Why the hub at ``endpoint`` (default: huggingface_hub's, ``HF_ENDPOINT``) cannot be reached, or None.
+
+    One TCP connection with a short timeout: huggingface_hub itself retries five times with back-off
+    (about 25 s) before it gives up on a machine without network.
+    """
+    import socket
+    from urllib.parse import urlparse
+    from urllib.request import getproxies, proxy_bypass
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(endpoint or constants.ENDPOINT)
+    proxies = getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not proxy_bypass(url.hostname or ""):  # behind a proxy only the proxy is reachable
+        url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def _hub_download(repo_id: str, filename: str, local_dir: Path, force: bool) -> Path:
+    import logging as _logging
+
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id, filename, local_dir=local_dir, force_download=force))
+    reason = hub_unreachable_reason()
+    if reason:
+        raise HubUnreachable(f"the hub cannot be reached ({reason})")
+    # huggingface_hub has a handler of its own and also passes its records on to ours: without this each
+    # retry message would show twice
+    hub_logger = _logging.getLogger("huggingface_hub")
+    own_handlers = list(hub_logger.handlers)
+    for handler in own_handlers:
+        hub_logger.removeHandler(handler)
+    try:
+        return Path(hf_hub_download(repo_id, filename, local_dir=local_dir, force_download=force))
+    finally:
+        for handler in own_handlers:
+            hub_logger.addHandler(handler)
 
 
 def resolve_model_files(
@@ -117,9 +167,13 @@ def resolve_model_files(
     """Find ``model.onnx`` and ``selected_tags.csv``; download them from ``repo_id`` when absent.
 
     Looked for, in order: ``model_dir`` itself, then ``model_dir/<repo_id with "/" -> "_">`` (where
-    downloads go, as sd-scripts does). Returns ``(onnx path, csv path)``.
+    downloads go, as sd-scripts does). A ``repo_id`` that is an existing local folder is used as the model
+    folder (nothing is downloaded). When the hub cannot be reached the error says so at once (no retries)
+    and names ``--model_dir``. Returns ``(onnx path, csv path)``.
     """
     model_dir = Path(model_dir)
+    if repo_id and Path(repo_id).expanduser().is_dir():  # a local folder given as the repo id
+        model_dir, repo_id = Path(repo_id).expanduser(), None
     places = [model_dir] + ([model_dir / repo_id.replace("/", "_")] if repo_id else [])
     if not force_download:
         for place in places:
@@ -134,6 +188,13 @@ def resolve_model_files(
     target = places[-1]
     try:
         files = tuple(download(repo_id, name, target, force_download) for name in (MODEL_FILE, TAGS_FILE))
+    except HubUnreachable as exc:
+        raise ModelLoadError(
+            f"No tagger model found locally: looked for {MODEL_FILE} and {TAGS_FILE} in {looked}, and {exc}, "
+            f"so they cannot be downloaded from '{repo_id}'. Without network, download the two files from "
+            f"https://huggingface.co/{repo_id} on another machine into a folder and pass it with --model_dir "
+            f"FOLDER (or copy them into '{target}')."
+        ) from None
     except Exception as exc:  # network, auth or missing-file errors all end the same way
         raise ModelLoadError(
             f"No tagger model found: looked for {MODEL_FILE} and {TAGS_FILE} in {looked}, and downloading "
