@@ -25,9 +25,7 @@ SD_SCRIPTS_NAMES = frozenset(
     log_tracker_config wandb_run_name wandb_api_key log_config console_log_file console_log_simple
     full_fp16 full_bf16 fp8_base fp8_base_unet torch_compile dynamo_backend
     cpu_offload_checkpointing lowram highvram ddp_timeout ddp_gradient_as_bucket_view ddp_static_graph
-    deepspeed zero_stage offload_optimizer_device offload_optimizer_nvme_path offload_param_device
-    offload_param_nvme_path zero3_init_flag zero3_save_16bit_model fp16_master_weights_and_gradients
     base_weights base_weights_multiplier learning_rate_te no_token_padding
-    stop_text_encoder_training train_text_encoder use_safetensors
+    stop_text_encoder_training train_text_encoder use_safetensors mem_eff_save split_mode
     """.split()
 )

@@ -84,8 +84,9 @@ OPTIONS = [
     Option("mixed_precision", "str", "no", "Mixed precision for the forward pass.", "model",
            choices=("no", "fp16", "bf16"), common=True),
     Option("allow_unsafe_pickle", "bool", False,
-           "Allow .ckpt/.pt files whose pickle holds more than tensors (it may run code: only for files you "
-           "trust).", "model"),
+           "Allow pickles that hold more than tensors (unpickling them may run code: only for files you "
+           "trust): .ckpt/.pt models, and the random_states/custom_checkpoint .pkl files of resume folders "
+           "(states saved by earlier versions of this trainer).", "model"),
     Option("tokenizer_cache_dir", "dir", None, "Accepted for sd-scripts configs.", "model",
            compat_note="the CLIP tokenizer ships with this project and is never downloaded; tokenizer_cache_dir is not needed"),
     Option("xformers", "bool", False, "Accepted for sd-scripts configs.", "model", compat_note=_SDPA_NOTE),
@@ -349,7 +350,9 @@ def _area_options() -> list[Option]:
 
 #: modules holding an ``OPTIONS`` list of further declarations (DreamBooth, sampling, state, ...).
 AREA_MODULES: tuple[str, ...] = ("library.config.options_db", "library.config.options_optim",
-                                  "library.config.options_families", "library.config.options_resume")
+                                  "library.config.options_families", "library.config.options_resume",
+                                  "library.config.options_flux",
+                                  "library.config.options_distributed")
 
 OPTIONS = OPTIONS + _area_options()
 

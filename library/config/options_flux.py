@@ -70,7 +70,4 @@ OPTIONS = [
            "and 16 blocks).", "model", min=0, max=200),
     Option("cpu_offload_checkpointing", "bool", False,
            "With gradient_checkpointing, keep the checkpointed block inputs in host memory.", "model"),
-    Option("mem_eff_save", "bool", False,
-           "Save big models tensor by tensor (low host memory) instead of building the whole file in memory.",
-           "saving"),
 ]

@@ -169,6 +169,11 @@ class ModelFamily(ABC):
         """The denoiser's block stack in run order for ``blocks_to_swap`` (None: the family has none)."""
         return None
 
+    def text_key_path(self, part: str) -> Callable[[str], str] | None:
+        """Module path in a text encoder -> the path its LoRA keys are named by; None: CLIP's naming, rooted
+        at ``text_model.`` (:func:`library.networks.keys.text_encoder_key_path`)."""
+        return None
+
     def unet_key_path(self, unet: torch.nn.Module) -> Callable[[str], str]:
         """Module path in the denoiser -> the path LoRA keys are named by (identity for diffusers names)."""
         return lambda path: path
@@ -235,8 +240,12 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 
 def _load_family_modules() -> None:
-    # imported here: the family modules import this one for the base class
-    from library.models import flux, sd, sdxl  # noqa: F401
+    # imported here: the family modules import this one for the base class; the import order is the
+    # registration order, which is the order detection asks the families in
+    import importlib
+
+    for module in ("library.models.sd", "library.models.sdxl", "library.models.flux"):
+        importlib.import_module(module)
 
 
 def get_model_family(name: str) -> ModelFamily:
@@ -305,8 +314,17 @@ def family_of_single_file(state_dict: Mapping[str, torch.Tensor]) -> ModelFamily
 
 
 def family_of_lora_names(names) -> ModelFamily | None:
-    """The first family whose LoRA key layout the module names are in (SD1 and SD2 share one), or None."""
-    for family in all_families():
+    """The first family whose LoRA key layout the module names are in (SD1 and SD2 share one), or None.
+
+    The denoiser's naming decides first (SDXL and FLUX share the ``lora_te1_`` prefix); a text-only LoRA
+    goes by its text prefixes."""
+    names = list(names)
+    families = all_families()
+    for family in families:
+        unet = tuple(f"{family.lora_prefixes[UNET_PART]}_{marker}" for marker in family.lora_unet_markers)
+        if unet and any(name.startswith(unet) for name in names):
+            return family
+    for family in families:
         if family.matches_lora_names(names):
             return family
     return None

@@ -170,7 +170,7 @@ class FluxFamily(ModelFamily):
     lora_unet_markers = ("double_blocks_", "single_blocks_")
     accepted_options = FlowMatchingObjective.OPTIONS | {
         *FILE_OPTIONS, "model_type", "t5xxl_max_token_length", "apply_t5_attn_mask", "guidance_scale",
-        "blocks_to_swap",
+        "blocks_to_swap", "cpu_offload_checkpointing",
     }
     network_args = frozenset({"train_blocks", "train_t5xxl"})
     unet_target_blocks = ("DoubleStreamBlock", "SingleStreamBlock")
@@ -355,6 +355,10 @@ class FluxFamily(ModelFamily):
 
     def unet_key_path(self, unet):
         return lambda path: path
+
+    def text_key_path(self, part: str):
+        """T5 is named by its own paths (sd-scripts' ``lora_te3_encoder_block_0_…``); CLIP-L as usual."""
+        return (lambda path: path) if part == TE_T5 else None
 
     @property
     def block_layout(self) -> BlockLayout:

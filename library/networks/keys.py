@@ -70,8 +70,6 @@ def text_encoder_key_path(text_encoder: nn.Module, module_path: str) -> str:
     """
     if hasattr(text_encoder, "text_model") or module_path.startswith(TE_ROOT):
         return module_path
-    if not type(text_encoder).__name__.startswith("CLIP"):
-        return module_path  # T5 and other encoders are named by their own paths (sd-scripts' lora_te3_encoder_…)
     return TE_ROOT + module_path
 
 
@@ -155,7 +153,8 @@ class NetworkPart:
             return _find_targets(self.module, self.prefix, blocks, self.key_path or (lambda path: path))
         module = self.module
         blocks = TE_TARGET_BLOCKS if self.blocks is None else self.blocks
-        return _find_targets(module, self.prefix, blocks, lambda path: text_encoder_key_path(module, path))
+        return _find_targets(module, self.prefix, blocks,
+                             self.key_path or (lambda path: text_encoder_key_path(module, path)))
 
 
 def text_encoder_parts(text_encoder) -> list[NetworkPart]:
@@ -178,7 +177,8 @@ def default_parts(unet, text_encoder) -> list[NetworkPart]:
 def model_parts(model) -> list[NetworkPart]:
     """The network parts of a loaded base model, named as its family's LoRA files name them."""
     family = model.adapter
-    parts = [NetworkPart(name, family.lora_prefixes[name], model.parts[name], False, blocks=family.text_target_blocks)
+    parts = [NetworkPart(name, family.lora_prefixes[name], model.parts[name], False, family.text_key_path(name),
+                         blocks=family.text_target_blocks)
              for name in family.text_parts]
     unet = model.unet
     return parts + [NetworkPart("unet", family.lora_prefixes["unet"], unet, True, family.unet_key_path(unet),

@@ -9,6 +9,7 @@ weights, untouched by the training precision.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,10 +118,34 @@ class DreamBoothTarget(BaseTarget):
 
     def set_modules(self, modules: list[torch.nn.Module]) -> None:
         self._modules = modules
+        for part, module in zip([*self._text_parts, "unet"], modules, strict=True):
+            if module is not self._model.parts[part]:
+                self._model.parts[part] = module  # FSDP wrapped the whole part: its forward must go through FSDP
 
     def on_prepared(self, accelerator) -> None:
+        from library.training.distributed import describe_engine
+
+        logger.info("training on %s", describe_engine(accelerator))
         if self._full_fp16 and accelerator.scaler is not None:
             allow_fp16_gradients(accelerator.scaler)
+
+    def before_save(self, accelerator) -> None:
+        """FSDP and DeepSpeed ZeRO-3 split the weights across processes: gather them whole for the main process."""
+        from library.training.distributed import gather_full_weights
+
+        self._gathered = gather_full_weights(accelerator)
+
+    def _model_to_save(self):
+        """The model as a single process would hold it: the gathered weights in place of split ones."""
+        gathered, self._gathered = getattr(self, "_gathered", None), None
+        if gathered is None:
+            return self._model
+        from library.training.distributed import part_states
+
+        parts = dict(self._model.parts)
+        for part, state in part_states(gathered, [*self._text_parts, "unet"]).items():
+            parts[part] = module_from_state(getattr(parts[part], "module", parts[part]), state)
+        return dataclasses.replace(self._model, parts=parts)
 
     def on_step_end(self, global_step: int) -> None:
         """Freeze the text encoder once ``stop_text_encoder_training`` steps have trained it."""
@@ -140,7 +165,7 @@ class DreamBoothTarget(BaseTarget):
         """``modelspec.*`` for a checkpoint plus the DreamBooth-specific ``ss_*`` values."""
         model = self._model
         meta = modelspec_metadata(
-            model.adapter.architecture(model.v_parameterization),
+            model.adapter.architecture(model.v_parameterization, model),
             config.metadata_title or config.output_name,
             config.resolution,
             "v" if model.v_parameterization else "epsilon",
@@ -166,7 +191,7 @@ class DreamBoothTarget(BaseTarget):
         return meta
 
     def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
-        SAVE_FORMATS[self.format].write(self._model, Path(path), SAVE_DTYPES[precision], metadata)
+        SAVE_FORMATS[self.format].write(self._model_to_save(), Path(path), SAVE_DTYPES[precision], metadata)
 
 
 def allow_fp16_gradients(scaler) -> None:
@@ -212,13 +237,13 @@ def cpu_copy(module: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Mod
     """A CPU copy of ``module`` with floating tensors cast to ``dtype`` (None: kept), without ever holding
     a second copy on the training device. The module is rebuilt on the meta device and takes the copied
     tensors as they are (no random init)."""
-    state = {k: _cast(v, dtype).to("cpu", copy=True) for k, v in module.state_dict().items()}
+    return module_from_state(module, {k: _cast(v, dtype).to("cpu", copy=True) for k, v in module.state_dict().items()})
+
+
+def module_from_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A CPU module of ``module``'s class and config holding ``state`` (e.g. weights gathered from FSDP)."""
     with torch.device("meta"):
-        clone = (
-            type(module).from_config(module.config)
-            if hasattr(module, "from_config")
-            else type(module)(module.config)
-        )
+        clone = type(module).from_config(module.config) if hasattr(module, "from_config") else type(module)(module.config)
     clone.load_state_dict(state, strict=True, assign=True)
     for name, buffer in module.named_buffers():
         if name not in state:  # non-persistent buffers (e.g. CLIP's position_ids)

@@ -14,6 +14,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+from library.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 @dataclass
@@ -39,13 +41,17 @@ def make_accelerator(config, find_unused_parameters: bool = False) -> Accelerato
         run_name = f"{config.log_prefix or ''}{time.strftime('%Y%m%d%H%M%S')}"
         run_dir = str(Path(config.logging_dir) / run_name)
         project = ProjectConfiguration(project_dir=run_dir, logging_dir=run_dir)
+    from library.training import distributed
+
     return Accelerator(
-        cpu=_distributed_without_gpu(),
+        cpu=_distributed_without_gpu() and not distributed.uses_deepspeed(config),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=log_with,
         project_config=project,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+        deepspeed_plugin=distributed.deepspeed_plugin(config),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters),
+                         *distributed.process_group_kwargs(config)],
     )
 
 
@@ -61,7 +67,7 @@ def _distributed_without_gpu() -> bool:
 def with_family_defaults(config):
     """The config with the base model's family defaults for options the user did not set (SDXL: resolution
     1024, max_bucket_reso 2048), when the family can be told without loading the model."""
-    from library.models.family import get_model_family
+    from library.models.family import check_family_options, get_model_family
     from library.models.loading import peek_family
 
     if not config.pretrained_model_name_or_path:
@@ -70,6 +76,7 @@ def with_family_defaults(config):
     if name is None:
         return config
     family = get_model_family(name)
+    check_family_options(config, family)
     size = family.default_resolution
     changes = {}
     if "resolution" not in config.explicit and tuple(config.resolution) != (size, size):
@@ -91,7 +98,12 @@ def load_model(config):
         v_parameterization=config.v_parameterization,
         vae=config.vae,
         allow_unsafe_pickle=config.allow_unsafe_pickle,
+        components={name: getattr(config, name, None) for name in ("clip_l", "t5xxl", "ae")},
     )
+    from library.models.family import check_family_options
+
+    check_family_options(config, model.adapter)
+    model.adapter.configure(model, config)
     if config.zero_terminal_snr:
         model.noise_scheduler = type(model.noise_scheduler).from_config(model.noise_scheduler.config,
                                                                         rescale_betas_zero_snr=True)
@@ -124,15 +136,51 @@ def place_model(model, device: torch.device, config, trains_text_encoder: bool,
         keep = dtype == torch.float32 or name in float32_components or _is_text_component(name, float32_components)
         module.to(device) if keep else module.to(device, dtype=dtype)
     model.vae.to(device).eval()
+    _memory_savers(model, device, config, trains_text_encoder, float32_components)
     model.unet.train(config.gradient_checkpointing)
     for module in text_encoders.values():
         module.train(trains_text_encoder and config.gradient_checkpointing)
     if config.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
+        if config.cpu_offload_checkpointing:  # a family option (FLUX): its transformer takes the flag
+            model.unet.enable_gradient_checkpointing(cpu_offload=True)
+        else:
+            model.unet.enable_gradient_checkpointing()
         if trains_text_encoder:
             for module in text_encoders.values():
                 enable = getattr(module, "activation_checkpointing_enable", None)
                 (enable or module.gradient_checkpointing_enable)()
+
+
+def _memory_savers(model, device: torch.device, config, trains_text_encoder: bool,
+                   float32_components: tuple[str, ...]) -> None:
+    """fp8 storage of the frozen weights (``fp8_base``: denoiser and frozen text encoders; ``fp8_base_unet``:
+    the denoiser) and ``blocks_to_swap`` (see :mod:`library.models.memory`)."""
+    from library.models.memory import BlockSwapper, store_in_fp8
+
+    if config.cpu_offload_checkpointing and not config.gradient_checkpointing:
+        raise ConfigError("cpu_offload_checkpointing keeps gradient checkpointing's block inputs in host memory, "
+                          "so it needs gradient_checkpointing = true. Turn that on, or this off.")
+    fp8_parts = []
+    if config.fp8_base or config.fp8_base_unet:
+        fp8_parts.append("unet")
+    if config.fp8_base and not trains_text_encoder:
+        fp8_parts += list(model.text_encoders)
+    for name in fp8_parts:
+        if name in float32_components or _is_text_component(name, float32_components):
+            raise ConfigError(f"fp8_base stores frozen weights in fp8, but this run trains the {name} itself. "
+                              "Turn fp8_base off for a full fine-tune.")
+        saved = store_in_fp8(model.parts[name])
+        logger.info("fp8_base: %s weights stored in float8_e4m3fn (%.0f MiB saved)", name, saved / 2**20)
+    if config.blocks_to_swap:
+        blocks = model.adapter.swappable_blocks(model.unet)
+        if not blocks or config.blocks_to_swap >= len(blocks):
+            raise ConfigError(
+                f"blocks_to_swap = {config.blocks_to_swap}: this {model.family} model has "
+                f"{len(blocks or [])} swappable blocks; give at most {max(len(blocks or []) - 1, 0)} "
+                "(at least one block stays on the device)."
+            )
+        model.extras["block_swapper"] = BlockSwapper(blocks, config.blocks_to_swap, device).install()
+        logger.info("blocks_to_swap: %d of %d blocks live in host memory", config.blocks_to_swap, len(blocks))
 
 
 def _is_text_component(name: str, components: tuple[str, ...]) -> bool:

@@ -60,6 +60,10 @@ class BaseTarget:
     def on_prepared(self, accelerator) -> None:
         return None
 
+    def before_save(self, accelerator) -> None:
+        """Called on every process before the main one saves (engines that split the weights gather here)."""
+        return None
+
     def step_logs(self) -> dict[str, float]:
         """Extra scalars to log after a step (e.g. max-norm statistics)."""
         return {}

@@ -81,7 +81,7 @@ def test_cli_block_weights_without_sd_model(tmp_path, capsys):
         factor = {None: 1.0, "M00": 2.0}.get(block, 0.0)
         torch.testing.assert_close(got, factor * delta(*mods[name]), atol=1e-5, rtol=1e-5)
     assert cli.main([*argv[:-1], "1,2,3"]) == 2
-    assert "block weights need 25 values" in capsys.readouterr().err
+    assert "25 values (sd1/sd2" in capsys.readouterr().err
 
 
 def test_module_block_weight_defaults():
