@@ -31,8 +31,23 @@ def add_log_file(path: str) -> None:
         handler = logging.FileHandler(target, encoding="utf-8")
     except OSError as exc:
         raise UserError(f"console_log_file '{path}' cannot be written ({exc}); give a writable file path.") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every non-printable character written as its Python escape (``\\n``, ``\\x1b``,
+    ``\\u2028``); printable text, spaces included, is unchanged."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """The ``console_log_file`` format: one record is always one line. Control characters in a message (a
+    newline in a file name, output_name or caption) or in a traceback are written escaped, so nothing
+    logged can forge a line of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_control(super().format(record))
 
 
 def write_output_config(config) -> Path:

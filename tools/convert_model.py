@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow_unsafe_pickle", action="store_true", help="load .ckpt files that need full pickle"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a destination folder that holds other files than a diffusers model (all of it is deleted)",
+    )
     return parser
 
 
@@ -59,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             v2=args.v2,
             v_parameterization=args.v_parameterization,
             allow_unsafe_pickle=args.allow_unsafe_pickle,
+            overwrite=args.overwrite,
         )
         print("\n".join(report.lines()))
         return 0

@@ -88,6 +88,7 @@ def check_rules(config, schema: Schema) -> None:
                     f"'{name}' cannot be combined with 'cache_latents': cached latents are encoded once, so the "
                     f"image cannot change per step. Turn one of them off."
                 )
+    _check_text_encoder_cache(config)
     if config.use_8bit_adam and "optimizer_type" in config.explicit and config.optimizer_type.lower() != "adamw8bit":
         raise ConfigError(
             f"'use_8bit_adam' and 'optimizer_type = {config.optimizer_type}' disagree; remove use_8bit_adam "
@@ -104,6 +105,9 @@ def check_rules(config, schema: Schema) -> None:
         from library.config.options_db import check_db_rules
 
         check_db_rules(config)
+    from library.config.options_distributed import check_distributed_rules
+
+    check_distributed_rules(config)
     if config.trainer == "network":
         from library.networks import get_network_type
 
@@ -139,6 +143,37 @@ def check_rules(config, schema: Schema) -> None:
     if config.v_parameterization and not config.v2:
         logger.warning("v_parameterization is set without v2: right for v-prediction SDXL bases (e.g. NoobAI-XL "
                        "v-pred), wrong for SD 1.x models, which predict ε")
+
+
+#: caption options that change a picture's caption from step to step (sd-scripts' is_text_encoder_output_cacheable)
+CAPTION_RANDOMNESS = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
+                      "caption_tag_dropout_rate", "token_warmup_step")
+
+
+def _check_text_encoder_cache(config) -> None:
+    """``cache_text_encoder_outputs`` encodes each caption once, so captions must be the same at every step: refuse
+    the caption augmentations (in the config or in a dataset_config subset) before any model loads, as
+    sd-scripts asserts."""
+    cache = next((name for name in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk")
+                  if getattr(config, name, False)), None)
+    if cache is None:
+        return
+    found = [(name, "") for name in CAPTION_RANDOMNESS if getattr(config, name, None)]
+    if not found and config.dataset_config:
+        from library.data.dataset_config import specs_from_dataset_config
+        from library.training.data_setup import dataset_defaults
+
+        for spec in specs_from_dataset_config(config.dataset_config, dataset_defaults(config)):
+            for subset in spec.subsets:
+                found += [(name, f" (dataset_config {config.dataset_config!r}, subset {str(subset.image_dir)!r})")
+                          for name in CAPTION_RANDOMNESS if getattr(subset, name, None)]
+    if found:
+        name, where = found[0]
+        raise ConfigError(
+            f"'{cache}' cannot be combined with '{name}'{where}: the text encoders' outputs are computed once per "
+            f"caption, but '{name}' changes the caption from step to step (sd-scripts refuses this too). Turn "
+            f"'{name}' off, or turn '{cache}' off."
+        )
 
 
 def _part_lrs(config) -> dict[str, float]:

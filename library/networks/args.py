@@ -3,16 +3,81 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 
 from library.errors import ConfigError
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
     if value < 0:
         raise ValueError("must not be negative")
     return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number (not NaN or infinity)")
+    return value
+
+
+def rank(text: str) -> int:
+    """A rank such as ``conv_dim``: 0 (off) up to ``network_dim``'s upper bound."""
+    from library.config.rules import NETWORK_DIM_MAX
+
+    value = non_negative_int(text)
+    if value > NETWORK_DIM_MAX:
+        raise ValueError(
+            f"must be at most {NETWORK_DIM_MAX}, as network_dim: a rank above a layer's width adds nothing, and "
+            "no layer of SD 1.x, 2.x or SDXL is wider than 1280 (ranks of 4 to 128 are usual)"
+        )
+    return value
+
+
+def _each(text: str, check: Callable[[str], object]) -> str:
+    """Check every comma-separated item of ``text`` with ``check``; return ``text`` unchanged (its length
+    is checked against the model's blocks when the network is built)."""
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            try:
+                check(item)
+            except ValueError as exc:
+                raise ValueError(f"has the item {item!r}, which {exc}") from None
+    return text
+
+
+def rank_list(text: str) -> str:
+    """Comma-separated ranks (``block_dims``, ``conv_block_dims``), each as :func:`rank`."""
+    return _each(text, rank)
+
+
+def number_list(text: str) -> str:
+    """Comma-separated finite numbers (``block_alphas``, ``conv_block_alphas``)."""
+    return _each(text, finite_float)
+
+
+def lr_weights(text: str) -> str:
+    """``down_lr_weight`` and friends: numbers or a preset (``sine+.5``), all finite; the text is kept."""
+    from library.networks.blocks import parse_lr_weights
+
+    try:
+        weights = parse_lr_weights(text, "lr weight")
+    except ConfigError:
+        raise ValueError(
+            "must be comma-separated numbers or a preset (cosine, sine, linear, reverse_linear or zeros, "
+            "optionally +base such as sine+.5)"
+        ) from None
+    if not all(math.isfinite(v) for v in weights):
+        raise ValueError("must hold finite numbers only (not NaN or infinity)")
+    return text
 
 
 def probability(text: str) -> float:
@@ -23,7 +88,7 @@ def probability(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = finite_float(text)
     if value <= 0:
         raise ValueError("must be positive")
     return value
@@ -36,24 +101,33 @@ def boolean(text: str) -> bool:
     return lowered in ("true", "1", "yes")
 
 
+def train_blocks(text: str) -> str:
+    if text not in ("all", "single", "double"):
+        raise ValueError("must be all, single or double")
+    return text
+
+
 #: network_args understood by networks.lora: key -> converter from the string value.
 LORA_ARGS: dict[str, Callable[[str], object]] = {
-    "conv_dim": non_negative_int,
-    "conv_alpha": float,
+    "conv_dim": rank,
+    "conv_alpha": finite_float,
     "rank_dropout": probability,
     "module_dropout": probability,
     "loraplus_lr_ratio": positive_float,
     "loraplus_unet_lr_ratio": positive_float,
     "loraplus_text_encoder_lr_ratio": positive_float,
     # block-wise settings (library/networks/blocks.py parses the lists when the network is built)
-    "block_dims": str,
-    "block_alphas": str,
-    "conv_block_dims": str,
-    "conv_block_alphas": str,
-    "down_lr_weight": str,
-    "mid_lr_weight": str,
-    "up_lr_weight": str,
-    "block_lr_zero_threshold": float,
+    "block_dims": rank_list,
+    "block_alphas": number_list,
+    "conv_block_dims": rank_list,
+    "conv_block_alphas": number_list,
+    "down_lr_weight": lr_weights,
+    "mid_lr_weight": lr_weights,
+    "up_lr_weight": lr_weights,
+    "block_lr_zero_threshold": finite_float,
+    # FLUX (sd-scripts' networks.lora_flux): which blocks, and whether T5 gets a LoRA (the family applies them)
+    "train_blocks": train_blocks,
+    "train_t5xxl": boolean,
 }
 
 #: sd-scripts keys we know but do not implement yet: an explicit error instead of silently ignoring them.
@@ -92,7 +166,13 @@ def parse_network_args(
             parsed[key] = None
             continue
         try:
-            parsed[key] = known[key](text)
+            value = known[key](text)
         except ValueError as exc:
-            raise ConfigError(f"network_args {key}={text!r} is invalid: {exc}.") from exc
+            reason = str(exc) if str(exc).startswith(("must", "has the item")) else f"cannot be read ({exc})"
+            raise ConfigError(f"network_args {key}={text!r} is invalid: it {reason}.") from None
+        if isinstance(value, float) and not math.isfinite(value):  # a plain float converter let it through
+            raise ConfigError(
+                f"network_args {key}={text!r} is invalid: it must be a finite number (not NaN or infinity)."
+            )
+        parsed[key] = value
     return parsed

@@ -26,7 +26,14 @@ from torch import nn
 
 from library.errors import ConfigError, ModelLoadError
 from library.networks import keys
-from library.networks.args import boolean, non_negative_int, parse_network_args, positive_float, probability
+from library.networks.args import (
+    boolean,
+    non_negative_int,
+    parse_network_args,
+    positive_float,
+    probability,
+    rank,
+)
 from library.networks.network import LoadReport, Network, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -46,7 +53,7 @@ def _algo(text: str) -> str:
 LYCORIS_ARGS: dict[str, Callable[[str], object]] = {
     "algo": _algo,
     "preset": str,
-    "conv_dim": non_negative_int,
+    "conv_dim": rank,
     "conv_alpha": float,
     "dropout": probability,
     "rank_dropout": probability,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,25 +55,122 @@ class LoadReport:
         return "; ".join(parts)
 
 
+#: how a file begins: a zip archive (``torch.save``'s format) or a raw pickle (protocol 2 and up)
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+_CONVERT_HINT = (
+    "Use the .safetensors version of this LoRA, or, only if you trust the file, convert it once with "
+    "python -c \"import torch, safetensors.torch as st; st.save_file(torch.load('IN.pt', weights_only=False), "
+    "'OUT.safetensors')\""
+)
+
+
 def read_state_dict(source) -> tuple[dict[str, torch.Tensor], str]:
-    """(tensors, description) from a path (.safetensors, or .ckpt/.pt/.bin loaded weights-only) or a dict."""
+    """(tensors, description) from a path (.safetensors, or .ckpt/.pt/.bin loaded weights-only) or a dict.
+
+    Pickles are only ever read with ``torch.load(weights_only=True)``: one that needs more than tensors is
+    refused. Every failure is a one-paragraph :class:`ModelLoadError` naming the file, what it is and the
+    fix.
+    """
     if isinstance(source, dict):
         return dict(source), "a state dict"
     path = Path(source)
     if not path.is_file():
         raise ModelLoadError(f"Network weights file {path} does not exist. Check network_weights.")
     if path.suffix.lower() == ".safetensors":
-        return load_safetensors(path), str(path)
+        try:
+            return load_safetensors(path), str(path)
+        except ModelLoadError as error:
+            raise _safetensors_error(path, error) from None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors come in many types
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads fine
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- random bytes raise EOFError, KeyError, RuntimeError, UnpicklingError …
+        raise _pickle_error(path, exc) from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
         raise ModelLoadError(
-            f"Cannot load network weights {path} as a plain tensor file ({exc}). Only tensors are "
-            "loaded from .ckpt/.pt files for safety; convert the file to .safetensors."
-        ) from exc
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ModelLoadError(f"{path} is not a flat dict of tensors, so it is not a LoRA file.")
+            f"Cannot use {path} as LoRA weights: it holds a {type(data).__name__}, not a dict of tensors, so it is "
+            "not a LoRA file. Check network_weights."
+        )
+    foreign = next((k for k, v in data.items() if not isinstance(v, torch.Tensor)), None)
+    if foreign is not None:
+        raise ModelLoadError(
+            f"Cannot use {path} as LoRA weights: its entry {str(foreign)!r} is a {type(data[foreign]).__name__}, "
+            "not a tensor, so it is not a LoRA file (a LoRA holds only .lora_down/.lora_up/.alpha tensors). "
+            "Check network_weights."
+        )
     return data, str(path)
+
+
+def _file_start(path: Path, size: int = 64) -> bytes:
+    try:
+        with path.open("rb") as file:
+            return file.read(size)
+    except OSError:
+        return b""
+
+
+def _pickle_error(path: Path, exc: Exception) -> ModelLoadError:
+    """The message for a .pt/.ckpt file that ``torch.load(weights_only=True)`` could not read."""
+    start = _file_start(path)
+    wanted = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(exc))
+    if wanted or (isinstance(exc, pickle.UnpicklingError) and start.startswith((_ZIP_MAGIC, _PICKLE_MAGIC))):
+        what = (
+            f"it holds more than tensors (it asks for {wanted.group(1)})"
+            if wanted
+            else "it holds more than tensors and plain containers, or was not written by torch.save"
+        )
+        return ModelLoadError(
+            f"Refused to load {path} as LoRA weights: it is a pickle that the safe (weights-only) reader cannot "
+            f"read, as {what}, and unpickling it fully could run code from the file. LoRA pickles are only "
+            f"read weights-only (allow_unsafe_pickle is for base models and resume folders, not LoRAs). "
+            f"{_CONVERT_HINT}."
+        )
+    if not start:
+        what = "it is empty"
+    elif _as_text(start):
+        what = f"it is a text file (it begins {_as_text(start).strip()[:40]!r})"
+    else:
+        first = str(exc).strip().split("\n")[0].split(". ")[0][:100]
+        what = (
+            f"it is not a readable PyTorch tensor file ({type(exc).__name__}{': ' + first if first else ''})"
+        )
+    return ModelLoadError(
+        f"Cannot load {path} as LoRA weights: {what}; it may be truncated or another kind of file. Copy or "
+        "download it again, or use the .safetensors version of this LoRA."
+    )
+
+
+def _as_text(start: bytes) -> str | None:
+    """``start`` as text when it is printable UTF-8 (a character cut at the end allowed), else None."""
+    try:
+        text = start.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(start) - 3:
+            return None
+        text = start[: error.start].decode("utf-8")
+    if not text.strip() or not all(c.isprintable() or c in "\r\n\t" for c in text):
+        return None
+    return text
+
+
+def _safetensors_error(path: Path, error: ModelLoadError) -> ModelLoadError:
+    """A clearer message than the reader's when the file is plainly something else."""
+    start = _file_start(path)
+    if start.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        return ModelLoadError(
+            f"Cannot load {path}: it is named .safetensors but is a PyTorch pickle file. Rename it to .pt (its "
+            "tensors are then read weights-only), or convert it to a real .safetensors file."
+        )
+    text = _as_text(start)
+    if text:
+        return ModelLoadError(
+            f"Cannot load {path}: it is a text file (it begins {text.strip()[:40]!r}), not a safetensors file. "
+            "Check network_weights; a download that failed may have saved an error page under the model's name."
+        )
+    return error
 
 
 def group_by_module(state_dict: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
@@ -235,6 +335,17 @@ class Network(nn.Module):
         report.unexpected = sorted(set(grouped) - set(self._modules))
         if mismatches:
             raise ModelLoadError(_mismatch_message(description, mismatches, self.info))
+        not_float = sorted(k for k, v in state_dict.items() if not v.is_floating_point())
+        if not_float:  # a LoRA of whole numbers is damaged; copying it in would train from rounded weights
+            raise ModelLoadError(
+                f"{description} holds {len(not_float)} tensors that are not floating point (e.g. {not_float[0]}: "
+                f"{state_dict[not_float[0]].dtype}): it is damaged or not a LoRA. Check network_weights."
+            )
+        if not report.loaded and not any(name.startswith("lora_") for name in grouped):
+            raise ModelLoadError(
+                f"None of the modules in {description} fit the network being trained ({report.summary()}): it is "
+                "not a LoRA of this model. Check network_weights."
+            )
         if strict and (report.missing or report.unexpected):
             raise ModelLoadError(f"network weights do not match the network exactly: {report.summary()}")
         self._copy_in(grouped, report.loaded, report)

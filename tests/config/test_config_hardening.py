@@ -78,6 +78,37 @@ def test_network_dim_has_an_upper_bound(base):
     assert config_from_values({**base, "network_dim": 4096}, "network").network_dim == 4096
 
 
+@pytest.mark.parametrize(
+    ("arg", "words"),
+    [
+        ("conv_dim=1000000000", ("conv_dim", "at most 4096", "wider")),
+        ("conv_dim=-1", ("conv_dim", "negative")),
+        ("conv_dim=abc", ("conv_dim", "whole number")),
+        ("conv_alpha=nan", ("conv_alpha", "finite")),
+        ("conv_alpha=inf", ("conv_alpha", "finite")),
+        ("loraplus_lr_ratio=nan", ("loraplus_lr_ratio", "finite")),
+        ("block_lr_zero_threshold=-inf", ("block_lr_zero_threshold", "finite")),
+        ("block_dims=4,4,99999", ("block_dims", "'99999'", "at most 4096")),
+        ("conv_block_alphas=1,nan", ("conv_block_alphas", "'nan'", "finite")),
+        ("down_lr_weight=sine+nan", ("down_lr_weight", "finite")),
+        ("rank_dropout=nan", ("rank_dropout", "[0, 1)")),
+    ],
+)
+def test_numeric_network_args_have_the_bounds_of_network_dim(base, arg, words):
+    _refused({**base, "network_args": [arg]}, "network_args", *words)
+
+
+def test_lycoris_network_args_are_bounded_too(base):
+    lycoris = {**base, "network_module": "lycoris.kohya"}
+    _refused({**lycoris, "network_args": ["algo=locon", "conv_dim=99999"]}, "conv_dim", "at most 4096")
+    _refused({**lycoris, "network_args": ["algo=locon", "constraint=nan"]}, "constraint", "finite")
+
+
+def test_sane_network_args_are_accepted(base):
+    args = ["conv_dim=4096", "conv_alpha=0.5", "down_lr_weight=sine+.5", "block_dims=" + ",".join(["8"] * 25)]
+    assert config_from_values({**base, "network_args": args}, "network").network_args == args
+
+
 def test_repeats_that_cannot_fit_are_refused(base, tmp_path):
     (tmp_path / "data" / "1000000000_x").mkdir()
     _refused(base, "1000000000_x", "repeats", "at most 10000")
@@ -234,3 +265,69 @@ def test_db_learning_rate_te_warns(base, caplog):
     with caplog.at_level(logging.WARNING):
         config_from_values({**base, "train_text_encoder": True, "learning_rate_te": 1e-6}, "db")
     assert "learning_rate_te = 1e-06" in caplog.text
+
+
+@pytest.mark.parametrize("trainer", ["network", "db"])
+def test_allow_unsafe_pickle_help_names_models_and_resume_folders(trainer):
+    from library.config.load import build_parser
+
+    text = " ".join(build_parser(trainer).format_help().split())
+    at = text.index("--no-allow_unsafe_pickle ")  # the option's entry, not the usage line
+    help_text = text[at : text.index(" --", at + 5)]
+    for words in (".ckpt", "resume folders", "random_states", "earlier versions", "may run code"):
+        assert words in help_text, help_text
+
+
+# --- cached text-encoder outputs need fixed captions ---------------------------------------------
+
+@pytest.mark.parametrize("cache", ["cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"])
+@pytest.mark.parametrize(("name", "value"), [("shuffle_caption", True), ("caption_dropout_rate", 0.1),
+                                             ("caption_dropout_every_n_epochs", 2), ("caption_tag_dropout_rate", 0.2)])
+def test_cached_text_encoder_outputs_refuse_caption_augmentations(base, cache, name, value):
+    message = _refused({**base, cache: True, name: value, "network_train_unet_only": True}, f"'{cache}'",
+                       f"'{name}'", "sd-scripts refuses this too")
+    assert message.index(cache) < message.index(name)
+    assert config_from_values({**base, name: value}, "network")  # either alone is fine
+    assert config_from_values({**base, cache: True, "network_train_unet_only": True}, "network")
+
+
+def test_cached_text_encoder_outputs_refuse_a_shuffling_dataset_config_subset(base, tmp_path):
+    images = tmp_path / "data" / "10_sks dog"
+    path = tmp_path / "datasets.toml"
+    path.write_text(f"[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = '{images.as_posix()}'\n"
+                    f"[[datasets.subsets]]\nimage_dir = '{images.as_posix()}'\nshuffle_caption = true\n",
+                    encoding="utf-8")
+    values = {**base, "train_data_dir": None, "dataset_config": str(path), "cache_text_encoder_outputs": True,
+              "network_train_unet_only": True}
+    _refused(values, "'cache_text_encoder_outputs'", "'shuffle_caption'", "datasets.toml", "10_sks dog")
+    path.write_text(path.read_text(encoding="utf-8").replace("shuffle_caption = true\n", ""), encoding="utf-8")
+    assert config_from_values(values, "network").dataset_config == str(path)
+
+
+# --- console_log_file: one record, one line --------------------------------------------------------
+
+def test_console_log_file_escapes_control_characters(tmp_path):
+    from library.cli import OneLineFormatter, add_log_file
+
+    log = tmp_path / "logs" / "run.log"
+    root = logging.getLogger()
+    before = list(root.handlers)
+    add_log_file(str(log))
+    (handler,) = [h for h in root.handlers if h not in before]
+    try:
+        assert isinstance(handler.formatter, OneLineFormatter)
+        logger = logging.getLogger("sdtrain.test")
+        logger.warning("skipping %s", "evil\n[INFO] forged\r\x1b[2K\u2028café ドラ")
+        try:
+            raise ValueError("bad\nvalue")
+        except ValueError:
+            logger.exception("step failed for %s", "name\n")
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith(r"WARNING sdtrain.test: skipping evil\n[INFO] forged\r\x1b[2K\u2028café ドラ")
+    assert "ERROR sdtrain.test: step failed for name\\nTraceback (most recent call last):" in lines[1]
+    assert lines[1].endswith(r"ValueError: bad\nvalue")
+    assert not any(line.startswith("[INFO]") for line in lines)

@@ -161,3 +161,56 @@ def test_recursive_name_clash_and_output_inside_the_raw_folder(tmp_path, capsys)
     # a second run does not pick up the pictures it placed itself
     assert prepare(folder, folder / "out", "--class_name", "dog", "--recursive", "--overwrite") == 0
     assert [p.name for p in train.iterdir()] == ["set1_a.png"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "word", "why"),
+    [
+        ("--class_name", "../../x", "path separator"),
+        ("--class_name", "dog/cat", "path separator"),
+        ("--class_name", "dog\\cat", "path separator"),
+        ("--class_name", "dog\n[INFO] forged", "control character"),
+        ("--class_name", "..", "refers to a folder"),
+        ("--trigger", "../sks", "path separator"),
+        ("--trigger", "sks\tdog", "control character"),
+    ],
+)
+def test_concept_words_that_would_leave_the_output_are_refused(tmp_path, capsys, flag, word, why):
+    folder = tmp_path / "raw"
+    textured(folder / "a.png", 1, (64, 64))
+    out = tmp_path / "deep" / "er" / "out"
+    words = {"--class_name": "dog", "--trigger": "sks", flag: word}
+    assert prepare(folder, out, *[x for pair in words.items() for x in pair], "--reg_dir", folder) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    assert flag in err and repr(word) in err and why in err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["raw", "raw/a.png"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--class_name", " "], ("--class_name is empty",)),
+        (["--repeats", "0"], ("--repeats 0", "1 to 10000")),
+        (["--repeats", "1000000000"], ("--repeats 1000000000", "1 to 10000")),
+        (["--reg_repeats", "-1"], ("--reg_repeats -1",)),
+        (["--resolution", "-5"], ("--resolution -5", "1 to 8192")),
+        (["--resolution", "100000"], ("--resolution 100000",)),
+        (["--group_size", "0"], ("--group_size 0", "at least 1")),
+        (["--bucket_reso_steps", "0"], ("--bucket_reso_steps 0",)),
+        (["--caption_extension", ""], ("--caption_extension ''", "empty")),
+        (["--caption_extension", "/../x"], ("--caption_extension '/../x'", "path separator")),
+        (["--caption_extension", ".t\nxt"], ("control character",)),
+        (["--reg_dir", "{tmp}/noreg"], ("--reg_dir", "noreg", "is not a folder")),
+    ],
+)
+def test_bad_options_name_their_flag_and_write_nothing(tmp_path, capsys, extra, words):
+    folder = tmp_path / "raw"
+    textured(folder / "a.png", 1, (64, 64))
+    argv = ["--class_name", "dog", *[a.replace("{tmp}", str(tmp_path)) for a in extra]]
+    assert prepare(folder, tmp_path / "out", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    for word in words:
+        assert word in err, err
+    assert not (tmp_path / "out").exists()

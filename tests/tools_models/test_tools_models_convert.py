@@ -8,9 +8,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from library.errors import ConfigError, ModelLoadError
+from library.errors import ConfigError, ModelLoadError, UserError
 from library.tools.models.checkpoint import output_format
-from library.tools.models.convert import convert_model
+from library.tools.models.convert import check_destination_folder, convert_model, diffusers_folder_strangers
 from tests.tools_models.helpers import load_tool
 
 convert_cli = load_tool("convert_model")
@@ -143,3 +143,70 @@ def test_not_a_stable_diffusion_model_is_a_clear_error(tmp_path, capsys):
     assert err.startswith("error:") and "standalone VAE" in err and "Traceback" not in err
     assert convert_cli.main([str(lora), str(tmp_path / "folder")]) == 2
     assert "LoRA" in capsys.readouterr().err
+
+
+def test_diffusers_output_onto_a_foreign_folder_is_refused_without_overwrite(tmp_path, capsys):
+    """Nothing is read or deleted: the check comes before the source is even opened (issue 12)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"mine")
+    assert convert_cli.main([str(tmp_path / "model.safetensors"), str(photos)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    assert str(photos) in err and "--overwrite" in err and "no readable model_index.json" in err
+    assert (photos / "holiday.jpg").read_bytes() == b"mine"
+    # a diffusers folder with a stranger in it is just as foreign; the strangers are named
+    (photos / "model_index.json").write_text(
+        '{"_class_name": "X", "unet": ["diffusers", "U"]}', encoding="utf-8"
+    )
+    (photos / "unet").mkdir()
+    with pytest.raises(UserError, match=r"not part of its diffusers model \(holiday\.jpg\)"):
+        convert_model(tmp_path / "model.safetensors", photos)
+
+
+def test_diffusers_folder_check_lets_our_own_and_empty_folders_through(tmp_path):
+    ours, empty = tmp_path / "ours", tmp_path / "empty"
+    (ours / "unet").mkdir(parents=True)
+    (ours / "vae").mkdir()
+    (ours / "model_index.json").write_text('{"_class_name": "X", "unet": [], "vae": []}', encoding="utf-8")
+    empty.mkdir()
+    assert diffusers_folder_strangers(ours) == []
+    for folder in (ours, empty, tmp_path / "new"):
+        check_destination_folder(folder, overwrite=False)
+    (ours / "notes.txt").write_text("x", encoding="utf-8")
+    assert diffusers_folder_strangers(ours) == ["notes.txt"]
+    with pytest.raises(UserError, match="notes.txt"):
+        check_destination_folder(ours, overwrite=False)
+    check_destination_folder(ours, overwrite=True)
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_a_foreign_folder_and_our_folder_is_replaced_without_it(
+    tiny_model_files, tmp_path
+):
+    single = tiny_model_files["sd1"]["single"]
+    target = tmp_path / "target"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "old.txt").write_text("old", encoding="utf-8")
+    assert convert_cli.main([str(single), str(target), "--overwrite"]) == 0
+    assert not (target / "sub").exists() and (target / "model_index.json").is_file()
+    assert not list(tmp_path.glob(".target*"))  # no temporary or moved-aside folder left behind
+    first = folder_tensors(target)
+    convert_model(single, target, precision="fp16")  # our own model: replaced without --overwrite
+    again = folder_tensors(target)
+    assert set(again) == set(first) and next(iter(again.values())).dtype == torch.float16
+
+
+@pytest.mark.slow  # builds the model's modules (on the meta device) to check every key
+def test_single_file_with_missing_weights_is_refused_not_copied(tiny_model_files, tmp_path, capsys):
+    state = safetensors.torch.load_file(str(tiny_model_files["sd1"]["single"]))
+    dropped = sorted(k for k in state if k.startswith("model.diffusion_model."))[3]
+    del state[dropped]
+    safetensors.torch.save_file(state, str(tmp_path / "broken.safetensors"))
+    assert (
+        convert_cli.main([str(tmp_path / "broken.safetensors"), str(tmp_path / "out.safetensors"), "--prune"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "broken.safetensors" in err and "1 missing" in err and "UNet" in err
+    assert "Traceback" not in err and not (tmp_path / "out.safetensors").exists()

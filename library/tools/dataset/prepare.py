@@ -18,7 +18,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from library.config.values import file_name_problem
 from library.data.buckets import Size, resize_and_crop
+from library.data.folders import REPEATS_MAX
 from library.data.images import load_image, probe_image
 from library.errors import DatasetError, UserError
 from library.tools.dataset.files import caption_path, find_images
@@ -192,6 +194,57 @@ def concept_folder_name(repeats: int, *tokens: str) -> str:
     return f"{repeats}_{' '.join(t.strip() for t in tokens if t and t.strip())}"
 
 
+#: the largest --resolution: 8192² pixels stay below PIL's decompression-bomb limit
+RESOLUTION_MAX = 8192
+
+
+def check_options(opts: PrepareOptions) -> None:
+    """Raise ``UserError`` naming the command-line flag of the first option that cannot work."""
+    if opts.link not in LINK_MODES or opts.resize_mode not in RESIZE_MODES:
+        raise UserError(
+            f"--link must be one of {', '.join(LINK_MODES)} and --resize_mode one of "
+            f"{', '.join(RESIZE_MODES)}."
+        )
+    if not opts.class_name.strip():
+        raise UserError("--class_name is empty: give the class word of the pictures, e.g. dog.")
+    for flag, value in (("--repeats", opts.repeats), ("--reg_repeats", opts.reg_repeats)):
+        if not 1 <= value <= REPEATS_MAX:
+            raise UserError(
+                f"{flag} {value} is out of range: it must be 1 to {REPEATS_MAX} (the number of times "
+                "each picture is used per epoch; 10 is usual for a LoRA)."
+            )
+    for flag, value, top in (
+        ("--resolution", opts.resolution, RESOLUTION_MAX),
+        ("--group_size", opts.group_size, None),
+        ("--bucket_reso_steps", opts.steps, RESOLUTION_MAX),
+    ):
+        if value is not None and (value < 1 or (top is not None and value > top)):
+            bound = f"1 to {top}" if top else "at least 1"
+            raise UserError(f"{flag} {value} is out of range: it must be {bound}.")
+    ext = opts.caption_extension
+    problem = file_name_problem(ext) if ext.strip(".") else "is empty; give one such as .txt"
+    if problem:
+        raise UserError(
+            f"--caption_extension {ext!r} {problem}: captions are written beside the pictures, "
+            "e.g. --caption_extension .txt."
+        )
+    check_concept_words(opts)
+
+
+def check_concept_words(opts: PrepareOptions) -> None:
+    """Raise ``UserError`` when the trigger or class word could not be part of one folder name inside the
+    output (``../../x``, a separator, a control character such as a newline)."""
+    for flag, word in (("--trigger", opts.trigger), ("--class_name", opts.class_name)):
+        if not word.strip():
+            continue
+        problem = file_name_problem(word)
+        if problem:
+            raise UserError(
+                f"{flag} {word!r} {problem}: it becomes part of a folder name inside the output folder. "
+                "Give a plain word such as 'dog' (spaces are fine)."
+            )
+
+
 def prepare_dataset(
     images_dir: str | Path,
     out_dir: str | Path,
@@ -199,10 +252,10 @@ def prepare_dataset(
     reg_images_dir: str | Path | None = None,
 ) -> PrepareReport:
     """Build ``out_dir/train/<repeats>_<trigger> <class>`` (and ``out_dir/reg/<reg_repeats>_<class>``)."""
-    if opts.link not in LINK_MODES or opts.resize_mode not in RESIZE_MODES:
-        raise UserError(f"link must be one of {LINK_MODES} and resize_mode one of {RESIZE_MODES}.")
-    if opts.repeats < 1 or opts.reg_repeats < 1 or not opts.class_name.strip():
-        raise UserError("repeats and reg_repeats must be at least 1 and class_name must not be empty.")
+    check_options(opts)
+    for flag, folder in (("images_dir", images_dir), ("--reg_dir", reg_images_dir)):
+        if folder is not None and not Path(folder).is_dir():  # both before anything is written
+            raise UserError(f"{flag} '{folder}' is not a folder. Give the folder that holds the pictures.")
     out_dir = Path(out_dir)
     report = PrepareReport()
     report.train_dir = out_dir / "train" / concept_folder_name(opts.repeats, opts.trigger, opts.class_name)

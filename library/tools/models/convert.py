@@ -12,14 +12,16 @@ buffers go.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from library.errors import ModelLoadError
+from library.errors import ModelLoadError, UserError
 from library.models.family import family_of_single_file
 from library.models.ldm_convert import UNET_PREFIX, VAE_PREFIX, split_single_file
 from library.models.sgm import is_sgm_single_file, split_sgm_single_file
@@ -83,14 +85,19 @@ def convert_model(
     v2: bool | None = None,
     v_parameterization: bool | None = None,
     allow_unsafe_pickle: bool = False,
+    overwrite: bool = False,
 ) -> ConvertReport:
     """Convert ``source`` (single file or diffusers folder) to ``destination``.
 
     ``to`` defaults from the destination name (see :func:`checkpoint.output_format`);
     ``precision`` ("float", "fp16", "bf16") defaults to the source's. ``v2`` is a hint (the layout
-    decides); ``v_parameterization`` sets the prediction type written to the output.
+    decides); ``v_parameterization`` sets the prediction type written to the output. A diffusers
+    folder replaces an existing one only when that is a diffusers model and nothing else, or with
+    ``overwrite`` (see :func:`check_destination_folder`); the replacement is atomic either way.
     """
     fmt = checkpoint.output_format(destination, to)
+    if fmt == "diffusers":
+        check_destination_folder(destination, overwrite)
     dtype = precision_dtype(precision)
     source_path = Path(source)
     if Path(destination).resolve() == source_path.resolve():
@@ -109,6 +116,43 @@ def convert_model(
     for line in report.lines():
         logger.debug(line)
     return report
+
+
+def diffusers_folder_strangers(folder: Path) -> list[str] | None:
+    """The entries of ``folder`` that are not part of the diffusers model described by its
+    ``model_index.json`` (its components and that file), sorted; None when it has no readable index."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    known = {"model_index.json", *(name for name in index if not name.startswith("_"))}
+    return sorted(entry.name for entry in folder.iterdir() if entry.name not in known)
+
+
+def check_destination_folder(destination: str | os.PathLike, overwrite: bool) -> None:
+    """Raise ``UserError`` when writing a diffusers folder at ``destination`` would delete files that are
+    not a model: an existing non-empty folder is replaced only when it holds a diffusers model and nothing
+    else (a folder this tool wrote), or with ``overwrite``."""
+    folder = Path(destination)
+    if overwrite or not folder.is_dir() or not any(folder.iterdir()):
+        return
+    strangers = diffusers_folder_strangers(folder)
+    if strangers == []:
+        return
+    what = (
+        "is not a diffusers model (no readable model_index.json)"
+        if strangers is None
+        else f"holds files that are not part of its diffusers model ({', '.join(strangers[:3])}"
+        + (f" and {len(strangers) - 3} more" if len(strangers) > 3 else "")
+        + ")"
+    )
+    raise UserError(
+        f"The destination folder {str(folder)!r} is not empty and {what}; saving the diffusers model there "
+        "would delete everything it holds. Choose a new or empty folder, or pass --overwrite to replace "
+        "the folder and its contents."
+    )
 
 
 def _through_modules(source, destination, fmt, dtype, v2, v_parameterization, allow_unsafe_pickle):
@@ -160,6 +204,7 @@ def _single_to_single(
         split(state, metadata)  # checks that every part is there
     except ModelLoadError as error:
         raise ModelLoadError(f"{source} is not a complete Stable Diffusion checkpoint: {error}.") from error
+    check_complete(state, metadata, source)
     dropped: list[str] = []
     if prune:
         state, dropped = prune_state_dict(state)
@@ -179,6 +224,24 @@ def _single_to_single(
         0,
         dropped,
     )
+
+
+def check_complete(state: dict[str, torch.Tensor], metadata: dict[str, str], source: Path) -> None:
+    """Raise ``ModelLoadError`` when ``state`` lacks weights of its model (or holds foreign ones).
+
+    A single-file copy never builds the model, so a file with missing keys would be copied silently: the
+    family's modules are built on the meta device (no memory, no weights copied) and the file is loaded
+    into them, which checks every key as a real load does.
+    """
+    family = family_of_single_file(state)
+    if family is None:
+        return
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+            family.load_single_file(state, metadata, str(source), components={})
+    except (NotImplementedError, RuntimeError) as error:  # an operation the meta device lacks: no check then
+        logger.debug("could not check the keys of %s on the meta device: %s", source, error)
 
 
 def _family_name(state: dict) -> str:
