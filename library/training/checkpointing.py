@@ -9,8 +9,22 @@ from pathlib import Path
 
 from library.training import outputs, state
 from library.training.metadata import minimal
+from library.util import atomic
 
 logger = logging.getLogger(__name__)
+
+
+def remove_leftovers(output_dir: str | Path, name: str) -> None:
+    """At the start of a run: what killed saves left in ``output_dir`` (and its ``sample`` folder) is removed,
+    a state folder saved completely just before a kill is put under its name. Only our temporary names are
+    touched (see :func:`library.util.atomic.remove_leftovers`); a failure here is a warning, not the run's end.
+    """
+    try:
+        state.remove_leftovers(output_dir, name)
+        for folder in (Path(output_dir), Path(output_dir) / "sample"):
+            atomic.remove_leftovers(folder)
+    except OSError as error:
+        logger.warning("could not remove the temporary files of earlier saves in %s: %s", output_dir, error)
 
 
 class Saver:
@@ -23,6 +37,8 @@ class Saver:
         self.ext = target.file_ext
         #: the weights written to files (a moving average swaps itself in here); states keep the trained ones
         self.file_weights = contextlib.nullcontext
+        #: the last trained file written and its step (None: none yet)
+        self.last_saved: tuple[Path, int] | None = None
 
     @property
     def states_wanted(self) -> bool:
@@ -70,6 +86,9 @@ class Saver:
 
     def _save_file(self, path: Path, epoch: int, step: int) -> None:
         self.accelerator.wait_for_everyone()
+        before_save = getattr(self.target, "before_save", None)
+        if before_save is not None:
+            before_save(self.accelerator)  # every process: FSDP / ZeRO-3 gather the weights here
         if not self.accelerator.is_main_process:
             return
         meta = {**self.base_meta, **self.target.metadata(self.config)}
@@ -79,5 +98,6 @@ class Saver:
         with self.file_weights():
             self.target.save(path, self.config.save_precision, meta, self.config)
         logger.info("saved %s", path.name)
+        self.last_saved = (path, step)
         if self.events is not None:
             self.events.emit("saved", path=str(path), step=step)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,9 +34,16 @@ from safetensors.torch import load_file, save_file
 
 from library.training import safe_tree
 from library.training.state_files import StateError, StateReader, rng_state
-from library.util.atomic import write_text_atomic
+from library.util.atomic import (
+    fsync_folder,
+    fsync_tree,
+    os_errors_as_oserror,
+    replace_folder,
+    write_text_atomic,
+)
 
-__all__ = ["StateError", "TrainPosition", "load_state", "read_position", "save_state", "seed_for_resume"]
+__all__ = ["StateError", "TrainPosition", "load_state", "read_position", "remove_leftovers", "save_state",
+           "seed_for_resume"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,25 +90,56 @@ def save_state(accelerator, directory: Path, position: TrainPosition, seed: int 
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     skipped: list[str] = []
-    if accelerator.distributed_type in SHARDED:
-        accelerator.save_state(str(tmp))
-    else:
-        tmp.mkdir(parents=True, exist_ok=True)
-        safe_tree.save_tree(tmp / f"random_states_{accelerator.process_index}.safetensors", rng_state())
-        if accelerator.is_main_process:
-            skipped = _save_parts(accelerator, tmp)
+    try:
+        with os_errors_as_oserror(directory):  # a full disk is reported as such, the old state kept
+            if accelerator.distributed_type in SHARDED:
+                accelerator.save_state(str(tmp))
+            else:
+                tmp.mkdir(parents=True, exist_ok=True)
+                safe_tree.save_tree(tmp / f"random_states_{accelerator.process_index}.safetensors", rng_state())
+                if accelerator.is_main_process:
+                    skipped = _save_parts(accelerator, tmp)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         info = {"current_epoch": position.epoch, "current_step": position.step, **asdict(position), "seed": seed,
                 "accelerator_step": accelerator.step, "num_processes": accelerator.num_processes,
                 "format_version": FORMAT_VERSION if accelerator.distributed_type not in SHARDED else 1,
                 "not_saved": skipped}
+        # every part is on the disk before train_state.json, the mark of a complete state, is written
+        fsync_tree(tmp)
         write_text_atomic(tmp / STATE_FILE, json.dumps(info, indent=1))
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)  # a crash mid-save never leaves a half state under the real name
+        replace_folder(tmp, directory, synced=True)  # a crash never leaves a half state under the real name
         logger.info("saved state %s", directory.name)
     accelerator.wait_for_everyone()
+
+
+def remove_leftovers(output_dir: str | Path, name: str) -> list[Path]:
+    """The ``<state>.tmp`` folders that killed state saves of run ``name`` left in ``output_dir``.
+
+    One holding ``train_state.json`` is complete (that file is written last) and newer than the state of
+    its name, so it takes that name; the others are removed. Returns the folders removed or moved.
+    """
+    pattern = re.compile(rf"^{re.escape(name)}-(?:\d{{6}}-|step\d{{8}}-)?state\.tmp$")
+    try:
+        entries = sorted(Path(output_dir).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    done = []
+    for path in entries:
+        if not pattern.match(path.name) or not path.is_dir() or path.is_symlink():
+            continue
+        if (path / STATE_FILE).is_file():
+            replace_folder(path, path.with_name(path.name.removesuffix(".tmp")))
+            logger.info("restored state %s, saved completely before the run was killed", path.name[:-4])
+        else:
+            shutil.rmtree(path)
+            fsync_folder(path.parent)
+            logger.info("removed leftover temporary file %s", path)
+        done.append(path)
+    return done
 
 
 def _save_parts(accelerator, folder: Path) -> list[str]:

@@ -1,13 +1,31 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename over the target."""
+"""Atomic, durable file writes: write to a temporary file in the same folder, ``fsync`` it, rename it over
+the target, then ``fsync`` the folder, so that after a crash or power loss the name holds either the old
+complete file or the new complete one.
+
+Temporary names carry the writer's process id (``.<name>.<pid>-<random>.tmp``; a replaced folder is moved
+aside as ``.<name>.old-<pid>`` for the moment of the swap), so that :func:`remove_leftovers` can remove
+what killed saves left behind without touching the saves of a process still running.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: ``.<name>.<pid>-<8 random chars>.tmp`` (mkstemp/mkdtemp); earlier versions wrote no ``<pid>-``
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
+#: an existing folder moved aside while its replacement is renamed into place
+_OLD_NAME = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+#: safetensors' writer (Rust's tempfile) writes ``.tmp<6 chars>`` beside the target and renames it
+_SAFETENSORS_TEMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
 
 
 def _umask() -> int:
@@ -17,6 +35,62 @@ def _umask() -> int:
 
 
 _UMASK = _umask()  # read once, at import, while no other thread can create files
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data to the disk (through a new descriptor: fsync acts on the inode)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; a no-op where folders cannot be synced."""
+    if not hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # EINVAL: a file system without folder sync
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under ``folder`` once, then every folder (deepest first)."""
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                fsync_file(path)
+        fsync_folder(root)
+
+
+#: how safetensors' writer (Rust) reports an OS error: "... I/O error: No space left on device (os error 28)"
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")
+
+
+@contextlib.contextmanager
+def os_errors_as_oserror(target: str | os.PathLike) -> Iterator[None]:
+    """Writers that report a failed write in their own exception (safetensors: ``SafetensorError`` "... No
+    space left on device (os error 28)") raise it here as the ``OSError`` it is, naming ``target``, so the
+    entry points report a full or read-only disk like any other OS error."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        match = _OS_ERROR_TEXT.search(str(error))
+        if match is None:
+            raise
+        code = int(match[1])
+        raise OSError(code, os.strerror(code), str(target)) from error
 
 
 def _make_parent(target: Path) -> None:
@@ -35,12 +109,16 @@ def _make_parent(target: Path) -> None:
         ) from None
 
 
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it onto ``target``.
+    """Yield a temporary path beside ``target``; on success fsync it and rename it onto ``target``.
 
     A crash or exception while writing leaves any existing ``target`` untouched and removes the
-    temporary file.
+    temporary file (a killed process leaves it for :func:`remove_leftovers`).
     """
     target = Path(target)
     if target.is_dir():
@@ -51,15 +129,18 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             f"(e.g. {target / ('model' + (target.suffix or '.safetensors'))}) or remove the folder."
         )
     _make_parent(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        with os_errors_as_oserror(target):
+            yield tmp_path
         # mkstemp makes 0600, and so do writers that replace the file themselves (safetensors'
         # save_file): the saved file gets the permissions any new file would get.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
+        fsync_file(tmp_path)  # the data is on the disk before the name points at it
         os.replace(tmp_path, target)
+        fsync_folder(target.parent)  # and the rename is, too
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -77,13 +158,37 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def replace_folder(written: Path, target: Path, synced: bool = False) -> None:
+    """Put the complete folder ``written`` (beside ``target``) in place of ``target``, durably.
+
+    Its files are fsynced first (unless ``synced``: the caller did); an existing ``target`` is moved aside (``.<name>.old-<pid>``), the new
+    folder renamed into place, the folder entry fsynced, then the old one deleted. A crash between the two
+    renames leaves both complete folders, which :func:`remove_leftovers` puts back in order.
+    """
+    if not synced:
+        fsync_tree(written)
+    old = None
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            from library.errors import UserError
+
+            raise UserError(f"{target} exists and is a file; a folder cannot be saved under that name.")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(written, target)
+    fsync_folder(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it replaces ``target``.
 
     The folder counterpart of :func:`atomic_path`: a failure while writing leaves an existing ``target``
-    untouched. An existing target is moved aside, the new folder renamed into place, then the old one
-    deleted, so a crash never leaves a half-written folder under the name.
+    untouched, and a crash never leaves a half-written folder under the name (see :func:`replace_folder`).
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
@@ -94,20 +199,111 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
             "another folder name or remove the file."
         )
     _make_parent(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
-        old = None
-        if target.exists():
-            if not target.is_dir():
-                from library.errors import UserError
-
-                raise UserError(f"{target} exists and is a file; a folder cannot be saved under that name.")
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with os_errors_as_oserror(target):
+            yield tmp
+        replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one we may not signal counts as running)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid < 2**31
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    logger.info("removed leftover temporary file %s", path)
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Clean up after saves that were killed in ``folder`` (not below it); returns the paths removed.
+
+    Removes the temporary files and folders of :func:`atomic_path` / :func:`atomic_folder` and folders moved
+    aside by :func:`replace_folder`, only those whose process has ended, and the partial safetensors files
+    that safetensors' own writer leaves (``.tmpXXXXXX``) when no process holds them open. A save killed between its two
+    renames has its new, complete folder put under the real name. Nothing else is touched: a name must
+    match those patterns exactly.
+    """
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed: list[Path] = []
+    for path in entries:  # folders moved aside first: they may have to go back
+        match = _OLD_NAME.match(path.name)
+        if match is None or not path.is_dir() or _alive(int(match["pid"])):
+            continue
+        target = folder / match["name"]
+        if not (target.exists() or target.is_symlink()):
+            # killed between the two renames: the new folder is complete, else the old one goes back
+            back = next((p for p in entries if p.is_dir() and _is_temp_of(p.name, match["name"], match["pid"])),
+                        path)
+            os.replace(back, target)
+            fsync_folder(folder)
+            logger.info("restored %s from an interrupted save", target)
+            if back is path:
+                continue
+        _remove(path)
+        removed.append(path)
+    for path in entries:
+        match = _TEMP_NAME.match(path.name)
+        if match is None or not (path.exists() or path.is_symlink()):
+            continue
+        if match["pid"] is not None and _alive(int(match["pid"])):
+            continue  # a save in progress in another process
+        _remove(path)
+        removed.append(path)
+    partial = [p for p in entries if _SAFETENSORS_TEMP.match(p.name) and _is_partial_safetensors(p)]
+    if partial:
+        busy = _open_files()
+        for path in partial:
+            if str(path.resolve()) not in busy:
+                _remove(path)
+                removed.append(path)
+    return removed
+
+
+def _is_partial_safetensors(path: Path) -> bool:
+    """A regular file that starts as a safetensors file does: an 8-byte header length, then ``{``."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 1024 * 1024
+
+
+def _open_files() -> set[str]:
+    """The files any process we can see holds open (Linux ``/proc``; empty elsewhere)."""
+    held: set[str] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    held.add(os.readlink(fd))
+        except OSError:
+            continue
+    return held
+
+
+def _is_temp_of(name: str, target: str, pid: str) -> bool:
+    match = _TEMP_NAME.match(name)
+    return match is not None and match["name"] == target and match["pid"] == pid

@@ -1,12 +1,15 @@
 """Atomic saves: the file appears whole or not at all, with the permissions of any new file."""
 
+import logging
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from library.util.atomic import atomic_path, write_text_atomic
+from library.util.atomic import atomic_folder, atomic_path, remove_leftovers, write_text_atomic
 
 
 def _expected_mode() -> int:
@@ -40,3 +43,136 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+# -- durability: fsync before the rename, the folder after it ----------------------------------------------
+
+
+def _record_fsyncs(monkeypatch) -> list[tuple[str, str]]:
+    """Patch os.fsync / os.replace to record ("fsync", path) and ("replace", target) in order."""
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    target = tmp_path / "lora.safetensors"
+    events = _record_fsyncs(monkeypatch)
+    with atomic_path(target) as tmp:
+        save_file({"a": torch.zeros(2)}, str(tmp))
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert Path(events[0][1]).name.startswith(f".lora.safetensors.{os.getpid()}-")  # the temporary file
+    assert events[1][1] == str(target)
+    assert events[2][1] == str(tmp_path)
+
+
+def test_folder_files_are_synced_once_each_before_the_swap(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    events = _record_fsyncs(monkeypatch)
+    with atomic_folder(target) as tmp:
+        (tmp / "unet").mkdir()
+        (tmp / "unet" / "weights.bin").write_bytes(b"1")
+        (tmp / "index.json").write_text("{}")
+    synced = [Path(p) for kind, p in events if kind == "fsync"]
+    files = [p.name for p in synced if p.name in ("index.json", "weights.bin")]
+    assert sorted(files) == ["index.json", "weights.bin"]  # one fsync per file
+    replaces = [i for i, e in enumerate(events) if e[0] == "replace"]
+    assert [events[i][1] for i in replaces] == [str(tmp_path / f".model.old-{os.getpid()}"), str(target)]
+    assert all(e[0] == "fsync" for e in events[:replaces[0]])  # all data synced before any rename
+    assert ("fsync", str(tmp_path)) in events[replaces[-1]:]  # and the renames after them
+    assert (target / "index.json").read_text() == "{}" and not (target / "old.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+# -- leftovers of killed saves ----------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_ended_processes_are_removed_and_nothing_else(tmp_path, caplog):
+    dead, live = _dead_pid(), os.getpid()
+    leftovers = [f".lora.safetensors.{dead}-ab12cd_9.tmp", ".lora-000002.safetensors.x1y2z3w4.tmp"]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"half")
+    (tmp_path / f".model.{dead}-q1w2e3r4.tmp").mkdir()  # an atomic_folder temporary
+    (tmp_path / f".model.{dead}-q1w2e3r4.tmp" / "unet.bin").write_bytes(b"half")
+    (tmp_path / "model").mkdir()
+    (tmp_path / f".model.old-{dead}").mkdir()  # the folder moved aside, its replacement already in place
+    users = ["lora.safetensors", "notes.tmp", ".notes.tmp", "lora.safetensors.tmp", ".a.b.tmp",
+             ".lora.safetensors.ABCDEFGH.tmp", f".lora.old-{dead}", f".lora.safetensors.{live}-abcdefgh.tmp"]
+    for name in users:
+        (tmp_path / name).write_bytes(b"keep")  # .lora.old-<pid> as a file: not ours (ours are folders)
+    with caplog.at_level(logging.INFO, logger="library.util.atomic"):
+        removed = remove_leftovers(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([*leftovers, f".model.{dead}-q1w2e3r4.tmp", f".model.old-{dead}"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "model"])
+    assert f"removed leftover temporary file {tmp_path / leftovers[0]}" in caplog.text
+
+
+def test_a_swap_killed_between_its_renames_is_completed(tmp_path):
+    dead = _dead_pid()
+    old, new = tmp_path / f".model.old-{dead}", tmp_path / f".model.{dead}-abcdefgh.tmp"
+    old.mkdir()
+    (old / "v").write_text("old")
+    new.mkdir()
+    (new / "v").write_text("new")
+    remove_leftovers(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (tmp_path / "model" / "v").read_text() == "new"
+
+
+def test_a_folder_moved_aside_goes_back_when_no_new_one_is_complete(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / f".model.old-{dead}").mkdir()
+    (tmp_path / f".model.old-{dead}" / "v").write_text("old")
+    (tmp_path / f".model.{dead + 1}-abcdefgh.tmp").mkdir()  # another process's: not this swap's
+    remove_leftovers(tmp_path)
+    assert (tmp_path / "model" / "v").read_text() == "old"
+
+
+def test_missing_folder_has_no_leftovers(tmp_path):
+    assert remove_leftovers(tmp_path / "not-yet") == []
+
+
+def test_partial_safetensors_temporaries_are_removed_unless_open(tmp_path):
+    save_file({"a": torch.zeros(1000)}, str(tmp_path / "whole"))
+    head = (tmp_path / "whole").read_bytes()[:40]
+    (tmp_path / "whole").unlink()
+    (tmp_path / ".tmpAb12Cd").write_bytes(head)  # what a killed safetensors write leaves
+    (tmp_path / ".tmpZz99Yy").write_bytes(head)
+    (tmp_path / ".tmpQwErTy").write_bytes(b"a user's file")
+    with (tmp_path / ".tmpZz99Yy").open("rb"):  # still being written by a live process
+        removed = remove_leftovers(tmp_path)
+    assert [p.name for p in removed] == [".tmpAb12Cd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmpQwErTy", ".tmpZz99Yy"]
+
+
+def test_a_full_disk_in_safetensors_writer_is_an_oserror_naming_the_file(tmp_path):
+    from safetensors import SafetensorError
+
+    target = tmp_path / "lora.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(OSError) as caught:
+        with atomic_path(target):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert caught.value.errno == 28 and caught.value.filename == str(target)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["lora.safetensors"]
+    with pytest.raises(ValueError, match="no os error"):  # other errors pass unchanged
+        with atomic_path(target):
+            raise ValueError("no os error here")
