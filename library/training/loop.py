@@ -7,8 +7,10 @@ is the same on a CPU, one GPU or many processes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -21,7 +23,7 @@ from accelerate.utils import set_seed
 from library.errors import UserError
 from library.training import optimizers as optim_lib
 from library.training import state
-from library.training.checkpointing import Saver
+from library.training.checkpointing import Saver, remove_leftovers
 from library.training.data_setup import build_datasets
 from library.training.metadata import RunFacts, training_metadata
 from library.training.prefetch import prefetch
@@ -67,18 +69,33 @@ class TrainStep(torch.nn.Module):
 class StopRequest:
     """Ctrl-C / SIGTERM (the GUI's Stop) ends the run after the current step, with the weights saved.
 
-    A second Ctrl-C interrupts at once. With several processes the ranks agree on the step to stop at.
+    A second Ctrl-C interrupts at once, except during a save: a save (the final one included) is always
+    finished. With several processes the ranks agree on the step to stop at.
     """
 
     def __init__(self):
         self.requested = False
         self._previous: dict = {}
+        self._saving = False
 
     def _handle(self, signum, frame) -> None:
+        if self._saving:
+            self.requested = True
+            logger.warning("stop requested during a save: finishing the save first")
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
         logger.warning("stop requested: finishing the current step, then saving")
+
+    @contextlib.contextmanager
+    def during_save(self):
+        """A signal while this is open only marks the stop; it never interrupts the save."""
+        saving, self._saving = self._saving, True
+        try:
+            yield
+        finally:
+            self._saving = saving
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -97,6 +114,34 @@ class StopRequest:
         flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
         self.requested = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
         return self.requested
+
+
+class WeightCheck:
+    """Whether the trained weights are still finite after an optimizer step: one fused norm per device and
+    dtype (``torch._foreach_norm``: NaN and inf survive it), read with the step's loss. A norm that overflows
+    (weights beyond ~1e19) is told apart by :meth:`broken`, the per-tensor check that runs only then."""
+
+    def __init__(self, module: torch.nn.Module):
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.names = [re.sub(r"^(module\.)?(trainable\.\d+\.)?", "", n) for n, _ in named]
+        self.params = [p for _, p in named]
+        groups: dict[tuple, list[torch.Tensor]] = {}
+        for p in self.params:
+            groups.setdefault((p.device, p.dtype), []).append(p)
+        self._groups = list(groups.values())
+
+    def finite(self) -> torch.Tensor:
+        """A 0-d bool tensor on the first group's device (no sync: read it with ``.item()``)."""
+        # the 2-norm: on CPU twice as fast as the max-abs (ord=inf), on a GPU both are one fused kernel
+        flags = [torch.stack(torch._foreach_norm([p.detach() for p in group], 2, dtype=torch.float32))
+                 .isfinite().all() for group in self._groups]
+        if not flags:
+            return torch.tensor(True)
+        return torch.stack([f.to(flags[0].device) for f in flags]).all()
+
+    def broken(self) -> list[str]:
+        """The names of the tensors holding NaN or inf (the slow path, once the check failed)."""
+        return [n for n, p in zip(self.names, self.params, strict=True) if not bool(torch.isfinite(p.detach()).all())]
 
 
 def lr_logs(optimizer, lrs: list[float]) -> dict[str, float]:
@@ -122,6 +167,8 @@ def run_training(config, target) -> Path | None:
     accelerator = make_accelerator(config, getattr(target, "ddp_find_unused_parameters", False))
     if not accelerator.is_main_process:
         logging.getLogger("library").setLevel(logging.WARNING)  # one copy of the run's messages
+    else:
+        remove_leftovers(config.output_dir, config.output_name)  # of saves killed in an earlier run
     seed = resolve_seed(state.seed_for_resume(config.seed, config.resume, config.resume_inexact)
                         if config.resume else config.seed)  # a resumed run keeps the seed its state records
     config = with_family_defaults(config).replace(seed=seed)
@@ -223,6 +270,9 @@ def _cache_text(model, config, target, dataset, validation_set) -> None:
     cache_text_encoder_outputs(model, [dataset, validation_set], clip_skip=config.clip_skip,
                                max_token_length=config.max_token_length,
                                to_disk=config.cache_text_encoder_outputs_to_disk)
+    # the step reads the cache: the frozen text encoders leave the GPU (sample prompts encode on the host)
+    for encoder in model.text_encoders.values():
+        encoder.to("cpu")
 
 
 def init_trackers(accelerator, config) -> None:
@@ -252,6 +302,7 @@ class TrainLoop:
         self.events = EventLog(accelerator.is_main_process)
         self.saver = Saver(config, target, accelerator, training_metadata(config, facts), self.events)
         self.stop = StopRequest()
+        self.weights = WeightCheck(train_step)
         self.sampler = SampleRunner(config, model, accelerator, target, config.seed)
         self.running = RunningLoss()
         self.validator, self._compute = validator, compute
@@ -269,8 +320,26 @@ class TrainLoop:
                             acc.is_main_process)
         if self.sampler.enabled and self.config.sample_at_first and self.position.step == 0:
             self._sample(None)
-        epoch = self.position.epoch
         self.stop.install()
+        try:
+            epoch = self._run_epochs(progress)
+            progress.close()
+            self._check_ranks_agree()
+            if self.stop.requested:
+                logger.warning("stopped at step %d of %d: saving the weights as they are", self.position.step,
+                               length.total_steps)
+                self.events.emit("stopped", step=self.position.step)
+            # a stop that arrives now (the GUI's Stop at the very end) lets this save finish
+            final = self._save(lambda: self.saver.save_final(epoch, self.position, stopped=self.stop.requested))
+        finally:
+            self.stop.uninstall()
+        self.events.emit("done", path=str(final), step=self.position.step)
+        return final if acc.is_main_process else None
+
+    def _run_epochs(self, progress: Progress) -> int:
+        """The epochs from the current position to the end of the run (or a stop); returns the last epoch."""
+        acc, length = self.accelerator, self.length
+        epoch = self.position.epoch
         for epoch in range(self.position.epoch, length.num_epochs + 1):
             done = self._run_epoch(epoch, progress)
             if self.stop.requested:
@@ -286,20 +355,15 @@ class TrainLoop:
             self.position = state.TrainPosition(epoch + 1, self.position.step, 0)
             if self.config.save_every_n_epochs and epoch % self.config.save_every_n_epochs == 0 \
                     and epoch < length.num_epochs:
-                self._with_eval(lambda e=epoch: self.saver.save_epoch(e, self.position), average=False)
+                self._save(lambda e=epoch: self.saver.save_epoch(e, self.position))
             if self.sampler.due_at_epoch(epoch):
                 self._sample(epoch)
-        progress.close()
-        self.stop.uninstall()
-        self._check_ranks_agree()
-        if self.stop.requested:
-            logger.warning("stopped at step %d of %d: saving the weights as they are", self.position.step,
-                           length.total_steps)
-            self.events.emit("stopped", step=self.position.step)
-        final = self._with_eval(lambda: self.saver.save_final(epoch, self.position, stopped=self.stop.requested),
-                               average=False)
-        self.events.emit("done", path=str(final), step=self.position.step)
-        return final if acc.is_main_process else None
+        return epoch
+
+    def _save(self, action):
+        """A save, never cut short by a stop signal (the stop takes effect after it)."""
+        with self.stop.during_save():
+            return self._with_eval(action, average=False)
 
     def _run_epoch(self, epoch: int, progress: Progress) -> bool:
         """Train (the rest of) one epoch; True when the last step of the run was reached."""
@@ -336,13 +400,17 @@ class TrainLoop:
 
     def _after_step(self, epoch: int, loss: torch.Tensor, progress: Progress) -> None:
         step = self.position.step
-        value = loss.detach().item()
+        # one read from the device for both checks (a NaN loss, then NaN weights after the step)
+        value, weights_finite = torch.stack([loss.detach().float().reshape(()),
+                                             self.weights.finite().to(loss.device, torch.float32)]).tolist()
         if not math.isfinite(value):
             raise TrainingError(
                 f"the loss became {value} at step {step} (epoch {epoch}); training stopped and nothing more "
-                f"was saved. Lower the learning rate (now {self.config.learning_rate}), or use "
-                f"mixed_precision = \"bf16\" / \"no\" instead of fp16."
+                f"was saved{self._last_saved_note()}. Lower the learning rate (now {self.config.learning_rate}), "
+                f"or use mixed_precision = \"bf16\" / \"no\" instead of fp16."
             )
+        if not weights_finite:
+            self._check_weights(step, epoch, value)
         avg = self.running.add(value)
         lrs = self.scheduler.get_last_lr()
         progress.update(step, epoch, value, avg, lrs[-1])
@@ -351,11 +419,29 @@ class TrainLoop:
                                   **self.target.step_logs()}, step=step)
         every = self.config.save_every_n_steps
         if every and step % every == 0 and step < self.length.total_steps:
-            self._with_eval(lambda: self.saver.save_step(epoch, self.position), average=False)
+            self._save(lambda: self.saver.save_step(epoch, self.position))
         if self.validator is not None and self.validator.due_at_step(step):
             self._validate("step", step)
         if self.sampler.due_at_step(step):
             self._sample(None)
+
+    def _last_saved_note(self) -> str:
+        last = self.saver.last_saved
+        return f" (the last saved file, {last[0].name}, is from step {last[1]})" if last else ""
+
+    def _check_weights(self, step: int, epoch: int, loss: float) -> None:
+        broken = self.weights.broken()
+        if not broken:
+            return  # finite weights, only large enough to overflow the norm
+        names = ", ".join(broken[:3]) + (f" and {len(broken) - 3} more" if len(broken) > 3 else "")
+        clip = "" if self.config.max_grad_norm else "set max_grad_norm = 1.0, "
+        raise TrainingError(
+            f"the trained weights became NaN or infinite in the optimizer step {step} (epoch {epoch}; its loss "
+            f"was still {loss:.4g}) in {len(broken)} of {len(self.weights.params)} tensors ({names}); "
+            f"training stopped and these weights were not saved{self._last_saved_note()}. Lower the learning "
+            f"rate (now {self.config.learning_rate}), {clip}or use mixed_precision = \"bf16\" / \"no\" "
+            f"instead of fp16."
+        )
 
     def _validate(self, kind: str, at: int) -> None:
         """The validation loss, logged as sd-scripts names it (``loss/validation/step_average`` at a step,
@@ -392,7 +478,9 @@ class TrainLoop:
     def _check_ranks_agree(self) -> None:
         """With several processes, every rank must hold the same trained weights (DDP keeps them in step)."""
         acc = self.accelerator
-        if acc.num_processes == 1:
+        from library.training.distributed import splits_weights
+
+        if acc.num_processes == 1 or splits_weights(acc):  # each process holds its own shard: nothing to compare
             return
         with torch.no_grad():
             params = [p.detach().double() for p in self.train_step.parameters() if p.requires_grad]

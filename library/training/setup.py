@@ -179,6 +179,9 @@ def _memory_savers(model, device: torch.device, config, trains_text_encoder: boo
                 f"{len(blocks or [])} swappable blocks; give at most {max(len(blocks or []) - 1, 0)} "
                 "(at least one block stays on the device)."
             )
+        if device.type == "meta":  # the estimate: count the swapped blocks as host memory, move nothing
+            model.extras["swapped_blocks"] = (blocks[: config.blocks_to_swap], blocks)
+            return
         model.extras["block_swapper"] = BlockSwapper(blocks, config.blocks_to_swap, device).install()
         logger.info("blocks_to_swap: %d of %d blocks live in host memory", config.blocks_to_swap, len(blocks))
 

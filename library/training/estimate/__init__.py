@@ -138,11 +138,14 @@ def _unique(params) -> list[torch.Tensor]:
     return list({id(p): p for p in params}.values())
 
 
-def estimate_run(config, target, device: DeviceInfo | None = None, measure_speed: bool = True) -> RunEstimate:
+def estimate_run(config, target, device: DeviceInfo | None = None, measure_speed: bool = True,
+                 model=None) -> RunEstimate:
     """Estimate ``config`` trained by ``target`` on ``device`` (default: the device a run would use).
 
     The model is loaded (weights read from disk as for training), then moved to the meta device; the
-    dataset is scanned for the run length and the largest batch. Nothing is trained or written.
+    dataset is scanned for the run length and the largest batch. Nothing is trained or written. ``model``
+    (e.g. :func:`library.training.estimate.shapes.flux_dev_shapes`) replaces the load: a full-size model
+    of meta tensors, to estimate configs whose weights are not at hand.
     """
     from library.training.data_setup import build_dataset
     from library.training.setup import (
@@ -154,13 +157,21 @@ def estimate_run(config, target, device: DeviceInfo | None = None, measure_speed
         with_family_defaults,
     )
 
-    config = with_family_defaults(config).replace(seed=resolve_seed(config.seed))  # initial weights need a seed
+    if model is None:
+        config = with_family_defaults(config)
+    config = config.replace(seed=resolve_seed(config.seed))  # initial weights need a seed
     device = device or training_device()
     dataset = build_dataset(config)
     steps_per_epoch = dataset.steps_per_epoch(1, config.gradient_accumulation_steps)
     length = run_length(config.max_train_steps, config.max_train_epochs, steps_per_epoch)
     batch_size, (width, height) = largest_batch(dataset)
-    model = load_model(config)
+    if model is None:
+        model = load_model(config)
+    else:
+        from library.models.family import check_family_options
+
+        check_family_options(config, model.adapter)
+        model.adapter.configure(model, config)
     target.on_model_loaded(model, config)
     dtype = compute_dtype(config.mixed_precision, device.type)
     place_model(model, torch.device("meta"), config, target.trains_text_encoder, target.float32_components, dtype)
@@ -202,13 +213,23 @@ def _resident_lines(model, trained: list, trained_ids: set, config) -> list[Memo
     lines = []
     labels = {"unet": "UNet", "vae": "VAE", "text_encoder": "text encoder", "text_encoder_1": "text encoder 1",
               "text_encoder_2": "text encoder 2"}
-    for name in ("unet", *model.text_parts, "vae"):
+    swapped, blocks = model.extras.get("swapped_blocks") or ((), ())
+    host_ids = {id(p) for block in swapped for p in block.parameters()}
+    cached_text = config.cache_text_encoder_outputs or config.cache_text_encoder_outputs_to_disk
+    for name in ("unet", *([] if cached_text else model.text_parts), "vae"):
         module, label = model.parts[name], labels.get(name, name)
-        frozen = [t for t in [*module.parameters(), *module.buffers()] if id(t) not in trained_ids]
+        frozen = [t for t in [*module.parameters(), *module.buffers()]
+                  if id(t) not in trained_ids and id(t) not in host_ids]
         if any(isinstance(t, torch.nn.Parameter) for t in frozen):  # not only buffers (position ids)
             dtypes = sorted({str(t.dtype)[6:] for t in frozen})
             lines.append(MemoryLine(f"{label} weights (frozen)", _bytes(frozen),
                                     f"{sum(t.numel() for t in frozen) / 1e6:.1f}M values, {'/'.join(dtypes)}"))
+    if swapped:
+        largest = max(_bytes(p for p in b.parameters() if id(p) not in trained_ids) for b in swapped)
+        on_host = _bytes(p for b in swapped for p in b.parameters() if id(p) not in trained_ids)
+        lines.append(MemoryLine("swapped blocks in flight (blocks_to_swap)", 2 * largest,
+                                f"{len(swapped)} of {len(blocks)} blocks ({format_bytes(on_host)}) live in host "
+                                "memory; the running block and the next one's copy are on the device"))
     what = "network (trained)" if config.trainer == "network" else "trained weights"
     dtypes = "/".join(sorted({str(p.dtype)[6:] for p in trained}))
     lines.append(MemoryLine(what, _bytes(trained),
@@ -225,7 +246,7 @@ class _MetaNoiseScheduler:
 
     def __init__(self, scheduler):
         self.config = scheduler.config
-        self.alphas_cumprod = scheduler.alphas_cumprod
+        self.alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)  # flow schedulers have none
 
     @staticmethod
     def add_noise(samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -234,6 +255,16 @@ class _MetaNoiseScheduler:
     @staticmethod
     def get_velocity(samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return noise * 1.0 - samples * 1.0
+
+
+class _FixedText:
+    """Stands in for the text-encoder output cache in a traced step: the batch's conditioning, encoded once."""
+
+    def __init__(self, cond):
+        self.cond = cond
+
+    def lookup(self, captions):
+        return self.cond
 
 
 def _trace_step(model, target, config, trained: list, dtype: torch.dtype, batch_size: int, width: int,
@@ -254,6 +285,10 @@ def _trace_step(model, target, config, trained: list, dtype: torch.dtype, batch_
     settings = StepSettings.from_config(config, model)
     real_scheduler = model.noise_scheduler
     model.noise_scheduler = _MetaNoiseScheduler(real_scheduler)
+    if config.cache_text_encoder_outputs or config.cache_text_encoder_outputs_to_disk:
+        with torch.no_grad():  # the step reads cached outputs: encoding is not part of it
+            cond = model.encode_prompt(batch["captions"], config.clip_skip, config.max_token_length)
+        model.extras["text_cache"] = _FixedText(cond)
     try:
         with Trace() as trace:
             loss = diffusion_loss(model, batch, settings, torch.Generator().manual_seed(0),
@@ -261,6 +296,7 @@ def _trace_step(model, target, config, trained: list, dtype: torch.dtype, batch_
             loss.backward()
     finally:
         model.noise_scheduler = real_scheduler
+        model.extras.pop("text_cache", None)
     grads = _bytes(p.grad for m in target.modules() for p in m.parameters() if p.grad is not None)
     checkpointing = "on" if config.gradient_checkpointing else "off"
     lines = [MemoryLine("activations (peak of one step)", max(0, trace.peak_bytes - grads),

@@ -1,0 +1,42 @@
+"""--estimate for FLUX.1-dev-sized configs without weights (meta tensors): fp8_base halves the frozen
+transformer, blocks_to_swap moves its blocks to host memory, cached text outputs drop the text encoders."""
+
+from __future__ import annotations
+
+import pytest
+
+from library.config.load import config_from_values
+from library.training.estimate import estimate_run
+from library.training.estimate.device import DeviceInfo
+from library.training.estimate.shapes import flux_dev_shapes
+from library.training.lora_target import LoRATarget
+
+pytestmark = pytest.mark.slow
+GIB = 1024**3
+
+
+def estimate(tiny_dataset, tmp_path, **extra):
+    values = dict(pretrained_model_name_or_path="builtin:tiny", train_data_dir=str(tiny_dataset / "train"),
+                  output_dir=str(tmp_path / "out"), resolution=64, train_batch_size=1,
+                  network_module="networks.lora_flux", network_dim=16, network_train_unet_only=True,
+                  mixed_precision="bf16", gradient_checkpointing=True, optimizer_type="AdamW",
+                  cache_text_encoder_outputs=True, cache_latents=True, max_train_steps=10, learning_rate=1e-4)
+    config = config_from_values({**values, **extra}, "network")
+    result = estimate_run(config, LoRATarget(config), device=DeviceInfo("cuda", "GPU", None), measure_speed=False,
+                          model=flux_dev_shapes())
+    return {line.label: line.bytes for line in result.resident}
+
+
+def test_fp8_and_block_swapping_in_the_estimate(tiny_dataset, tmp_path):
+    bf16 = estimate(tiny_dataset, tmp_path)
+    transformer = bf16["UNet weights (frozen)"]
+    assert 11.8e9 * 2 < transformer < 12.0e9 * 2  # 11.9B parameters in bf16
+    assert not any(label.startswith("text encoder") for label in bf16)  # cached outputs: encoders leave the GPU
+    swapped = estimate(tiny_dataset, tmp_path, fp8_base=True, blocks_to_swap=16)
+    # fp8: weights 1 byte (biases and norms stay bf16); 16 of the 19 double blocks (about 340M parameters
+    # each) leave the device, two blocks are in flight
+    fp8 = swapped["UNet weights (frozen)"] + 16 * 339.8e6
+    assert abs(fp8 - transformer / 2) < 0.01 * transformer
+    assert 0 < swapped["swapped blocks in flight (blocks_to_swap)"] < 1.0 * GIB
+    more = estimate(tiny_dataset, tmp_path, fp8_base=True, blocks_to_swap=28)
+    assert more["UNet weights (frozen)"] < swapped["UNet weights (frozen)"]
