@@ -21,6 +21,9 @@ import torch
 
 from library.errors import ConfigError, ModelLoadError
 from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
+from library.models.flux_keys import CLIP_L_CONFIG
+from library.models.flux_keys import FLUX_AE_CONFIG as AE_CONFIG
+from library.models.flux_keys import T5XXL_CONFIG as T5_XXL_CONFIG
 from library.models.flux_model import image_ids, pack_latents, text_ids, unpack_latents
 from library.training.flow_matching import FlowMatchingObjective, FlowSettings, flux_time_shift_mu, time_shift
 
@@ -41,26 +44,7 @@ FILE_OPTIONS = ("clip_l", "t5xxl", "ae")
 #: embedded guidance of sample images when a prompt gives no --g (sd-scripts' default)
 SAMPLE_GUIDANCE = 3.5
 
-# The fixed configs of the real separate files (they carry none).
-CLIP_L_CONFIG = {
-    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768,
-    "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
-}
-T5_XXL_CONFIG = {
-    "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_decoder_layers": 24,
-    "num_heads": 64, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-    "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new",
-    "is_gated_act": True, "tie_word_embeddings": False, "pad_token_id": 0, "eos_token_id": 1,
-    "decoder_start_token_id": 0,
-}
-AE_CONFIG = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 16, "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2, "act_fn": "silu", "norm_num_groups": 32, "sample_size": 1024,
-    "scaling_factor": 0.3611, "shift_factor": 0.1159, "use_quant_conv": False, "use_post_quant_conv": False,
-    "mid_block_add_attention": True,
-}
+# The fixed configs of the real separate files (they carry none): CLIP_L_CONFIG, AE_CONFIG, T5_XXL_CONFIG.
 
 
 @dataclass(frozen=True)

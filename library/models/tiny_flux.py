@@ -22,6 +22,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from library.models.flux import META_CONFIG, META_TOKENIZER  # module configs / tokenizer in metadata
 from library.models.flux_model import (
     FLUX_LATENT_CHANNELS,
     FLUX_VAE_SCALING_FACTOR,
@@ -36,10 +37,6 @@ from library.models.tokenizer import clip_tokenizer
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("dev", "schnell")
-#: metadata key of a separate file's module config (JSON), written by :func:`save_flux_separate_files`
-META_CONFIG = "sdtrain.config"
-#: metadata key of the tiny t5xxl file's tokenizer (tokenizers JSON), read by library.models.flux
-META_TOKENIZER = "sdtrain.tokenizer"
 CLIP_HIDDEN = TINY_FLUX_PARAMS.vec_in_dim
 T5_D_MODEL = TINY_FLUX_PARAMS.context_in_dim
 #: FLUX.1 dev's T5 length (schnell: 256); also the tiny T5 tokenizer's model_max_length
@@ -281,49 +278,3 @@ def save_tiny_flux(out_dir: str | os.PathLike, variant: str = "dev", seed: int =
     files = save_flux_separate_files(root / f"flux-{variant}-files", components, variant)
     logger.info("wrote tiny flux %s to %s", variant, root)
     return {"folder": folder, "files": files}
-
-
-def read_file_config(path: str | os.PathLike) -> dict | None:
-    """The module config a separate file carries in ``sdtrain.config`` (our files), or None (a foreign file)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return json.loads(metadata[META_CONFIG]) if META_CONFIG in metadata else None
-
-
-def load_flux_separate_files(paths: dict[str, str | os.PathLike]) -> dict:
-    """Modules from separate files written by :func:`save_flux_separate_files` (configs from their metadata):
-    {"transformer": FluxTransformer, "text_encoder_1": CLIPTextModel, "text_encoder_2": T5EncoderModel,
-    "vae": AutoencoderKL}, float32, eval. Files without our metadata (real FLUX files) need FLUX's fixed configs,
-    which the FLUX family supplies; here they are a ModelLoadError naming the file."""
-    from diffusers import AutoencoderKL
-    from safetensors.torch import load_file
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from library.errors import ModelLoadError
-    from library.models import flux_keys
-
-    configs = {part: read_file_config(path) for part, path in paths.items()}
-    for part, config in configs.items():
-        if config is None:
-            raise ModelLoadError(
-                f"{paths[part]}: no {META_CONFIG} metadata; it is not a file written by sdtrain"
-            )
-    params = FluxParams(**{**configs["transformer"], "axes_dim": tuple(configs["transformer"]["axes_dim"])})
-    transformer = flux_keys.load_bfl_transformer(load_file(str(paths["transformer"])), params)
-    clip = CLIPTextModel(CLIPTextConfig(**configs["clip_l"]))
-    clip.load_state_dict(flux_keys.clip_l_from_file(load_file(str(paths["clip_l"]))), strict=True)
-    t5 = T5EncoderModel(T5Config(**configs["t5xxl"]))
-    result = t5.load_state_dict(flux_keys.t5_from_file(load_file(str(paths["t5xxl"]))), strict=False)
-    missing = [k for k in result.missing_keys if k != flux_keys.T5_TIED_EMBEDDING]  # tied to shared.weight
-    if missing or result.unexpected_keys:
-        raise ModelLoadError(
-            f"{paths['t5xxl']}: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
-        )
-    vae = AutoencoderKL.from_config(configs["ae"])
-    vae.load_state_dict(flux_keys.ae_from_file(load_file(str(paths["ae"])), configs["ae"]), strict=True)
-    modules = {"transformer": transformer, "text_encoder_1": clip, "text_encoder_2": t5, "vae": vae}
-    for module in modules.values():
-        module.eval()
-    return modules

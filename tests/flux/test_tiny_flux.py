@@ -107,24 +107,27 @@ def test_text_encoder_and_ae_files_have_sd_scripts_layouts(tiny_flux_files):
 
 
 def test_separate_files_load_back_to_the_folder_modules(tiny_flux_files):
+    """The FLUX family's loader (sd-scripts' four files) gives the folder's modules exactly."""
     from diffusers import FluxPipeline
 
-    from library.models.tiny_flux import load_flux_separate_files
+    from library.models.loading import load_base_model
 
     pipe = FluxPipeline.from_pretrained(str(tiny_flux_files["folder"]))
-    modules = load_flux_separate_files(tiny_flux_files["files"])
+    files = tiny_flux_files["files"]
+    model = load_base_model(files["transformer"], components={k: files[k] for k in ("clip_l", "t5xxl", "ae")})
+    modules = model.parts
     pairs = {"text_encoder_1": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2, "vae": pipe.vae}
     for part, reference in pairs.items():
         got, want = modules[part].state_dict(), reference.state_dict()
         assert set(got) == set(want), part
         assert all(torch.equal(got[k], want[k]) for k in want), part
-    assert set(flux_keys.bfl_to_diffusers(modules["transformer"].state_dict())) == set(
-        pipe.transformer.state_dict()
-    )
+    assert set(flux_keys.bfl_to_diffusers(modules["unet"].state_dict())) == set(pipe.transformer.state_dict())
     ids = pipe.tokenizer_2(["a red cat"], padding="max_length", max_length=8, return_tensors="pt").input_ids
     assert ids.tolist() == [
         [flux_tok(pipe, "▁a"), flux_tok(pipe, "▁red"), flux_tok(pipe, "▁cat"), 1, 0, 0, 0, 0]
     ]
+    assert model.tokenizers["text_encoder_2"](["a red cat"], padding="max_length", max_length=8,
+                                               return_tensors="pt").input_ids.tolist() == ids.tolist()
     with torch.no_grad():
         hidden = modules["text_encoder_2"](ids).last_hidden_state
         pooled = modules["text_encoder_1"](
@@ -140,16 +143,18 @@ def flux_tok(pipe, piece):
     return pipe.tokenizer_2.convert_tokens_to_ids(piece)
 
 
-def test_separate_files_without_our_metadata_are_refused_by_name(tiny_flux_files, tmp_path):
+def test_a_foreign_clip_l_file_is_refused_by_name(tiny_flux_files, tmp_path):
+    """Without our metadata a clip_l file is read with CLIP-L's real config; the tiny one's shapes do not fit
+    and the error names the file."""
     from safetensors.torch import save_file
 
-    from library.errors import ModelLoadError
-    from library.models.tiny_flux import load_flux_separate_files
+    from library.models.loading import load_base_model
 
     bare = tmp_path / "clip_l.safetensors"
     save_file(load_file(str(tiny_flux_files["files"]["clip_l"])), str(bare))
-    with pytest.raises(ModelLoadError, match=r"clip_l.safetensors: no sdtrain.config metadata"):
-        load_flux_separate_files({**tiny_flux_files["files"], "clip_l": bare})
+    files = {**tiny_flux_files["files"], "clip_l": bare}
+    with pytest.raises(Exception, match=r"clip_l.safetensors"):
+        load_base_model(files["transformer"], components={k: files[k] for k in ("clip_l", "t5xxl", "ae")})
 
 
 def test_diffusers_own_ldm_vae_reader_reads_our_ae_file(tiny_flux_files):
