@@ -64,8 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from library.errors import UserError
     from library.tools.dataset.stats import format_stats, read_folder_captions, tag_stats
 
+    for flag, share in (("--min_share", args.min_share), ("--pair_share", args.pair_share)):
+        if not 0 < share <= 1:  # also refuses NaN
+            raise UserError(f"{flag} {share} is out of range: give a share in (0, 1], e.g. 0.8.")
+    for flag, count, low in (("--top", args.top, 0), ("--min_pair_count", args.min_pair_count, 1)):
+        if count < low:
+            raise UserError(f"{flag} {count} is out of range: it must be at least {low}.")
     captions = read_folder_captions(args.train_data_dir, args.caption_extension)
     stats = {
         folder: tag_stats(c, args.min_share, args.pair_share, args.min_pair_count)

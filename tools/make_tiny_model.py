@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.out and not args.single_file:
         parser.error("give --out and/or --single_file")
+    if not 0 <= args.seed < 2**64:
+        parser.error(f"--seed {args.seed} is out of range: give a whole number from 0 to 2**64 - 1")
     write_folder, write_file = _writers(args.family)
     try:
         _check_targets(args.out, args.single_file)

@@ -234,6 +234,13 @@ def _check_ranges(values: dict[str, Any], where: str) -> None:
             f"{where}: 'num_repeats' = {values['num_repeats']} is more than {REPEATS_MAX}: every repeat lists each "
             "picture once more per epoch, so this cannot fit in memory. Use fewer repeats and more epochs."
         )
+    extension = values.get("caption_extension")
+    if extension:
+        from library.config.values import file_name_problem
+
+        problem = file_name_problem(extension) if extension.strip(".") else "is only dots"
+        if problem:
+            raise DatasetError(f"{where}: 'caption_extension' = {extension!r} {problem}; give one such as '.txt'.")
     for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
         if key in values and not 0.0 <= values[key] <= 1.0:
             raise DatasetError(f"{where}: '{key}' = {values[key]} must be between 0 and 1.")
@@ -287,7 +294,9 @@ def load_dataset_file(path: str | Path) -> dict[str, Any]:
     try:
         if path.suffix.lower() == ".json":
             return json.loads(path.read_text(encoding="utf-8"))
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except RecursionError:
+        raise DatasetError(f"dataset_config '{path}' is nested too deeply to read; flatten its arrays and tables.") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(
             f"dataset_config '{path}' cannot be parsed: {exc}. Fix the syntax "

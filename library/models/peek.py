@@ -85,8 +85,11 @@ def _single_file(path: Path) -> ModelFamily:
 def _safetensors_keys(path: Path) -> list[str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        return list(handle.keys())
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception as exc:  # SafetensorError (random bytes, empty, truncated): the loader names the problem
+        raise UnknownFamily(f"{path.name} is not a readable .safetensors file ({exc})") from None
 
 
 def _cached_hub_repo(repo_id: str) -> ModelFamily:

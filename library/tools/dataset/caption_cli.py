@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from library.errors import UserError
 from library.tools.dataset.cli_support import add_folder_arguments, run_tool
 
 
@@ -57,6 +58,30 @@ def build_parser(defaults: CaptionToolDefaults, description: str) -> argparse.Ar
     return p
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """``UserError`` for a folder or option the run cannot use, before the model loads (or downloads)."""
+    from pathlib import Path
+
+    from library.tools.dataset.files import normalise_extension
+
+    folder = Path(args.train_data_dir)
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"image folder '{folder}' {what}. Give the folder that holds the pictures to caption.")
+    normalise_extension(args.caption_extension)
+    for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_beams", args.num_beams, 1),
+                             ("--max_length", args.max_length, 1), ("--min_length", args.min_length, 0),
+                             ("--max_data_loader_n_workers", args.max_data_loader_n_workers, 0)):
+        if value < low:
+            raise UserError(f"{flag} {value} is out of range: it must be at least {low}.")
+    if args.min_length > args.max_length:
+        raise UserError(f"--min_length {args.min_length} is above --max_length {args.max_length}; lower it.")
+    if not 0 < args.top_p <= 1:  # also refuses NaN
+        raise UserError(f"--top_p {args.top_p} is out of range: give a probability mass in (0, 1], e.g. 0.9.")
+    if not 0 <= args.seed < 2**64:
+        raise UserError(f"--seed {args.seed} is out of range: give a whole number from 0 to 2**64 - 1.")
+
+
 def _body(kind: str):
     def body(args: argparse.Namespace) -> int:
         import torch
@@ -69,6 +94,7 @@ def _body(kind: str):
             remove_text_phrases,
         )
 
+        check_arguments(args)
         torch.manual_seed(args.seed)
         options = GenerationOptions(
             args.beam_search, args.num_beams, args.top_p, args.max_length, args.min_length

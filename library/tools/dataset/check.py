@@ -106,6 +106,18 @@ class CheckOptions:
     pair_share: float = 0.9
     min_pair_count: int = 3
 
+    def __post_init__(self) -> None:
+        """``UserError`` naming the option for a value the check cannot use (``--resolution -5`` is no OK)."""
+        for flag, value, low in (("--resolution", self.resolution, 1), ("--batch_size", self.batch_size, 1),
+                                 ("--max_bucket_reso", self.max_bucket_reso, 64),
+                                 ("--max_data_loader_n_workers", self.workers, 0),
+                                 ("--max_phash_distance", self.max_phash, 0), ("--min_pair_count", self.min_pair_count, 1)):
+            if value is not None and value < low:
+                raise UserError(f"{flag} {value} is out of range: it must be at least {low}.")
+        for flag, value in (("--min_share", self.min_share), ("--pair_share", self.pair_share)):
+            if not 0 < value <= 1:  # also refuses NaN
+                raise UserError(f"{flag} {value} is out of range: give a share in (0, 1], e.g. 0.8.")
+
 
 def _read_caption_tags(image: Path, subset: SubsetSpec, report: CheckReport) -> list[str] | None:
     """The caption's tags, ``[]`` for an empty file, None when there is no caption file."""

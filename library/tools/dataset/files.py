@@ -56,7 +56,15 @@ def find_images(folder: str | Path, recursive: bool = False) -> list[Path]:
 
 
 def normalise_extension(ext: str) -> str:
-    """``"txt"`` -> ``".txt"``; ``".caption"`` unchanged."""
+    """``"txt"`` -> ``".txt"``; ``".caption"`` unchanged. :class:`UserError` for an extension that is empty or
+    would leave the picture's folder (``"../x"``, ``"a/b"``, control characters)."""
+    from library.config.values import file_name_problem
+
+    problem = file_name_problem(ext) if ext.strip(".") else "is empty; give one such as .txt"
+    if problem:
+        raise UserError(
+            f"--caption_extension {ext!r} {problem}: captions sit beside the pictures, e.g. --caption_extension .txt."
+        )
     return ext if ext.startswith(".") else "." + ext
 
 

@@ -1,0 +1,1101 @@
+"""The bad-input corpus (issue 12): a deterministic list of hostile or unlucky inputs to every entry point.
+
+Each case names an entry point (a trainer script or ``tools/*.py``), its argv, the files to create in the
+case's folder (configs, dataset folders, broken pictures, odd captions, fake models, damaged LoRAs, broken
+resume folders, pickles that would run code) and what must happen: ``error`` (exit 2, the message holds
+``words``), ``findings`` (exit 1: a checker reporting problems, ``words`` in its report) or ``ok`` (exit 0:
+valid but odd input). ``tests/corpus/test_corpus.py`` runs every case in-process.
+
+    python tests/corpus/make_corpus.py --list      # count per category and per expectation
+    python tests/corpus/make_corpus.py --show ID   # one case
+
+In argv, file contents and config values, ``{box}`` stands for the case's folder and ``{assets}`` for the
+shared assets (tiny model, a good LoRA, a real resume state) built once per test session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: the file a planted pickle creates (inside the case's folder) if it is ever unpickled
+MARKER = "PICKLE_RAN"
+#: a (32, 32) linear layer of the tiny SD1 text encoder, and a UNet one
+TE = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+UNET = "lora_unet_mid_block_attentions_0_proj_in"
+
+NETWORK, DB = "train_network.py", "train_db.py"
+TRAINERS = {NETWORK: ("network", None), DB: ("db", None), "sdxl_train_network.py": ("network", "sdxl"),
+            "sdxl_train.py": ("db", "sdxl")}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One corpus entry. ``files``: (path relative to the box, recipe, *params) — see ``materialize``."""
+
+    id: str
+    category: str
+    entry: str
+    argv: tuple[str, ...]
+    expect: str  # "error" | "findings" | "ok"
+    words: tuple[str, ...] = ()
+    files: tuple[tuple, ...] = ()
+    #: no model load, no training: a validation-only case (``fast_tier`` picks the fast-tier ones among them)
+    quick: bool = False
+    #: paths (relative to the box) that must exist after an "ok" run
+    creates: tuple[str, ...] = ()
+    #: paths (relative to the box) that must not exist after the run
+    absent: tuple[str, ...] = ()
+    assets: tuple[str, ...] = field(default=())
+
+
+BASE = {
+    "pretrained_model_name_or_path": "builtin:tiny",
+    "train_data_dir": "{box}/data",
+    "output_dir": "{box}/out",
+    "output_name": "lora",
+    "resolution": 64,
+    "train_batch_size": 1,
+    "max_train_steps": 1,
+    "learning_rate": 1e-3,
+    "seed": 1,
+    "network_dim": 4,
+    "network_alpha": 2,
+    "max_data_loader_n_workers": 0,
+}
+DB_BASE = {k: v for k, v in BASE.items() if not k.startswith("network_")}
+#: a small good dataset: data/2_sks/ with two 64x64 pictures and their captions
+DATASET = (("data/2_sks", "dataset", 2),)
+
+
+def _toml_line(key: str, value) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return f"{key} = {'true' if value else 'false'}"
+    if isinstance(value, (int, float)):
+        return f"{key} = {value!r}"
+    return f"{key} = {json.dumps(value, ensure_ascii=False)}"
+
+
+def config_text(values: dict, raw: str = "", drop: tuple[str, ...] = ()) -> str:
+    """A flat TOML config from ``values`` (minus ``drop`` and the keys ``raw`` sets) followed by ``raw``."""
+    raw_keys = {line.split("=")[0].strip() for line in raw.splitlines() if "=" in line}
+    lines = [_toml_line(k, v) for k, v in values.items() if k not in drop and k not in raw_keys]
+    return "\n".join(lines) + "\n" + raw + ("\n" if raw and not raw.endswith("\n") else "")
+
+
+class Builder:
+    """Collects cases; ids are unique."""
+
+    def __init__(self) -> None:
+        self.cases: list[Case] = []
+
+    def add(self, case_id: str, category: str, entry: str, argv, expect: str, words=(), files=(), **kw) -> None:
+        if any(c.id == case_id for c in self.cases):
+            raise ValueError(f"duplicate case id {case_id}")
+        self.cases.append(Case(case_id, category, entry, tuple(argv), expect, tuple(words), tuple(files), **kw))
+
+    def trainer(self, case_id: str, category: str, expect: str, words=(), *, set_: dict | None = None,
+                raw: str = "", drop=(), cli=(), entry: str = NETWORK, files=(), dataset: bool = True,
+                quick: bool = False, output_config: bool = False, creates=(), **kw) -> None:
+        """A trainer run on BASE (+ ``set_``, + ``raw`` TOML lines, − ``drop``) written to {box}/config.toml."""
+        base = DB_BASE if TRAINERS[entry][0] == "db" else BASE
+        values = {**base, **(set_ or {})}
+        argv = ["--config_file", "{box}/config.toml", *cli]
+        if output_config:
+            argv += ["--output_config", "{box}/effective.toml"]
+            creates = (*creates, "effective.toml")
+        all_files = (("config.toml", "text", config_text(values, raw, tuple(drop))), *(DATASET if dataset else ()),
+                     *files)
+        self.add(case_id, category, entry, argv, expect, words, all_files, quick=quick, creates=tuple(creates),
+                 **kw)
+
+
+# --- configs ----------------------------------------------------------------------------------------------
+
+NON_FINITE_OPTIONS = ("learning_rate", "unet_lr", "text_encoder_lr", "noise_offset", "max_grad_norm",
+                      "network_alpha", "min_snr_gamma", "prior_loss_weight", "caption_dropout_rate", "huber_c",
+                      "network_dropout", "scale_weight_norms", "ip_noise_gamma", "adaptive_noise_scale",
+                      "lr_scheduler_power", "ema_decay", "v_pred_like_loss", "multires_noise_discount")
+
+
+def config_cases(b: Builder) -> None:
+    for i, name in enumerate(NON_FINITE_OPTIONS):
+        b.trainer(f"config-nan-toml-{name}", "configs", "error", (name, "finite"), raw=f"{name} = nan",
+                  quick=True)
+        if i % 2 == 0:
+            b.trainer(f"config-inf-cli-{name}", "configs", "error", (name,), cli=(f"--{name}", "inf"), quick=True)
+        if i % 4 == 1:
+            b.trainer(f"config-neginf-toml-{name}", "configs", "error", (name,), raw=f"{name} = -inf", quick=True)
+    for name, value in [("seed", 2**70), ("seed", -1), ("seed", 2**32), ("validation_seed", 2**40),
+                        ("train_batch_size", 0), ("train_batch_size", -1), ("max_train_steps", 0),
+                        ("clip_skip", 0), ("clip_skip", 13), ("caption_dropout_rate", 1.5), ("network_dim", 0),
+                        ("network_dim", 1_000_000_000), ("min_timestep", 1000), ("max_timestep", 0),
+                        ("gradient_accumulation_steps", 0), ("min_bucket_reso", 1), ("vae_batch_size", 0),
+                        ("keep_tokens", -2), ("network_dropout", 2.0), ("learning_rate", -1e-4),
+                        ("max_data_loader_n_workers", -1), ("save_every_n_steps", 0), ("huber_c", 5.0),
+                        ("learning_rate", 10**400)]:
+        b.trainer(f"config-range-{name}-{value if abs(value) < 1e12 else 'huge'}", "configs", "error", (name,),
+                  raw=_toml_line(name, value) if value != 10**400 else f"{name} = {'9' * 401}", quick=True)
+    for name, raw in [("resolution", "resolution = -5"), ("resolution", "resolution = 0"),
+                      ("resolution", 'resolution = "abc"'), ("resolution", 'resolution = "64,64,64"'),
+                      ("network_dim", 'network_dim = "abc"'), ("network_dim", "network_dim = {a = 1}"),
+                      ("network_dim", "network_dim = 4.5"), ("learning_rate", "learning_rate = [1, 2]"),
+                      ("learning_rate", 'learning_rate = "fast"'), ("train_batch_size", "train_batch_size = 1.5"),
+                      ("flip_aug", 'flip_aug = "maybe"'), ("optimizer_type", 'optimizer_type = "NoSuchOpt"'),
+                      ("lr_scheduler", 'lr_scheduler = "bogus"'), ("mixed_precision", 'mixed_precision = "fp64"'),
+                      ("save_model_as", 'save_model_as = "exe"'), ("network_module", 'network_module = "os"'),
+                      ("loss_type", 'loss_type = "l3"'), ("console_log_level", 'console_log_level = "LOUD"'),
+                      ("seed", 'seed = "one"'), ("max_train_steps", "max_train_steps = true"),
+                      ("lr_warmup_steps", 'lr_warmup_steps = "-5"'), ("text_encoder_lr", "text_encoder_lr = [1e-4, nan]"),
+                      ("optimizer_args", "optimizer_args = 5"), ("network_args", 'network_args = ["conv_dim"]'),
+                      ("network_args", 'network_args = ["conv_dim=abc"]')]:
+        slug = "".join(ch if ch.isalnum() else "_" for ch in raw.split("=", 1)[1].strip())[:16]
+        b.trainer(f"config-type-{name}-{slug}", "configs", "error", (name,), raw=raw, quick=True)
+    for value in ["", "../../escape", "a/b", "a\\b", "..", ".", "bad\nname", "nul\u0000", "tab\tname"]:
+        slug = value.encode("unicode_escape").decode().replace("/", "S").replace("\\", "B") or "empty"
+        b.trainer(f"config-output_name-{slug}", "configs", "error", ("output_name",), set_={"output_name": value},
+                  quick=True, absent=("escape.safetensors", "../../escape.safetensors"))
+    for value in ["", "/txt", ".t/xt", "..", ".txt\n"]:
+        slug = value.encode("unicode_escape").decode().replace("/", "S") or "empty"
+        b.trainer(f"config-caption_extension-{slug}", "configs", "error", ("caption_extension",),
+                  set_={"caption_extension": value}, quick=True)
+    b.trainer("config-log_prefix-escape", "configs", "error", ("log_prefix",), set_={"log_prefix": "../x"},
+              quick=True)
+    # TOML files that are not TOML, not UTF-8, nested, tables as values, unknown keys
+    for case_id, raw, words in [
+        ("config-toml-syntax", "learning_rate = ", ("config.toml",)),
+        ("config-toml-duplicate-key", "seed = 1", ("config.toml",)),  # BASE sets seed too: see below
+        ("config-toml-unknown-key", "learning_rat = 1e-4", ("learning_rat",)),
+        ("config-toml-deep", "network_args = " + "[" * 10_000 + "]" * 10_000, ("nested too deeply",)),
+        ("config-toml-table-value", "[network_dim]\na = 1", ("network_dim", "table")),
+        ("config-toml-section-table-value", "[network_arguments]\nnetwork_dim = {a = 1}", ("network_dim",)),
+        ("config-toml-unterminated-string", 'output_name = "lora', ("config.toml",)),
+        ("config-toml-bad-escape", 'output_name = "lo\\qra"', ("config.toml",)),
+    ]:
+        text = config_text(BASE, "") + raw + "\n"
+        b.add(case_id, "configs", NETWORK, ["--config_file", "{box}/config.toml"], "error", words,
+              [("config.toml", "text", text), *DATASET], quick=True)
+    for case_id, data, words in [
+        ("config-file-latin1", config_text({**BASE, "output_name": "café"}).encode("latin-1"), ("not UTF-8",)),
+        ("config-file-utf16", config_text(BASE).encode("utf-16"), ("config.toml",)),
+        ("config-file-random-bytes", None, ("config.toml",)),
+        ("config-file-nul-bytes", b"\x00" * 64, ("config.toml",)),
+    ]:
+        recipe = ("config.toml", "random", 512, 7) if data is None else ("config.toml", "bytes", data)
+        b.add(case_id, "configs", NETWORK, ["--config_file", "{box}/config.toml"], "error", words,
+              [recipe, *DATASET], quick=True)
+    b.add("config-file-missing", "configs", NETWORK, ["--config_file", "{box}/nope.toml"], "error", ("nope.toml",),
+          DATASET, quick=True)
+    b.add("config-file-is-a-folder", "configs", NETWORK, ["--config_file", "{box}/folder.toml"], "error",
+          ("folder.toml",), [("folder.toml", "mkdir"), *DATASET], quick=True)
+    # folders and log files that cannot be written
+    blocker = (("a_file", "text", "x"),)
+    for case_id, key, value, words in [
+        ("config-output_dir-is-a-file", "output_dir", "{box}/a_file", ("output_dir", "is a file")),
+        ("config-output_dir-below-a-file", "output_dir", "{box}/a_file/sub", ("output_dir", "cannot be written")),
+        ("config-logging_dir-is-a-file", "logging_dir", "{box}/a_file", ("logging_dir", "is a file")),
+        ("config-logging_dir-below-a-file", "logging_dir", "{box}/a_file/sub", ("logging_dir",)),
+        ("config-console_log_file-is-a-folder", "console_log_file", "{box}/data", ("console_log_file",)),
+        ("config-console_log_file-below-a-file", "console_log_file", "{box}/a_file/log.txt", ("console_log_file",)),
+        ("config-vae-missing", "vae", "{box}/no_vae.safetensors", ("vae", "no_vae.safetensors")),
+        ("config-sample_prompts-missing", "sample_prompts", "{box}/prompts.txt", ("sample_prompts",)),
+        ("config-dataset_config-missing", "dataset_config", "{box}/ds.toml", ("dataset_config", "ds.toml")),
+        ("config-resume-missing", "resume", "{box}/no-state", ("resume", "no-state")),
+        ("config-network_weights-missing", "network_weights", "{box}/w.safetensors", ("network_weights",)),
+    ]:
+        b.trainer(case_id, "configs", "error", words, set_={key: value}, files=blocker, quick=True)
+    b.add("config-output_config-is-a-folder", "configs", NETWORK,
+          ["--config_file", "{box}/config.toml", "--output_config", "{box}/out.toml"], "error", ("out.toml",),
+          [("config.toml", "text", config_text(BASE)), ("out.toml", "mkdir"), *DATASET], quick=True)
+    b.add("config-output_config-below-a-file", "configs", NETWORK,
+          ["--config_file", "{box}/config.toml", "--output_config", "{box}/a_file/out.toml"], "error",
+          ("a_file",), [("config.toml", "text", config_text(BASE)), *blocker, *DATASET], quick=True)
+    # the command line
+    for case_id, cli, words in [
+        ("cli-bad-float", ("--learning_rate", "abc"), ("learning_rate", "abc")),
+        ("cli-bad-int", ("--network_dim", "four"), ("network_dim", "four")),
+        ("cli-missing-value", ("--network_dim",), ("network_dim",)),
+        ("cli-unknown-flag", ("--no_such_flag",), ("no_such_flag",)),
+        ("cli-unknown-choice", ("--optimizer_type", "Nope"), ("optimizer_type", "Nope")),
+        ("cli-seed-huge", ("--seed", str(2**70)), ("seed",)),
+        ("cli-nan-lr", ("--learning_rate", "nan"), ("learning_rate", "finite")),
+        ("cli-resolution-negative", ("--resolution", "-5"), ("resolution",)),
+        ("cli-output_name-escape", ("--output_name", "../../escape"), ("output_name",)),
+        ("cli-empty-model", ("--pretrained_model_name_or_path", ""), ("pretrained_model_name_or_path",)),
+    ]:
+        b.trainer(case_id, "configs", "error", words, cli=cli, quick=True)
+    b.add("cli-no-model-at-all", "configs", NETWORK, ["--train_data_dir", "{box}/data", "--output_dir", "{box}/out"],
+          "error", ("pretrained_model_name_or_path",), DATASET, quick=True)
+    b.trainer("config-db-network-option", "configs", "error", ("network_dim",), entry=DB, raw="network_dim = 4",
+              quick=True)
+    b.trainer("config-db-nan-lr-te", "configs", "error", ("learning_rate_te",), entry=DB,
+              raw="learning_rate_te = nan", quick=True)
+    # valid but odd: accepted (written back by --output_config, nothing trained)
+    for case_id, set_, raw in [
+        ("ok-config-unicode-output-name", {"output_name": "café_ドラゴン v1.2"}, ""),
+        ("ok-config-caption-extension-without-dot", {"caption_extension": "txt"}, ""),
+        ("ok-config-largest-seed", {"seed": 2**32 - 1}, ""),
+        ("ok-config-zero-learning-rate", {"learning_rate": 0.0}, ""),
+        ("ok-config-widest-rank", {"network_dim": 4096}, ""),
+        ("ok-config-empty-log-prefix", {"log_prefix": ""}, ""),
+        ("ok-config-sections", {}, "[training]\nnoise_offset = 0.05\n[network_arguments]\nnetwork_alpha = 1.0"),
+        ("ok-config-lr-unused-with-part-rates", {"unet_lr": 5e-4, "text_encoder_lr": 5e-5}, ""),
+        ("ok-config-long-comment", {"training_comment": "x" * 100_000}, ""),
+    ]:
+        b.trainer(case_id, "configs", "ok", set_=set_, raw=raw, output_config=True, quick=True)
+    b.add("ok-config-utf8-bom", "configs", NETWORK,
+          ["--config_file", "{box}/config.toml", "--output_config", "{box}/effective.toml"], "ok", (),
+          [("config.toml", "bytes", b"\xef\xbb\xbf" + config_text(BASE).encode()), *DATASET], quick=True,
+          creates=("effective.toml",))
+    b.add("ok-config-crlf", "configs", NETWORK,
+          ["--config_file", "{box}/config.toml", "--output_config", "{box}/effective.toml"], "ok", (),
+          [("config.toml", "bytes", config_text(BASE).replace("\n", "\r\n").encode()), *DATASET], quick=True,
+          creates=("effective.toml",))
+    b.trainer("ok-config-output-dir-created-deep", "configs", "ok", set_={"output_dir": "{box}/new/deeper/out"},
+              output_config=True, quick=True, absent=("new",))
+
+
+# --- datasets -----------------------------------------------------------------------------------------------
+
+def dataset_cases(b: Builder) -> None:
+    for case_id, set_, files, words in [
+        ("dataset-train_data_dir-missing", {"train_data_dir": "{box}/nothing"}, (), ("train_data_dir", "nothing")),
+        ("dataset-train_data_dir-is-a-file", {"train_data_dir": "{box}/a_file"}, (("a_file", "text", "x"),),
+         ("train_data_dir", "a_file")),
+        ("dataset-repeats-huge", {}, (("data/1000000000_x", "mkdir"),), ("1000000000_x", "repeats")),
+        ("dataset-reg-repeats-huge", {"reg_data_dir": "{box}/reg"}, (("reg/99999_person", "mkdir"),),
+         ("reg_data_dir", "99999_person")),
+        ("dataset-reg-missing", {"reg_data_dir": "{box}/noreg"}, (), ("reg_data_dir", "noreg")),
+    ]:
+        b.trainer(case_id, "datasets", "error", words, set_=set_, files=files, quick=True)
+    # dataset folders whose content is wrong: found when the dataset is built (the model may load first)
+    for case_id, files, words in [
+        ("dataset-empty-folder", (("data", "mkdir"),), ("data",)),
+        ("dataset-subfolder-empty", (("data/2_sks", "mkdir"),), ("2_sks",)),
+        ("dataset-only-captions", (("data/2_sks/a.txt", "text", "a caption"),), ("2_sks",)),
+        ("dataset-zero-repeats", (("data/0_sks", "dataset", 2),), ("0_sks",)),
+        ("dataset-no-repeat-prefix", (("data/sks", "dataset", 2),), ("sks",)),
+        ("dataset-negative-repeats", (("data/-3_sks", "dataset", 2),), ("-3_sks",)),
+    ]:
+        b.trainer(case_id, "datasets", "error", words, drop=(), files=files, dataset=False)
+    ds_set = {"train_data_dir": None}
+    for case_id, text, words in [
+        ("dataset-config-syntax", "[[datasets]\n", ("ds.toml",)),
+        ("dataset-config-unknown-key", "[general]\nshuffle_captions = true\n[[datasets]]\n[[datasets.subsets]]\n"
+         "image_dir = '{box}/data/2_sks'\n", ("shuffle_captions",)),
+        ("dataset-config-no-subsets", "[[datasets]]\nresolution = 64\n", ("subsets",)),
+        ("dataset-config-no-image-dir", "[[datasets]]\n[[datasets.subsets]]\nnum_repeats = 2\n", ("image_dir",)),
+        ("dataset-config-image-dir-missing", "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{box}/none'\n",
+         ("none",)),
+        ("dataset-config-zero-repeats", "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{box}/data/2_sks'\n"
+         "num_repeats = 0\n", ("num_repeats",)),
+        ("dataset-config-huge-repeats", "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{box}/data/2_sks'\n"
+         "num_repeats = 1000000000\n", ("num_repeats",)),
+        ("dataset-config-negative-resolution", "[[datasets]]\nresolution = -64\n[[datasets.subsets]]\n"
+         "image_dir = '{box}/data/2_sks'\n", ("resolution",)),
+        ("dataset-config-nan-dropout", "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{box}/data/2_sks'\n"
+         "caption_dropout_rate = nan\n", ("caption_dropout_rate",)),
+        ("dataset-config-bad-caption-ext", "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{box}/data/2_sks'\n"
+         "caption_extension = '../x'\n", ("caption_extension",)),
+        ("dataset-config-deep", "x = " + "[" * 5000 + "]" * 5000 + "\n", ("ds.toml",)),
+        ("dataset-config-not-utf8", b"[[datasets]]\n# caf\xe9\n", ("ds.toml",)),
+        ("dataset-config-string-as-table", "datasets = 'all'\n", ("datasets",)),
+    ]:
+        recipe = ("ds.toml", "bytes", text) if isinstance(text, bytes) else ("ds.toml", "text", text)
+        b.trainer(case_id, "datasets", "error", words, set_={"dataset_config": "{box}/ds.toml"},
+                  drop=tuple(ds_set), files=(recipe,))
+    b.trainer("ok-dataset-config-bom", "datasets", "ok", set_={"dataset_config": "{box}/ds.toml"},
+              drop=("train_data_dir",), output_config=True, quick=True,
+              files=(("ds.toml", "bytes", b"\xef\xbb\xbf[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{box}/data/2_sks'\n"),))
+    # check_dataset on odd folders
+    # a layout the trainer would refuse is a finding of the checker (exit 1) that quotes the trainer's message
+    for case_id, argv, files, expect, words in [
+        ("dataset-check-missing", ["{box}/nothing"], (), "findings", ("nothing",)),
+        ("dataset-check-random-file", ["{box}/junk.bin"], (("junk.bin", "random", 300, 3),), "findings",
+         ("junk.bin",)),
+        ("dataset-check-empty-folder", ["{box}/data"], (("data", "mkdir"),), "findings", ("data",)),
+        ("dataset-check-bad-toml", ["{box}/ds.toml"], (("ds.toml", "text", "[[datasets]\n"),), "findings",
+         ("ds.toml",)),
+        ("dataset-check-huge-repeats", ["{box}/data"], (("data/1000000000_x", "dataset", 1),), "findings",
+         ("1000000000_x",)),
+        ("ok-dataset-check-good", ["{box}/data", "--resolution", "64"], DATASET, "ok", ()),
+    ]:
+        b.add(case_id, "datasets", "tools/check_dataset.py", argv, expect, words, files, quick=True)
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+BAD_IMAGES = {
+    "zero-byte": ("bytes", b""),
+    "truncated": ("truncated_png",),
+    "header-bomb": ("header_bomb",),
+    "text-named-png": ("text", "this is not a picture"),
+    "random-jpg": ("random", 2000, 11),
+    "html-webp": ("text", "<html><body>404</body></html>"),
+}
+BAD_IMAGE_NAMES = {"zero-byte": "bad.png", "truncated": "bad.png", "header-bomb": "bad.png",
+                   "text-named-png": "bad.png", "random-jpg": "bad.jpg", "html-webp": "bad.webp"}
+
+
+def image_cases(b: Builder) -> None:
+    for kind, recipe in BAD_IMAGES.items():
+        name = BAD_IMAGE_NAMES[kind]
+        only = (("data/2_sks/" + name, *recipe),)
+        beside = (*DATASET, ("data/2_sks/" + name, *recipe))
+        if kind in ("zero-byte", "header-bomb", "text-named-png"):
+            b.trainer(f"image-{kind}-only-train", "images", "error", ("unreadable",), files=only, dataset=False)
+        b.add(f"image-{kind}-only-check", "images", "tools/check_dataset.py", ["{box}/data", "--resolution", "64"],
+              "findings", ("unreadable", name), only, quick=True)
+        b.add(f"image-{kind}-beside-check", "images", "tools/check_dataset.py",
+              ["{box}/data", "--resolution", "64"], "findings", ("unreadable", name), beside, quick=True)
+        b.add(f"image-{kind}-only-prepare", "images", "tools/prepare_dataset.py",
+              ["{box}/raw", "{box}/prepared", "--class_name", "dog"], "error", ("None of the",),
+              (("raw/" + name, *recipe),), quick=True, absent=("prepared/train",))
+        b.add(f"ok-image-{kind}-beside-prepare", "images", "tools/prepare_dataset.py",
+              ["{box}/raw", "{box}/prepared", "--class_name", "dog"], "ok", ("skipped 1 unreadable",),
+              (("raw", "dataset", 2), ("raw/" + name, *recipe)), quick=True, creates=("prepared/train/10_dog",))
+    # one bad picture beside good ones: skipped with a warning, the run trains
+    for kind in ("truncated", "header-bomb"):
+        name = BAD_IMAGE_NAMES[kind]
+        b.trainer(f"ok-image-{kind}-beside-train", "images", "ok", (name,),
+                  files=(("data/2_sks/" + name, *BAD_IMAGES[kind]),), creates=("out/lora.safetensors",))
+    b.trainer("ok-image-png-named-jpg-train", "images", "ok", dataset=False,
+              files=(("data/2_sks", "dataset", 1), ("data/2_sks/real.jpg", "png", 64, 64)),
+              creates=("out/lora.safetensors",))
+    b.trainer("ok-image-tiny-and-wide-train", "images", "ok", dataset=False,
+              set_={"enable_bucket": True, "min_bucket_reso": 64, "max_bucket_reso": 128, "bucket_reso_steps": 64},
+              files=(("data/2_sks/tiny.png", "png", 3, 3), ("data/2_sks/wide.png", "png", 400, 20)),
+              creates=("out/lora.safetensors",))
+
+
+# --- captions -----------------------------------------------------------------------------------------------
+
+CAPTIONS = {
+    "latin1": ("bytes", "café, crème".encode("latin-1")),
+    "utf16-bom": ("bytes", "sks, dog".encode("utf-16")),
+    "utf8-bom": ("bytes", b"\xef\xbb\xbfsks, dog"),
+    "binary": ("random", 300, 5),
+    "empty": ("bytes", b""),
+    "nul-inside": ("bytes", b"sks\x00dog"),
+    "huge": ("text", "tag, " * 200_000),
+    "crlf-lines": ("bytes", b"sks, dog\r\nsecond line\r\n"),
+    "only-separators": ("text", ",,,, , ,"),
+    "control-chars": ("text", "sks\x1b[31m red\x07, dog\u2028x"),
+}
+
+
+NOT_UTF8 = ("latin1", "utf16-bom", "binary")
+
+
+def caption_cases(b: Builder) -> None:
+    for i, (kind, recipe) in enumerate(CAPTIONS.items()):
+        files = (*DATASET, ("data/2_sks/0.txt", *recipe))
+        if kind in NOT_UTF8:  # named as a finding by the checker, an error by the editor
+            b.add(f"caption-{kind}-check", "captions", "tools/check_dataset.py", ["{box}/data", "--resolution", "64"],
+                  "findings", ("0.txt", "UTF-8"), files)
+            b.add(f"caption-{kind}-stats", "captions", "tools/edit_captions.py", ["{box}/data", "stats"], "error",
+                  ("0.txt", "not valid UTF-8"), files)
+            b.add(f"caption-{kind}-replace", "captions", "tools/edit_captions.py",
+                  ["{box}/data", "replace", "sks", "ohwx", "--recursive"], "error", ("0.txt", "UTF-8"), files)
+            continue
+        b.add(f"ok-caption-{kind}-check", "captions", "tools/check_dataset.py", ["{box}/data", "--resolution", "64"],
+              "ok", (), files)
+        b.add(f"ok-caption-{kind}-stats", "captions", "tools/edit_captions.py", ["{box}/data", "stats"], "ok", (),
+              files)
+        if i % 2 == 0:
+            b.add(f"ok-caption-{kind}-replace", "captions", "tools/edit_captions.py",
+                  ["{box}/data", "replace", "sks", "ohwx", "--recursive", "--no-backup"], "ok", ("changed",),
+                  files)
+    b.add("ok-caption-is-a-folder-check", "captions", "tools/check_dataset.py", ["{box}/data", "--resolution", "64"],
+          "ok", (), (("data/2_sks/0.png", "png", 64, 64), ("data/2_sks/0.txt", "mkdir")))
+    b.add("caption-edit-bad-extension", "captions", "tools/edit_captions.py",
+          ["{box}/data", "stats", "--caption_extension", "../x"], "error", ("caption_extension",), DATASET, quick=True)
+    for kind in ("latin1", "binary"):
+        b.trainer(f"caption-{kind}-train", "captions", "error", ("0.txt", "UTF-8"),
+                  files=(("data/2_sks/0.txt", *CAPTIONS[kind]),))
+    b.trainer("ok-caption-huge-train", "captions", "ok", files=(("data/2_sks/0.txt", *CAPTIONS["huge"]),),
+              creates=("out/lora.safetensors",))
+
+
+# --- base models --------------------------------------------------------------------------------------------
+
+BAD_MODELS = {
+    "random-safetensors": ("model.safetensors", "random", 4096, 1),
+    "text-bin": ("model.bin", "text", "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n"),
+    "text-ckpt": ("model.ckpt", "text", "<html>Not Found</html>"),
+    "zero-safetensors": ("model.safetensors", "bytes", b""),
+    "missing-keys": ("model.safetensors", "model_missing_keys"),
+    "lora-as-model": ("model.safetensors", "lora", "good"),
+    "empty-folder": ("model", "mkdir"),
+    "folder-without-unet": ("model", "diffusers_without_unet"),
+    "pickle-payload-ckpt": ("model.ckpt", "payload", "torch_zip"),
+    "plain-pickle-ckpt": ("model.ckpt", "payload", "plain"),
+}
+#: the words of each bad model's error (besides its path)
+MODEL_WORDS = {"missing-keys": (), "pickle-payload-ckpt": ("allow_unsafe_pickle",),
+               "plain-pickle-ckpt": ("allow_unsafe_pickle",)}
+
+
+def _model_entry_points(path: str) -> list[tuple[str, str, list[str], bool]]:
+    """(slug, entry, argv, quick) for each entry point that takes a base model."""
+    return [
+        ("train", NETWORK, None, False),
+        ("db", DB, None, False),
+        ("convert", "tools/convert_model.py", [path, "{box}/converted.safetensors"], True),
+        ("merge-models", "tools/merge_models.py",
+         ["--models", "{assets}/tiny_sd1.safetensors", path, "--save_to", "{box}/merged.safetensors"], False),
+        ("extract", "tools/extract_lora_from_models.py",
+         ["--model_org", path, "--model_tuned", "{assets}/tiny_sd1.safetensors", "--save_to", "{box}/x.safetensors"],
+         False),
+        ("merge-lora-into", "tools/merge_lora.py",
+         ["--sd_model", path, "--models", "{assets}/good_lora.safetensors", "--save_to", "{box}/m.safetensors"], False),
+        ("inspect-check", "tools/inspect_lora.py", ["{assets}/good_lora.safetensors", "--check", path], False),
+    ]
+
+
+def model_cases(b: Builder) -> None:
+    for kind, (name, *recipe) in BAD_MODELS.items():
+        path = "{box}/" + name
+        files = ((name, *recipe),)
+        words = (name, *MODEL_WORDS.get(kind, ()))
+        for slug, entry, argv, quick in _model_entry_points(path):
+            if slug == "db" and kind not in ("random-safetensors", "text-bin", "pickle-payload-ckpt"):
+                continue
+            case_id = f"model-{kind}-{slug}"
+            if argv is None:
+                b.trainer(case_id, "models", "error", words, entry=entry,
+                          set_={"pretrained_model_name_or_path": path}, files=files)
+            else:
+                b.add(case_id, "models", entry, argv, "error", words, files, quick=quick)
+    for kind in ("random-safetensors", "text-bin", "pickle-payload-ckpt"):
+        name, *recipe = BAD_MODELS[kind]
+        b.trainer(f"model-vae-{kind}", "models", "error", (name,), set_={"vae": "{box}/" + name},
+                  files=((name, *recipe),))
+    b.trainer("model-sdxl-script-with-sd1", "models", "error", ("builtin:tiny", "sdxl"), entry="sdxl_train_network.py")
+    b.trainer("model-nonexistent-path", "models", "error", ("pretrained_model_name_or_path",),
+              set_={"pretrained_model_name_or_path": "{box}/no/such/model.safetensors"}, quick=True)
+    b.trainer("model-unknown-builtin", "models", "error", ("builtin:nothing",),
+              set_={"pretrained_model_name_or_path": "builtin:nothing"})
+    b.add("model-convert-into-nonempty-folder", "models", "tools/convert_model.py",
+          ["{assets}/tiny_sd1.safetensors", "{box}/keep"], "error", ("--overwrite",),
+          (("keep/precious.txt", "text", "my work"),), creates=("keep/precious.txt",))
+    b.add("model-convert-bad-format", "models", "tools/convert_model.py",
+          ["{assets}/tiny_sd1.safetensors", "{box}/o.safetensors", "--to", "exe"], "error", ("--to",), quick=True)
+    b.add("model-convert-missing-src", "models", "tools/convert_model.py",
+          ["{box}/none.safetensors", "{box}/o.safetensors"], "error", ("none.safetensors",), quick=True)
+    b.add("model-convert-dst-below-file", "models", "tools/convert_model.py",
+          ["{assets}/tiny_sd1.safetensors", "{box}/a_file/o.safetensors"], "error", ("a_file",),
+          (("a_file", "text", "x"),))
+    b.add("model-merge-models-nan-model", "models", "tools/merge_models.py",
+          ["--models", "{assets}/tiny_sd1.safetensors", "{box}/nan_model.safetensors", "--save_to",
+           "{box}/m.safetensors"], "error", ("nan_model.safetensors",), (("nan_model.safetensors", "model_nan"),))
+    b.add("model-merge-lora-nan-lora-into", "models", "tools/merge_lora.py",
+          ["--sd_model", "{assets}/tiny_sd1.safetensors", "--models", "{box}/nan.safetensors", "--save_to",
+           "{box}/m.safetensors"], "error", ("nan.safetensors",), (("nan.safetensors", "lora", "nan"),))
+    b.add("ok-model-convert-roundtrip", "models", "tools/convert_model.py",
+          ["{assets}/tiny_sd1.safetensors", "{box}/converted"], "ok", (), creates=("converted/model_index.json",))
+
+
+# --- LoRA files ---------------------------------------------------------------------------------------------
+
+LORA_KINDS = {
+    "nan": ("lora", "nan"), "inf": ("lora", "inf"), "nan-alpha": ("lora", "nan_alpha"),
+    "rank-mismatch": ("lora", "rank_mismatch"), "vector-alpha": ("lora", "vector_alpha"), "int": ("lora", "int"),
+    "one-dim": ("lora", "one_dim"), "no-lora-keys": ("lora", "no_lora_keys"), "random-bytes": ("random", 3000, 2),
+    "text": ("text", "hello world"), "empty": ("bytes", b""), "truncated": ("lora", "truncated"),
+}
+PICKLE_LORAS = {"pickle-payload-pt": ("lora.pt", "payload", "torch_zip"),
+                "plain-pickle-ckpt": ("lora.ckpt", "payload", "plain")}
+LORA_WORDS = {"nan": ("NaN",), "inf": ("NaN/inf",), "nan-alpha": ("alpha",), "rank-mismatch": ("rank mismatch",),
+              "vector-alpha": ("alpha has 2 values",), "int": ("int64",), "one-dim": ("shape (4,)",)}
+
+
+#: the damaged LoRAs also tried as the trainer's network_weights (each loads the model)
+TRAIN_LORA_KINDS = ("nan", "rank-mismatch", "int", "no-lora-keys", "random-bytes", "empty", "pickle-payload-pt")
+
+
+def _lora_entry_points(path: str) -> list[tuple[str, str, list[str] | None]]:
+    return [
+        ("inspect", "tools/inspect_lora.py", [path, "--no_metadata"]),
+        ("resize", "tools/resize_lora.py", ["--model", path, "--new_rank", "2", "--save_to", "{box}/r.safetensors"]),
+        ("merge", "tools/merge_lora.py", ["--models", path, "--save_to", "{box}/m.safetensors"]),
+        ("merge-into", "tools/merge_lora.py",
+         ["--sd_model", "{assets}/tiny_sd1.safetensors", "--models", path, "--save_to", "{box}/m.safetensors"]),
+        ("train-weights", NETWORK, None),
+    ]
+
+
+def lora_cases(b: Builder) -> None:
+    files_by_kind = {k: ("lora.safetensors", *r) for k, r in LORA_KINDS.items()}
+    files_by_kind.update(PICKLE_LORAS)
+    for kind, (name, *recipe) in files_by_kind.items():
+        path = "{box}/" + name
+        words = (name, *LORA_WORDS.get(kind, ()))
+        if kind in PICKLE_LORAS:
+            words = (name, "allow_unsafe_pickle")
+        for slug, entry, argv in _lora_entry_points(path):
+            case_id = f"lora-{kind}-{slug}"
+            if argv is None:
+                if kind in TRAIN_LORA_KINDS:
+                    b.trainer(case_id, "loras", "error", (name,), set_={"network_weights": path},
+                              files=((name, *recipe),))
+            else:
+                b.add(case_id, "loras", entry, argv, "error", words, ((name, *recipe),),
+                      quick=slug in ("inspect", "resize", "merge"), absent=("r.safetensors", "m.safetensors"))
+    good = "{assets}/good_lora.safetensors"
+    for case_id, entry, argv, words, files in [
+        ("lora-resize-dynamic-param-negative", "tools/resize_lora.py",
+         ["--model", good, "--save_to", "{box}/r.safetensors", "--dynamic_method", "sv_fro", "--dynamic_param", "-1"],
+         ("in (0, 1]",), ()),
+        ("lora-resize-dynamic-param-nan", "tools/resize_lora.py",
+         ["--model", good, "--save_to", "{box}/r.safetensors", "--dynamic_method", "sv_fro", "--dynamic_param", "nan"],
+         ("in (0, 1]",), ()),
+        ("lora-resize-zero-rank", "tools/resize_lora.py",
+         ["--model", good, "--save_to", "{box}/r.safetensors", "--new_rank", "0"], ("--new_rank",), ()),
+        ("lora-resize-bad-method", "tools/resize_lora.py",
+         ["--model", good, "--save_to", "{box}/r.safetensors", "--dynamic_method", "magic"], ("dynamic_method",), ()),
+        ("lora-resize-save-to-folder", "tools/resize_lora.py",
+         ["--model", good, "--save_to", "{box}/out.safetensors", "--new_rank", "2"], ("is an existing folder",),
+         (("out.safetensors", "mkdir"),)),
+        ("lora-resize-save-below-file", "tools/resize_lora.py",
+         ["--model", good, "--save_to", "{box}/a_file/r.safetensors", "--new_rank", "2"], ("a_file",),
+         (("a_file", "text", "x"),)),
+        ("lora-resize-missing-model", "tools/resize_lora.py",
+         ["--model", "{box}/none.safetensors", "--save_to", "{box}/r.safetensors", "--new_rank", "2"],
+         ("none.safetensors",), ()),
+        ("lora-merge-ratio-nan", "tools/merge_lora.py",
+         ["--models", good, "--ratios", "nan", "--save_to", "{box}/m.safetensors"], ("--ratios",), ()),
+        ("lora-merge-ratio-inf-into", "tools/merge_lora.py",
+         ["--sd_model", "{assets}/tiny_sd1.safetensors", "--models", good, "--ratios", "inf", "--save_to",
+          "{box}/m.safetensors"], ("finite",), ()),
+        ("lora-merge-ratio-count", "tools/merge_lora.py",
+         ["--models", good, "--ratios", "1", "0.5", "--save_to", "{box}/m.safetensors"], ("--ratios",), ()),
+        ("lora-merge-ratio-overflow-fp16", "tools/merge_lora.py",
+         ["--models", good, "--ratios", "1e38", "--save_precision", "fp16", "--save_to", "{box}/m.safetensors"],
+         ("Nothing was saved",), ()),
+        ("lora-merge-block-weights-nan", "tools/merge_lora.py",
+         ["--models", good, "--block_weights", ",".join(["1"] * 24 + ["nan"]), "--save_to", "{box}/m.safetensors"],
+         ("finite",), ()),
+        ("lora-merge-block-weights-count", "tools/merge_lora.py",
+         ["--models", good, "--block_weights", "1,2,3", "--save_to", "{box}/m.safetensors"], ("block weights",), ()),
+        ("lora-merge-svd-without-rank", "tools/merge_lora.py",
+         ["--models", good, "--svd", "--save_to", "{box}/m.safetensors"], ("--new_rank",), ()),
+        ("lora-merge-save-to-folder", "tools/merge_lora.py",
+         ["--models", good, "--save_to", "{box}/out.safetensors"], ("is an existing folder",),
+         (("out.safetensors", "mkdir"),)),
+        ("lora-inspect-missing", "tools/inspect_lora.py", ["{box}/none.safetensors"], ("none.safetensors",), ()),
+        ("lora-inspect-folder", "tools/inspect_lora.py", ["{box}/folder"], ("folder",), (("folder", "mkdir"),)),
+        ("lora-train-weights-rank-mismatch", NETWORK, None, ("good_lora.safetensors", "do not fit"), ()),
+    ]:
+        if argv is None:
+            b.trainer(case_id, "loras", "error", words, set_={"network_weights": good, "network_dim": 8},
+                      files=files, assets=("good_lora",))
+            continue
+        b.add(case_id, "loras", entry, argv, "error", words, files, quick=True,
+              absent=("r.safetensors", "m.safetensors"))
+    b.add("ok-lora-inspect-good", "loras", "tools/inspect_lora.py", [good], "ok", ("rank",), quick=True)
+    b.add("ok-lora-resize-good", "loras", "tools/resize_lora.py",
+          ["--model", good, "--new_rank", "2", "--save_to", "{box}/r.safetensors"], "ok", (), quick=True,
+          creates=("r.safetensors",))
+    b.add("ok-lora-resize-rank-above", "loras", "tools/resize_lora.py",
+          ["--model", good, "--new_rank", "64", "--save_to", "{box}/r.safetensors"], "ok", (), quick=True,
+          creates=("r.safetensors",))
+    b.add("ok-lora-merge-negative-ratio", "loras", "tools/merge_lora.py",
+          ["--models", good, good, "--ratios", "1", "-1", "--save_to", "{box}/m.safetensors"], "ok", (), quick=True,
+          creates=("m.safetensors",))
+    b.trainer("ok-lora-train-from-weights", "loras", "ok", set_={"network_weights": good},
+              creates=("out/lora.safetensors",))
+
+
+# --- resume folders -----------------------------------------------------------------------------------------
+
+#: (mutation, the file the error names, still resumes with --resume_inexact)
+STATE_BREAKS = {
+    "broken-json": ("train_state.json", True),
+    "json-array": ("train_state.json", False),
+    "missing-step": ("train_state.json", True),
+    "step-text": ("train_state.json", False),
+    "no-optimizer": ("optimizer.safetensors", True),
+    "truncated-optimizer": ("optimizer.safetensors", True),
+    "truncated-rng": ("random_states_0.safetensors", True),
+    "no-scheduler": ("custom_checkpoint_0.safetensors", True),
+    "truncated-model": ("model.safetensors", False),
+    "no-model": ("model.safetensors", False),
+    "random-model": ("model.safetensors", False),
+    "json-is-a-folder": ("train_state.json", False),
+}
+PLANTED = {  # legacy files replaced by a pickle that would run code
+    "planted-rng-pkl": ("random_states_0.pkl", "torch_zip"),
+    "planted-custom-pkl": ("custom_checkpoint_0.pkl", "plain"),
+    "planted-optimizer-bin": ("optimizer.bin", "torch_zip"),
+}
+
+
+def resume_cases(b: Builder) -> None:
+    resume = {"resume": "{box}/state", "max_train_steps": 2}
+    for kind, (name, skippable) in STATE_BREAKS.items():
+        files = (("state", "state", kind),)
+        b.trainer(f"resume-{kind}", "resume", "error", (name,), set_=resume, files=files, assets=("state",))
+        if skippable and kind in ("broken-json", "no-optimizer", "truncated-rng"):
+            b.trainer(f"ok-resume-{kind}-inexact", "resume", "ok", ("bit-exact",), set_=resume, files=files,
+                      cli=("--resume_inexact",), assets=("state",), creates=("out/lora.safetensors",))
+    for kind, (name, _) in PLANTED.items():
+        files = (("state", "state", kind),)
+        ours = {"random_states_0.pkl": "random_states_0.safetensors", "optimizer.bin": "optimizer.safetensors",
+                "custom_checkpoint_0.pkl": "custom_checkpoint_0.safetensors"}[name]
+        b.trainer(f"resume-{kind}", "resume", "error", (ours, "resume_inexact"), set_=resume, files=files,
+                  assets=("state",))
+        if kind == "planted-rng-pkl":
+            b.trainer(f"ok-resume-{kind}-inexact", "resume", "ok", ("bit-exact",), set_=resume, files=files,
+                      cli=("--resume_inexact",), assets=("state",), creates=("out/lora.safetensors",))
+    b.trainer("ok-resume-pickles-beside-ours", "resume", "ok", set_=resume, files=(("state", "state", "beside"),),
+              cli=("--allow_unsafe_pickle",), assets=("state",), creates=("out/lora.safetensors",))
+    b.trainer("resume-empty-folder", "resume", "error", ("state",), set_=resume, files=(("state", "mkdir"),))
+    b.trainer("resume-is-a-file", "resume", "error", ("resume",), set_=resume, files=(("state", "text", "x"),),
+              quick=True)
+    b.trainer("resume-db-from-lora-state", "resume", "error", ("state",), entry=DB,
+              set_={"resume": "{box}/state", "max_train_steps": 2}, files=(("state", "state", "intact"),),
+              assets=("state",))
+
+
+# --- every tool's arguments ---------------------------------------------------------------------------------
+
+def tool_cases(b: Builder) -> None:
+    check = "tools/check_dataset.py"
+    for case_id, argv, words in [
+        ("tool-check-resolution-negative", ["{box}/data", "--resolution", "-5"], ("--resolution",)),
+        ("tool-check-resolution-zero", ["{box}/data", "--resolution", "0"], ("--resolution",)),
+        ("tool-check-batch-size-zero", ["{box}/data", "--batch_size", "0"], ("--batch_size",)),
+        ("tool-check-workers-negative", ["{box}/data", "--max_data_loader_n_workers", "-1"],
+         ("max_data_loader_n_workers",)),
+        ("tool-check-min-share-nan", ["{box}/data", "--min_share", "nan"], ("--min_share",)),
+        ("tool-check-pair-share-two", ["{box}/data", "--pair_share", "2"], ("--pair_share",)),
+        ("tool-check-phash-negative", ["{box}/data", "--max_phash_distance", "-1"], ("--max_phash_distance",)),
+        ("tool-check-bucket-reso-tiny", ["{box}/data", "--max_bucket_reso", "1"], ("--max_bucket_reso",)),
+        ("tool-check-resolution-text", ["{box}/data", "--resolution", "big"], ("--resolution",)),
+        ("tool-check-family-bogus", ["{box}/data", "--family", "sd9"], ("--family",)),
+    ]:
+        b.add(case_id, "tools", check, argv, "error", words, DATASET, quick=True)
+    b.add("tool-check-reg-missing", "tools", check, ["{box}/data", "--reg_data_dir", "{box}/noreg"], "findings",
+          ("noreg",), DATASET)
+    prep = "tools/prepare_dataset.py"
+    raw = (("raw", "dataset", 2),)
+    for case_id, extra, words, files in [
+        ("tool-prepare-class-escape", ["--class_name", "../../x"], ("--class_name",), raw),
+        ("tool-prepare-class-empty", ["--class_name", ""], ("--class_name",), raw),
+        ("tool-prepare-class-slash", ["--class_name", "a/b"], ("--class_name",), raw),
+        ("tool-prepare-class-newline", ["--class_name", "dog\ncat"], ("--class_name",), raw),
+        ("tool-prepare-trigger-escape", ["--class_name", "dog", "--trigger", "../x"], ("--trigger",), raw),
+        ("tool-prepare-repeats-zero", ["--class_name", "dog", "--repeats", "0"], ("--repeats",), raw),
+        ("tool-prepare-repeats-negative", ["--class_name", "dog", "--repeats", "-1"], ("--repeats",), raw),
+        ("tool-prepare-repeats-huge", ["--class_name", "dog", "--repeats", "1000000000"], ("--repeats",), raw),
+        ("tool-prepare-reg-repeats-zero", ["--class_name", "dog", "--reg_dir", "{box}/raw", "--reg_repeats", "0"],
+         ("--reg_repeats",), raw),
+        ("tool-prepare-resolution-negative", ["--class_name", "dog", "--resolution", "-5"], ("--resolution",), raw),
+        ("tool-prepare-group-size-zero", ["--class_name", "dog", "--group_size", "0"], ("--group_size",), raw),
+        ("tool-prepare-caption-ext-empty", ["--class_name", "dog", "--caption_extension", ""],
+         ("--caption_extension",), raw),
+        ("tool-prepare-caption-ext-escape", ["--class_name", "dog", "--caption_extension", "/../x"],
+         ("--caption_extension",), raw),
+        ("tool-prepare-images-missing", ["--class_name", "dog"], ("raw",), ()),
+        ("tool-prepare-reg-missing", ["--class_name", "dog", "--reg_dir", "{box}/noreg"], ("noreg",), raw),
+        ("tool-prepare-link-bogus", ["--class_name", "dog", "--link", "teleport"], ("--link",), raw),
+        ("tool-prepare-no-class", [], ("--class_name",), raw),
+    ]:
+        b.add(case_id, "tools", prep, ["{box}/raw", "{box}/prepared", *extra], "error", words, files, quick=True,
+              absent=("prepared/train", "x", "../x", "../../x"))
+    b.add("tool-prepare-out-is-a-file", "tools", prep, ["{box}/raw", "{box}/a_file", "--class_name", "dog"],
+          "error", ("a_file",), (*raw, ("a_file", "text", "x")), quick=True)
+    b.add("tool-prepare-out-not-empty", "tools", prep, ["{box}/raw", "{box}/prepared", "--class_name", "dog"],
+          "error", ("--overwrite",), (*raw, ("prepared/train/10_dog/keep.png", "png", 8, 8)), quick=True)
+    b.add("ok-tool-prepare-unicode-class", "tools", prep, ["{box}/raw", "{box}/prepared", "--class_name", "chien café",
+          "--trigger", "ドラゴン"], "ok", (), raw, quick=True, creates=("prepared/train/10_ドラゴン chien café",))
+    edit = "tools/edit_captions.py"
+    for case_id, argv, words, files in [
+        ("tool-edit-missing-folder", ["{box}/none", "stats"], ("none",), ()),
+        ("tool-edit-folder-is-file", ["{box}/a_file", "stats"], ("a_file",), (("a_file", "text", "x"),)),
+        ("tool-edit-no-command", ["{box}/data"], ("command",), DATASET),
+        ("tool-edit-bad-command", ["{box}/data", "explode"], ("explode",), DATASET),
+        ("tool-edit-stats-share-nan", ["{box}/data", "stats", "--min_share", "nan"], ("--min_share",), DATASET),
+        ("tool-edit-stats-top-negative", ["{box}/data", "stats", "--top", "-1"], ("--top",), DATASET),
+        ("tool-edit-replace-missing-args", ["{box}/data", "replace"], ("replace",), DATASET),
+        ("tool-edit-caption-ext-slash", ["{box}/data", "add", "x", "--caption_extension", "a/b"],
+         ("caption_extension",), DATASET),
+    ]:
+        b.add(case_id, "tools", edit, argv, "error", words, files, quick=True)
+    tiny = "tools/make_tiny_model.py"
+    for case_id, argv, words, files in [
+        ("tool-tiny-out-is-file", ["--out", "{box}/a_file"], ("--out", "existing file"), (("a_file", "text", "keep"),)),
+        ("tool-tiny-single-is-folder", ["--single_file", "{box}/folder"], ("existing folder",), (("folder", "mkdir"),)),
+        ("tool-tiny-below-file", ["--single_file", "{box}/a_file/x.safetensors"], ("a_file",),
+         (("a_file", "text", "keep"),)),
+        ("tool-tiny-no-target", [], ("--out",), ()),
+        ("tool-tiny-bad-family", ["--out", "{box}/t", "--family", "sd9"], ("--family",), ()),
+        ("tool-tiny-bad-seed", ["--out", "{box}/t", "--seed", "x"], ("--seed",), ()),
+    ]:
+        b.add(case_id, "tools", tiny, argv, "error", words, files, quick=True, creates=tuple(
+            p for p, *_ in files if p == "a_file"))
+    b.add("tool-tiny-seed-huge", "tools", tiny, ["--single_file", "{box}/t.safetensors", "--seed", str(2**70)],
+          "error", ("--seed",), quick=True)
+    tagger = "tools/tag_images_by_wd14_tagger.py"
+    for case_id, argv, words, files in [
+        ("tool-tagger-missing-folder", ["{box}/none"], ("none", "does not exist"), ()),
+        ("tool-tagger-folder-is-file", ["{box}/a_file"], ("a_file", "is a file"), (("a_file", "text", "x"),)),
+        ("tool-tagger-batch-zero", ["{box}/data", "--batch_size", "0"], ("--batch_size",), DATASET),
+        ("tool-tagger-thresh-nan", ["{box}/data", "--thresh", "nan"], ("--thresh",), DATASET),
+        ("tool-tagger-bad-replacement", ["{box}/data", "--tag_replacement", "a"], ("--tag_replacement",), DATASET),
+        ("tool-tagger-workers-negative", ["{box}/data", "--max_data_loader_n_workers", "-2"],
+         ("max_data_loader_n_workers",), DATASET),
+        ("tool-tagger-caption-ext-escape", ["{box}/data", "--caption_extension", "../x"], ("caption_extension",),
+         DATASET),
+        ("tool-tagger-output-path-folder", ["{box}/data", "--output_path", "{box}/data"], ("--output_path",), DATASET),
+    ]:
+        b.add(case_id, "tools", tagger, argv, "error", words, files, quick=True)
+    for script in ("make_captions", "make_captions_by_git"):
+        entry = f"tools/{script}.py"
+        short = "blip" if script == "make_captions" else "git"
+        for case_id, argv, words, files in [
+            (f"tool-{short}-missing-folder", ["{box}/none"], ("none",), ()),
+            (f"tool-{short}-folder-is-file", ["{box}/a_file"], ("a_file",), (("a_file", "text", "x"),)),
+            (f"tool-{short}-batch-zero", ["{box}/data", "--batch_size", "0"], ("--batch_size",), DATASET),
+            (f"tool-{short}-beams-zero", ["{box}/data", "--num_beams", "0", "--beam_search"], ("--num_beams",),
+             DATASET),
+            (f"tool-{short}-top-p-nan", ["{box}/data", "--top_p", "nan"], ("--top_p",), DATASET),
+            (f"tool-{short}-lengths-crossed", ["{box}/data", "--min_length", "50", "--max_length", "5"],
+             ("--min_length",), DATASET),
+            (f"tool-{short}-caption-ext-escape", ["{box}/data", "--caption_extension", "../x"],
+             ("caption_extension",), DATASET),
+        ]:
+            b.add(case_id, "tools", entry, argv, "error", words, files, quick=True)
+    extract = "tools/extract_lora_from_models.py"
+    tiny_model = "{assets}/tiny_sd1.safetensors"
+    for case_id, extra, words, files in [
+        ("tool-extract-dim-zero", ["--dim", "0"], ("dim", "positive"), ()),
+        ("tool-extract-dim-negative", ["--dim", "-4"], ("dim", "positive"), ()),
+        ("tool-extract-conv-dim-negative", ["--conv_dim", "-1"], ("conv_dim", "positive"), ()),
+        ("tool-extract-clamp-two", ["--clamp_quantile", "2"], ("--clamp_quantile",), ()),
+        ("tool-extract-clamp-nan", ["--clamp_quantile", "nan"], ("--clamp_quantile",), ()),
+        ("tool-extract-min-diff-nan", ["--min_diff", "nan"], ("--min_diff",), ()),
+        ("tool-extract-save-to-folder", ["--save_to", "{box}/out.safetensors"], ("existing folder",),
+         (("out.safetensors", "mkdir"),)),
+    ]:
+        argv = ["--model_org", tiny_model, "--model_tuned", tiny_model, "--save_to", "{box}/x.safetensors", *extra]
+        b.add(case_id, "tools", extract, argv, "error", words, files, quick=True, absent=("x.safetensors",))
+    mm = "tools/merge_models.py"
+    for case_id, extra, words in [
+        ("tool-merge-models-ratio-nan", ["--ratio", "nan"], ("--ratio",)),
+        ("tool-merge-models-ratio-inf", ["--ratio", "inf"], ("--ratio",)),
+        ("tool-merge-models-te-ratio-nan", ["--text_encoder_ratio", "nan"], ("--text_encoder_ratio",)),
+        ("tool-merge-models-bad-mode", ["--mode", "blend"], ("--mode",)),
+    ]:
+        argv = ["--models", tiny_model, tiny_model, "--save_to", "{box}/m.safetensors", *extra]
+        b.add(case_id, "tools", mm, argv, "error", words, (), quick=True, absent=("m.safetensors",))
+    b.add("tool-merge-models-one-model", "tools", mm, ["--models", tiny_model, "--save_to", "{box}/m.safetensors"],
+          "error", ("2 models",), quick=True, absent=("m.safetensors",))
+    b.add("tool-merge-models-save-below-file", "tools", mm,
+          ["--models", tiny_model, tiny_model, "--save_to", "{box}/a_file/m.safetensors"], "error", ("a_file",),
+          (("a_file", "text", "x"),))
+    b.add("tool-inspect-no-file", "tools", "tools/inspect_lora.py", [], "error", ("file",), quick=True)
+    b.add("tool-convert-precision-bogus", "tools", "tools/convert_model.py",
+          [tiny_model, "{box}/o.safetensors", "--precision", "fp8"], "error", ("--precision",), quick=True)
+
+
+def build_cases() -> list[Case]:
+    """Every case of the corpus, in a fixed order."""
+    b = Builder()
+    for make in (config_cases, dataset_cases, image_cases, caption_cases, model_cases, lora_cases, resume_cases,
+                 tool_cases):
+        make(b)
+    return b.cases
+
+
+# --- materializing a case's files ---------------------------------------------------------------------------
+
+def _substitute(text: str, box: Path, assets: Path) -> str:
+    return text.replace("{box}", str(box)).replace("{assets}", str(assets))
+
+
+def _random_bytes(n: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def _png(path: Path, w: int, h: int, color=(200, 40, 40)) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (w, h), color).save(path, format="PNG")
+
+
+def _header_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A PNG of a few bytes whose IHDR claims ``width`` x ``height`` (the pixel data is not there)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def _dataset(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        _png(folder / f"{i}.png", 64, 64, (40 * i % 255, 90, 200))
+        (folder / f"{i}.txt").write_text(f"sks, picture {i}", encoding="utf-8")
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: stands in for the code a crafted file would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _payload(path: Path, kind: str, marker: Path) -> None:
+    import pickle
+
+    if kind == "torch_zip":
+        import torch
+
+        torch.save({"state_dict": _Payload(marker), "random_state": _Payload(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps({"state_dict": _Payload(marker), "base_lrs": _Payload(marker)}))
+
+
+def lora_tensors(kind: str) -> dict:
+    """A one- or two-module sd-scripts LoRA over the tiny SD1 text encoder, damaged as ``kind`` says."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    down, up = torch.randn(4, 32, generator=gen) * 0.1, torch.randn(32, 4, generator=gen) * 0.1
+    alpha = torch.tensor(2.0)
+
+    def module(name, d, u, a):
+        out = {f"{name}.lora_down.weight": d.contiguous(), f"{name}.lora_up.weight": u.contiguous()}
+        if a is not None:
+            out[f"{name}.alpha"] = a
+        return out
+
+    if kind == "good":
+        return module(TE, down, up, alpha)
+    if kind == "nan":
+        down = down.clone()
+        down[0, 0] = math.nan
+        return module(TE, down, up, alpha)
+    if kind == "inf":
+        up = up.clone()
+        up[1, 1] = math.inf
+        return {**module(TE, down.clone(), up * 0 + 0.01, alpha.clone()), **module(UNET, down, up, alpha)}
+    if kind == "nan_alpha":
+        return module(TE, down, up, torch.tensor(math.nan))
+    if kind == "rank_mismatch":
+        return module(TE, down, torch.randn(32, 3, generator=gen), alpha)
+    if kind == "vector_alpha":
+        return module(TE, down, up, torch.tensor([1.0, 2.0]))
+    if kind == "int":
+        return module(TE, down.to(torch.int64), up.to(torch.int64), torch.tensor(2))
+    if kind == "one_dim":
+        return module(TE, torch.ones(4), up, None)
+    if kind == "no_lora_keys":
+        return {"model.weight": torch.ones(3, 3), "foo.bias": torch.zeros(3)}
+    raise ValueError(f"unknown LoRA kind {kind}")
+
+
+def _lora(path: Path, kind: str) -> None:
+    import safetensors.torch
+
+    if kind == "truncated":
+        safetensors.torch.save_file(lora_tensors("good"), str(path))
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return
+    safetensors.torch.save_file(lora_tensors(kind), str(path))
+
+
+def _model_variant(path: Path, assets: Path, kind: str) -> None:
+    """The tiny SD1 single file with half its keys dropped, or with a NaN in one UNet weight."""
+    import safetensors.torch
+    from safetensors import safe_open
+
+    source = assets / "tiny_sd1.safetensors"
+    tensors = safetensors.torch.load_file(str(source))
+    with safe_open(str(source), "pt") as f:
+        metadata = f.metadata()
+    if kind == "missing_keys":
+        tensors = {k: v for i, (k, v) in enumerate(sorted(tensors.items())) if i % 2 == 0}
+    else:
+        key = next(k for k in sorted(tensors) if k.startswith("model.diffusion_model.") and k.endswith("weight"))
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = math.nan
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def _diffusers_without_unet(folder: Path, assets: Path) -> None:
+    import shutil
+
+    shutil.copytree(assets / "tiny_sd1", folder)
+    shutil.rmtree(folder / "unet")
+
+
+def _state(folder: Path, assets: Path, kind: str, marker: Path) -> None:
+    """A copy of the real resume state in ``assets/state``, broken as ``kind`` says."""
+    import json
+    import shutil
+
+    shutil.copytree(assets / "state", folder)
+    info_path = folder / "train_state.json"
+
+    def truncate(name):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+
+    if kind == "intact":
+        return
+    if kind == "broken-json":
+        info_path.write_text("{not json", encoding="utf-8")
+    elif kind == "json-array":
+        info_path.write_text("[1, 2, 3]", encoding="utf-8")
+    elif kind in ("missing-step", "step-text"):
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if kind == "missing-step":
+            del info["step"]
+        else:
+            info["step"] = "abc"
+        info_path.write_text(json.dumps(info), encoding="utf-8")
+    elif kind == "json-is-a-folder":
+        info_path.unlink()
+        info_path.mkdir()
+    elif kind.startswith("no-"):
+        name = {"no-optimizer": "optimizer.safetensors", "no-scheduler": "custom_checkpoint_0.safetensors",
+                "no-model": "model.safetensors"}[kind]
+        (folder / name).unlink()
+    elif kind.startswith("truncated-"):
+        truncate({"truncated-optimizer": "optimizer.safetensors", "truncated-rng": "random_states_0.safetensors",
+                  "truncated-model": "model.safetensors"}[kind])
+    elif kind == "random-model":
+        (folder / "model.safetensors").write_bytes(_random_bytes(5000, 9))
+    elif kind in PLANTED:
+        name, how = PLANTED[kind]
+        ours = {"random_states_0.pkl": "random_states_0.safetensors",
+                "custom_checkpoint_0.pkl": "custom_checkpoint_0.safetensors",
+                "optimizer.bin": "optimizer.safetensors"}[name]
+        (folder / ours).unlink()
+        _payload(folder / name, how, marker)
+    elif kind == "beside":
+        for name in ("random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin"):
+            _payload(folder / name, "torch_zip", marker)
+    else:
+        raise ValueError(f"unknown state break {kind}")
+
+
+def materialize(case: Case, box: Path, assets: Path) -> None:
+    """Create ``case``'s files under ``box`` (``assets``: the folder of shared assets)."""
+    marker = box / MARKER
+    for rel, recipe, *params in case.files:
+        path = box / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if recipe == "text":
+            path.write_text(_substitute(params[0], box, assets), encoding="utf-8", newline="")
+        elif recipe == "bytes":
+            path.write_bytes(_substitute(params[0].decode("latin-1"), box, assets).encode("latin-1"))
+        elif recipe == "random":
+            path.write_bytes(_random_bytes(*params))
+        elif recipe == "mkdir":
+            path.mkdir(parents=True, exist_ok=True)
+        elif recipe == "png":
+            _png(path, *params)
+        elif recipe == "truncated_png":
+            _png(path, 64, 64)
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        elif recipe == "header_bomb":
+            path.write_bytes(_header_bomb())
+        elif recipe == "dataset":
+            _dataset(path, *params)
+        elif recipe == "lora":
+            _lora(path, *params)
+        elif recipe == "payload":
+            _payload(path, params[0], marker)
+        elif recipe == "model_missing_keys":
+            _model_variant(path, assets, "missing_keys")
+        elif recipe == "model_nan":
+            _model_variant(path, assets, "nan")
+        elif recipe == "diffusers_without_unet":
+            _diffusers_without_unet(path, assets)
+        elif recipe == "state":
+            _state(path, assets, params[0], marker)
+        else:
+            raise ValueError(f"case {case.id}: unknown recipe {recipe}")
+
+
+def needed_assets(case: Case) -> set[str]:
+    """The shared assets a case reads: from its argv, its files and its own list."""
+    text = " ".join(case.argv) + " ".join(str(f) for f in case.files)
+    found = set(case.assets)
+    for name in ("tiny_sd1.safetensors", "good_lora.safetensors"):
+        if "{assets}/" + name in text:
+            found.add(name.split(".")[0].replace("tiny_sd1", "tiny_sd1_file"))
+    recipes = {f[1] for f in case.files}
+    if recipes & {"model_missing_keys", "model_nan"}:
+        found.add("tiny_sd1_file")
+    if "diffusers_without_unet" in recipes:
+        found.add("tiny_sd1_folder")
+    if "state" in recipes:
+        found.add("state")
+    return found
+
+
+#: how many cases run in the fast tier (the tier's budget is tight: ~20 ms each)
+FAST_TIER = 60
+
+
+def fast_tier(cases: list[Case]) -> set[str]:
+    """Ids of the fast-tier cases: validation-only cases that need no shared asset, spread over the list."""
+    candidates = [c for c in cases if c.quick and not needed_assets(c)]
+    step = max(1, len(candidates) // FAST_TIER)
+    return {c.id for c in candidates[::step][:FAST_TIER]}
+
+
+def summary(cases: list[Case]) -> str:
+    by_category = Counter(c.category for c in cases)
+    by_expect = Counter(c.expect for c in cases)
+    fast = fast_tier(cases)
+    lines = [f"{len(cases)} cases ({len(fast)} in the fast tier: " + ", ".join(
+        f"{k} {n}" for k, n in Counter(c.category for c in cases if c.id in fast).items()) + ")"]
+    lines += [f"  {name:10s} {count:4d}  ({', '.join(f'{e} {n}' for e, n in sorted(Counter(c.expect for c in cases if c.category == name).items()))})"
+              for name, count in by_category.items()]
+    lines.append("  by expectation: " + ", ".join(f"{e} {n}" for e, n in sorted(by_expect.items())))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print the count per category and expectation")
+    parser.add_argument("--show", metavar="ID", help="print one case")
+    args = parser.parse_args(argv)
+    cases = build_cases()
+    if args.show:
+        match = [c for c in cases if c.id == args.show]
+        if not match:
+            print(f"no case {args.show!r}", file=sys.stderr)
+            return 2
+        print(match[0])
+        return 0
+    print(summary(cases) if args.list else "\n".join(f"{c.id}\t{c.category}\t{c.expect}" for c in cases))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
