@@ -154,6 +154,7 @@ def test_bad_output_name_is_refused_with_output_config_too(base, tmp_path):
 
 # --- TOML files ----------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds (subprocesses / imports): fast tier budget
 def test_deeply_nested_toml_is_a_clear_error(tmp_path):
     path = tmp_path / "deep.toml"
     path.write_text("network_args = " + "[" * 10_000 + "]" * 10_000 + "\n", encoding="utf-8")

@@ -158,6 +158,7 @@ def test_preset_validates(tiny_dataset, tmp_path):
     check_db_rules(config)
 
 
+@pytest.mark.slow  # a few seconds (subprocesses / imports): fast tier budget
 def test_train_db_cli_bad_config_exits_2(tmp_path, tiny_dataset):
     opts = db_options(tiny_dataset, tmp_path / "out", full_bf16=True)
     path = tmp_path / "bad.toml"

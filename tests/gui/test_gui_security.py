@@ -104,6 +104,7 @@ def test_safe_arguments_pass():
     check_safe_args(["--batch_size", "4"])
 
 
+@pytest.mark.slow  # a few seconds (subprocesses / imports): fast tier budget
 def test_convert_with_unsafe_extra_argument_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     payload = tmp_path / "evil.ckpt"

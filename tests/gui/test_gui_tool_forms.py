@@ -15,6 +15,7 @@ SPECS = (*CAPTION_TOOLS, *DATASET_TOOLS, *MODEL_TOOLS)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.key)
+@pytest.mark.slow  # a few seconds (subprocesses / imports): fast tier budget
 def test_every_form_flag_is_a_flag_of_its_tool(spec):
     help_text = subprocess.run(
         [sys.executable, str(ROOT / "tools" / spec.script), "--help"],
