@@ -128,8 +128,11 @@ def tiny_t5_tokenizer():
 
 
 def tiny_t5_config(vocab_size: int) -> dict:
-    """T5Config kwargs of the tiny T5 encoder (gated-gelu as T5 v1.1 / T5-XXL; dropout off)."""
+    """T5Config kwargs of the tiny T5 encoder: T5-XXL's (gated-gelu, T5 v1.1) at a tiny width, dropout off."""
+    from library.models.flux_keys import T5XXL_CONFIG
+
     return {
+        **T5XXL_CONFIG,
         "vocab_size": -(-vocab_size // 64) * 64,
         "d_model": T5_D_MODEL,
         "d_kv": 16,
@@ -137,17 +140,7 @@ def tiny_t5_config(vocab_size: int) -> dict:
         "num_layers": 2,
         "num_decoder_layers": 2,
         "num_heads": 2,
-        "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128,
         "dropout_rate": 0.0,
-        "layer_norm_epsilon": 1e-6,
-        "feed_forward_proj": "gated-gelu",
-        "dense_act_fn": "gelu_new",
-        "is_gated_act": True,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from PIL import Image
@@ -117,3 +118,14 @@ def textured(path: Path, seed: int, size: tuple[int, int] = (96, 96)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.resize(size, Image.Resampling.BICUBIC).save(path)
     return path
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_wd14_tool(module_name: str = "wd14_tool"):
+    """tools/tag_images_by_wd14_tagger.py imported as a module (its ``main(argv)`` runs in this process)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "tools" / "tag_images_by_wd14_tagger.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from library.errors import ModelLoadError
 from library.tools.dataset.tiny_tagger import tiny_probabilities
 from library.tools.dataset.wd14 import preprocess_image
 from library.tools.dataset.wd14_model import best_providers, resolve_model_files
-from tests.tools_dataset.helpers import solid
+from tests.tools_dataset.helpers import load_wd14_tool, solid
 
 ROOT = Path(__file__).resolve().parents[2]
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -22,12 +21,7 @@ RED_TAGS = "solo, red, long_hair, ^_^, simple_background, red_hood"
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "wd14_tool", ROOT / "tools" / "tag_images_by_wd14_tagger.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_wd14_tool("wd14_tool")
 
 
 def tag(folder: Path, model_dir: Path, *options: str) -> int:

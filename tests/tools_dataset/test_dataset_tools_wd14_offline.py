@@ -4,7 +4,6 @@ before any download, and takes a local folder given as --repo_id as the model fo
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import socket
 import time
@@ -17,18 +16,13 @@ from library.cli import setup_logging
 from library.errors import ModelLoadError
 from library.tools.dataset import wd14_model
 from library.tools.dataset.wd14_model import resolve_model_files
-from tests.tools_dataset.helpers import solid
+from tests.tools_dataset.helpers import load_wd14_tool, solid
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "wd14_tool_offline", ROOT / "tools" / "tag_images_by_wd14_tagger.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_wd14_tool("wd14_tool_offline")
 
 
 @pytest.fixture
