@@ -280,7 +280,8 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
 
 
 def _is_partial_safetensors(path: Path) -> bool:
-    """A regular file that starts as a safetensors file does: an 8-byte header length, then ``{``."""
+    """A regular file that starts as a safetensors file does (an 8-byte header length, then ``{``), or one
+    killed before its first 9 bytes were written (empty, shorter, or still zeros: nothing a user could lose)."""
     if path.is_symlink() or not path.is_file():
         return False
     try:
@@ -288,7 +289,9 @@ def _is_partial_safetensors(path: Path) -> bool:
             head = f.read(9)
     except OSError:
         return False
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 1024 * 1024
+    if len(head) < 9 or head == bytes(9):  # not yet written, or preallocated and not yet filled
+        return True
+    return head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 1024 * 1024
 
 
 def _open_files() -> set[str]:

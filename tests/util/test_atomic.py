@@ -157,9 +157,12 @@ def test_partial_safetensors_temporaries_are_removed_unless_open(tmp_path):
     (tmp_path / ".tmpAb12Cd").write_bytes(head)  # what a killed safetensors write leaves
     (tmp_path / ".tmpZz99Yy").write_bytes(head)
     (tmp_path / ".tmpQwErTy").write_bytes(b"a user's file")
+    (tmp_path / ".tmpEmPty0").write_bytes(b"")  # killed before safetensors wrote its header length
+    (tmp_path / ".tmpShort1").write_bytes(head[:5])
+    (tmp_path / ".tmpZeros2").write_bytes(bytes(4096))  # preallocated, nothing written yet
     with (tmp_path / ".tmpZz99Yy").open("rb"):  # still being written by a live process
         removed = remove_leftovers(tmp_path)
-    assert [p.name for p in removed] == [".tmpAb12Cd"]
+    assert sorted(p.name for p in removed) == [".tmpAb12Cd", ".tmpEmPty0", ".tmpShort1", ".tmpZeros2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmpQwErTy", ".tmpZz99Yy"]
 
 
