@@ -283,8 +283,9 @@ class FluxFamily(ModelFamily):
         b, _, h, w = noisy.shape
         device = noisy.device
         guidance = None
-        if _is_dev(transformer):
-            guidance = torch.full((b,), _settings(model).guidance_scale, device=device, dtype=dtype)
+        if _is_dev(transformer):  # the run's guidance_scale; a sample's own (--g) comes in the batch
+            value = batch.get("guidance", _settings(model).guidance_scale)
+            guidance = torch.full((b,), value, device=device, dtype=dtype)
         out = transformer(
             pack_latents(noisy).to(dtype), image_ids(b, h, w, device, dtype), cond.hidden.to(device, dtype),
             text_ids(b, cond.hidden.shape[1], device, dtype), (timesteps.to(torch.float32) / 1000).to(device, dtype),
@@ -391,22 +392,16 @@ class FluxSampler:
         h, w = 2 * math.ceil(height / 16), 2 * math.ceil(width / 16)
         channels = transformer.in_channels // 4
         x = torch.randn((1, channels, h, w), generator=generator, dtype=torch.float32)
-        device = next(transformer.parameters()).device
+        device = transformer.device  # the final layer's: swapped blocks may sit on the host
         x = x.to(device)
         sigmas = torch.linspace(1.0, 0.0, num_inference_steps + 1)
         if _is_dev(transformer):
             sigmas = torch.cat([time_shift(flux_time_shift_mu((h // 2) * (w // 2)), sigmas[:-1]), sigmas[-1:]])
-        settings = _settings(model)
-        embedded = SAMPLE_GUIDANCE if guidance is None else float(guidance)
-        model.extras["flux_settings"] = FluxRunSettings(embedded, settings.t5_max_length,
-                                                        settings.apply_t5_attn_mask, settings.flow)
-        try:
-            for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-                t = torch.full((1,), float(sigma) * 1000, device=device)
-                v = self.family.predict(model, x, t, positive, {})
-                x = x + (float(sigma_next) - float(sigma)) * v.float()
-        finally:
-            model.extras["flux_settings"] = settings
+        extras = {"guidance": SAMPLE_GUIDANCE if guidance is None else float(guidance)}
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+            t = torch.full((1,), float(sigma) * 1000, device=device)
+            v = self.family.predict(model, x, t, positive, extras)
+            x = x + (float(sigma_next) - float(sigma)) * v.float()
         vae = model.vae
         latents = x / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
         pixels = vae.decode(latents.to(vae.device, vae.dtype)).sample[:, :, :height, :width]

@@ -235,9 +235,9 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
 
     Removes the temporary files and folders of :func:`atomic_path` / :func:`atomic_folder` and folders moved
     aside by :func:`replace_folder`, only those whose process has ended, and the partial safetensors files
-    that safetensors' own writer leaves (``.tmpXXXXXX``) when no process holds them open. A save killed between its two
-    renames has its new, complete folder put under the real name. Nothing else is touched: a name must
-    match those patterns exactly.
+    that safetensors' own writer leaves (``.tmpXXXXXX``) when no process holds them open. A save killed
+    between its two renames has its new, complete folder put under the real name. Nothing else is touched:
+    a name must match those patterns exactly.
     """
     folder = Path(folder)
     try:

@@ -20,8 +20,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import corpus_files  # noqa: E402
 import make_corpus  # noqa: E402
-from make_corpus import MARKER, TRAINERS, build_cases, fast_tier, materialize, needed_assets  # noqa: E402
+from corpus_files import materialize  # noqa: E402
+from make_corpus import MARKER, TRAINERS, build_cases, fast_tier, needed_assets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = build_cases()
@@ -84,11 +86,11 @@ class Assets:
     def _build_good_lora(self) -> None:
         import safetensors.torch
 
-        safetensors.torch.save_file(make_corpus.lora_tensors("good"), str(self.root / "good_lora.safetensors"))
+        safetensors.torch.save_file(corpus_files.lora_tensors("good"), str(self.root / "good_lora.safetensors"))
 
     def _build_state(self) -> None:
         run_dir = self.root / "state_run"
-        make_corpus._dataset(run_dir / "data" / "2_sks", 2)
+        corpus_files._dataset(run_dir / "data" / "2_sks", 2)
         values = {**make_corpus.BASE, "train_data_dir": str(run_dir / "data"), "output_dir": str(run_dir / "out"),
                   "save_state": True}
         (run_dir / "config.toml").write_text(make_corpus.config_text(values), encoding="utf-8")
@@ -159,7 +161,7 @@ def test_case(case, tmp_path, assets, monkeypatch):
     box = tmp_path / "outer" / "inner" / "box"  # "../../x" from a folder in the box stays in tmp_path
     box.mkdir(parents=True)
     materialize(case, box, assets.root)
-    argv = [make_corpus._substitute(a, box, assets.root) for a in case.argv]
+    argv = [corpus_files._substitute(a, box, assets.root) for a in case.argv]
     monkeypatch.chdir(box)
     outside_before, assets_before, repo_before = _tree(tmp_path, box), _tree(assets.root), sorted(os.listdir(ROOT))
     box_before = _tree(box)
