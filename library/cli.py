@@ -107,11 +107,12 @@ def run_guarded(body: Callable[[], int | None], log_level: str = "INFO") -> int:
 
 
 def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None = None,
-                family: str | None = None) -> int:
+                family: str | None = None, defaults: dict | None = None) -> int:
     """Parse the command line for ``trainer`` ("network"/"db"), then train. Returns the exit code.
 
     ``family`` (sd-scripts' per-family entry names such as ``sdxl_train_network.py``): the run refuses a base
-    model of another family, as those scripts do.
+    model of another family, as those scripts do. ``defaults``: option name -> the default this entry point
+    uses instead of the schema's (sd-scripts' ``fine_tune.py`` leaves the text encoder frozen unless asked).
     """
     if family is not None:
         from library.training.target import require_family
@@ -120,8 +121,9 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
 
     def body() -> int:
         from library.config.load import parse_config
+        from library.config.options_finetune import schema_with_defaults
 
-        config = parse_config(argv, trainer)
+        config = parse_config(argv, trainer, schema_with_defaults(defaults))
         setup_logging(config.console_log_level)
         if config.console_log_file:
             add_log_file(config.console_log_file)
@@ -131,7 +133,11 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
         if config.estimate:
             from library.training.estimate import estimate_run
 
-            print(estimate_run(config, make_target(config)).report())
+            estimate = estimate_run(config, make_target(config))
+            script = Path(sys.argv[0]).resolve()
+            if script.parent == Path(__file__).resolve().parent.parent:  # one of ours: fine_tune.py, flux_…
+                estimate.script = script.name
+            print(estimate.report())
             return 0
         from library.training.loop import run_training
 

@@ -1,6 +1,8 @@
 """Extract a LoRA from the difference of two checkpoints (tuned - original) by truncated SVD.
 
 python tools/extract_lora_from_models.py --model_org base.safetensors --model_tuned tuned.safetensors --dim 32 --save_to diff.safetensors
+FLUX.1: give two transformer files in BFL's layout (flux1-dev.safetensors and a fine-tune of it); the LoRA has the
+trainer's lora_unet_double_blocks_… / single_blocks_… modules and FLUX metadata (as sd-scripts' flux_extract_lora.py).
 """
 
 from __future__ import annotations

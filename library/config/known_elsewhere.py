@@ -8,8 +8,7 @@ from __future__ import annotations
 
 SD_SCRIPTS_NAMES = frozenset(
     """
-    in_json dataset_repeats dataset_class cache_info debug_dataset enable_wildcard token_warmup_min
-    token_warmup_step weighted_captions resize_interpolation face_crop_aug_range
+    dataset_class cache_info debug_dataset face_crop_aug_range
     skip_cache_check
     noise_offset_random_strength adaptive_noise_scale multires_noise_iterations multires_noise_discount
     ip_noise_gamma ip_noise_gamma_random_strength zero_terminal_snr min_timestep max_timestep
@@ -26,6 +25,6 @@ SD_SCRIPTS_NAMES = frozenset(
     full_fp16 full_bf16 fp8_base fp8_base_unet torch_compile dynamo_backend
     cpu_offload_checkpointing lowram highvram ddp_timeout ddp_gradient_as_bucket_view ddp_static_graph
     base_weights base_weights_multiplier learning_rate_te no_token_padding
-    stop_text_encoder_training train_text_encoder use_safetensors mem_eff_save split_mode
+    stop_text_encoder_training train_text_encoder use_safetensors split_mode
     """.split()
 )

@@ -18,7 +18,7 @@ import toml
 from library.config.known_elsewhere import SD_SCRIPTS_NAMES
 from library.config.options import SCHEMA
 from library.config.schema import Option, Schema
-from library.config.values import coerce
+from library.config.values import coerce, is_off_value
 from library.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,9 @@ def _check_names(values: dict[str, Any], trainer: str, where: str, schema: Schem
             out[name] = value
             continue
         if name in schema:
+            if _is_off_for(schema[name], value):
+                logger.debug("%s: option %r is off; this trainer does not use it, so it is skipped", where, key)
+                continue
             raise ConfigError(f"{where}: option {key!r} is not used by this trainer; remove it.")
         if name in SD_SCRIPTS_NAMES:
             if value in (False, None, "", 0, [], "no"):
@@ -178,9 +181,15 @@ def config_from_values(values: dict[str, Any], trainer: str, schema: Schema = SC
     """Validate raw values (TOML types or CLI strings) into a ``Config``; also used by the GUI."""
     values = _check_names(values, trainer, "config", schema)
     merged = {name: coerce(schema[name], raw) for name, raw in schema.defaults(trainer).items()}
+    explicit = set()
     for name, raw in values.items():
-        merged[name] = coerce(schema[name], raw)
-    config = Config(merged, set(values), trainer)
+        value = coerce(schema[name], raw)
+        if value is None:  # an off value (false, 0, ""): the default, as if not set
+            continue
+        merged[name] = value
+        explicit.add(name)
+    _apply_sd_scripts_readings(merged, explicit)
+    config = Config(merged, explicit, trainer)
     from library.config.rules import check_rules
 
     check_rules(config, schema)
@@ -189,6 +198,27 @@ def config_from_values(values: dict[str, Any], trainer: str, schema: Schema = SC
         if note and merged[name]:
             logger.info("%s: %s", name, note)
     return config
+
+
+def _is_off_for(opt: Option, raw: Any) -> bool:
+    """An off value of an option another trainer uses: unset, false, 0 or empty, as written or as read."""
+    if is_off_value(opt, raw):
+        return True
+    try:
+        value = coerce(opt, raw)
+    except ConfigError:
+        return False
+    return value is None or value is False or value == 0 or value == []
+
+
+def _apply_sd_scripts_readings(merged: dict[str, Any], explicit: set[str]) -> None:
+    """Values that sd-scripts reads as another value: ``network_alpha = 0`` is alpha = rank (scale 1, as
+    sd-scripts' LoRAModule sets it)."""
+    if merged.get("network_alpha") == 0 and "network_alpha" in explicit:
+        rank = merged.get("network_dim") or 4
+        logger.info("network_alpha = 0 means alpha = network_dim (%s): the update is not scaled, as in sd-scripts",
+                    rank)
+        merged["network_alpha"] = float(rank)
 
 
 def effective_toml(config: Config, schema: Schema = SCHEMA) -> str:

@@ -187,9 +187,9 @@ def _check_deepspeed(config) -> None:
             '= 2 and offload_optimizer_device = "cpu" (DeepSpeed\'s ZeRO-Offload); set those or '
             "remove it."
         )
-    if getattr(config, "fused_backward_pass", False):
+    if getattr(config, "fused_backward_pass", False) or getattr(config, "blockwise_fused_optimizers", False):
         raise ConfigError(
-            "fused_backward_pass cannot be combined with deepspeed: DeepSpeed runs the backward pass "
+            "fused_backward_pass / blockwise_fused_optimizers cannot be combined with deepspeed: DeepSpeed runs the backward pass "
             "and the optimizer step itself. Remove one of the two (ZeRO-2 already saves the gradient "
             "memory that fused_backward_pass saves)."
         )
@@ -204,9 +204,9 @@ def _check_fsdp(config) -> None:
             "(full fine-tuning). A LoRA trains few weights: launch train_network.py with "
             "`accelerate launch --multi_gpu` (data parallel) or deepspeed = true instead."
         )
-    if getattr(config, "fused_backward_pass", False):
+    if getattr(config, "fused_backward_pass", False) or getattr(config, "blockwise_fused_optimizers", False):
         raise ConfigError(
-            "fused_backward_pass cannot be combined with FSDP: FSDP reduces and shards the gradients "
+            "fused_backward_pass / blockwise_fused_optimizers cannot be combined with FSDP: FSDP reduces and shards the gradients "
             "itself. Remove fused_backward_pass or launch without the FSDP config."
         )
     _check_no_side_passes(config, "FSDP")

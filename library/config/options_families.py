@@ -66,4 +66,15 @@ OPTIONS = [
         "training",
         trainers=DB,
     ),
+    Option(
+        "blockwise_fused_optimizers",
+        "bool",
+        False,
+        "sd-scripts' FLUX fine-tune option: step the weights during backward as their gradients are ready and "
+        "free the gradients, with any optimizer whose update of a weight depends on that weight alone (AdamW, "
+        "AdamW8bit, Lion, SGDNesterov, AdaFactor): each weight is stepped on its own, which gives the update of "
+        "sd-scripts' one-optimizer-per-block. Needs gradient_accumulation_steps = 1.",
+        "training",
+        trainers=DB,
+    ),
 ]

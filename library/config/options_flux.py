@@ -28,7 +28,7 @@ OPTIONS = [
            "Which transformer the FLUX family file holds: flux (FLUX.1 dev or schnell, told apart by the "
            "guidance embedding). sd-scripts' chroma is not supported yet.", "model", choices=("flux", "chroma")),
     Option("t5xxl_max_token_length", "int", None,
-           "Tokens of T5-XXL text. Unset: 256 for schnell, 512 for dev.", "model", min=1, max=512),
+           "Tokens of T5-XXL text. Unset: 256 for schnell, 512 for dev.", "model", min=1, max=512, zero_is_off=True),
     Option("apply_t5_attn_mask", "bool", False,
            "Mask T5's padding tokens in the T5 encoder and in the transformer's attention.", "model"),
     Option("guidance_scale", "float", 3.5,
@@ -67,7 +67,10 @@ OPTIONS = [
     Option("blocks_to_swap", "int", None,
            "Keep the weights of this many transformer blocks in host memory and move each to the GPU just "
            "before it runs (slower, much less GPU memory: sd-scripts fits a FLUX LoRA in 12 GB with fp8_base "
-           "and 16 blocks).", "model", min=0, max=200),
+           "and 16 blocks).", "model", min=0, max=200, zero_is_off=True),
     Option("cpu_offload_checkpointing", "bool", False,
            "With gradient_checkpointing, keep the checkpointed block inputs in host memory.", "model"),
+    Option("mem_eff_save", "bool", False,
+           "Accepted for sd-scripts configs: whole-model saves are always written one tensor at a time (no "
+           "second copy of the model in memory), with or without it.", "saving"),
 ]

@@ -6,10 +6,10 @@ from library.config.schema import Option
 
 
 def _check_dotted_class(value: str) -> str | None:
-    if value and "." not in value.strip("."):
+    if value and (value.startswith(".") or value.endswith(".") or ".." in value):
         return (
-            f"{value!r} is not a dotted class name; write the full path, e.g. "
-            '"torch.optim.lr_scheduler.CosineAnnealingLR".'
+            f"{value!r} is not a class name; write a dotted path such as "
+            '"torch.optim.lr_scheduler.CosineAnnealingLR", or a bare name of torch.optim.lr_scheduler\'s.'
         )
     return None
 
@@ -20,8 +20,9 @@ OPTIONS = [
         "lr_scheduler_type",
         "str",
         None,
-        "A learning-rate scheduler class by its dotted name (e.g. torch.optim.lr_scheduler.CosineAnnealingLR), "
-        "configured by lr_scheduler_args; replaces lr_scheduler.",
+        "A learning-rate scheduler class by its dotted name (e.g. torch.optim.lr_scheduler.CosineAnnealingLR; a "
+        "bare name such as CosineAnnealingLR is torch's, as in sd-scripts), configured by lr_scheduler_args; "
+        "replaces lr_scheduler.",
         "training",
         check=_check_dotted_class,
     ),
@@ -47,6 +48,7 @@ OPTIONS = [
         "Time scale of inverse_sqrt (unset: the warm-up length, or 10000 without warm-up).",
         "training",
         min=1,
+        zero_is_off=True,
     ),
     Option(
         "lr_scheduler_min_lr_ratio",

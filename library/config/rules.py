@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 #: numpy's and accelerate's ``set_seed`` take seeds 0 .. 2**32 - 1 (torch takes more).
 SEED_MAX = 2**32 - 1
 #: a LoRA rank above a layer's width adds nothing; the widest layers of SD 1.x, 2.x and SDXL are 1280.
-NETWORK_DIM_MAX = 4096
+#: a typo guard, not a width: LyCORIS' LoKr takes a dim above the layer's width (kohya_ss' presets: 100000) as
+#: its full-matrix mode
+NETWORK_DIM_MAX = 100_000
 
 
 def check_values(config, schema: Schema) -> None:
@@ -71,11 +73,14 @@ def check_rules(config, schema: Schema) -> None:
         )
     if not config.output_dir:
         raise ConfigError("option 'output_dir' is missing: say where the trained files should be written.")
-    if config.dataset_config is None and config.train_data_dir is None:
+    if config.dataset_config is None and config.train_data_dir is None and config.in_json is None:
         raise ConfigError(
-            "no training data: set 'train_data_dir' (a folder of <repeats>_<class> subfolders) or "
-            "'dataset_config' (an sd-scripts dataset TOML)."
+            "no training data: set 'train_data_dir' (a folder of <repeats>_<class> subfolders), "
+            "'dataset_config' (an sd-scripts dataset TOML) or 'in_json' (an sd-scripts fine-tuning metadata JSON)."
         )
+    from library.config.options_finetune import check_finetune_rules
+
+    check_finetune_rules(config)
     if config.trainer == "network" and config.network_train_unet_only and config.network_train_text_encoder_only:
         raise ConfigError(
             "'network_train_unet_only' and 'network_train_text_encoder_only' are both set: nothing would be "
@@ -95,7 +100,8 @@ def check_rules(config, schema: Schema) -> None:
             f"(optimizer_type = \"AdamW8bit\" says the same)."
         )
     allowed_formats = {"network": ("safetensors", "ckpt", "pt"),
-                       "db": ("safetensors", "ckpt", "diffusers", "diffusers_safetensors")}[config.trainer]
+                       "db": ("safetensors", "ckpt", "diffusers", "diffusers_safetensors"),
+                       "ti": ("safetensors", "ckpt", "pt")}[config.trainer]
     if config.save_model_as not in allowed_formats:
         raise ConfigError(
             f"option 'save_model_as': {config.save_model_as!r} is not a format of this trainer; use one of "
@@ -147,7 +153,7 @@ def check_rules(config, schema: Schema) -> None:
 
 #: caption options that change a picture's caption from step to step (sd-scripts' is_text_encoder_output_cacheable)
 CAPTION_RANDOMNESS = ("shuffle_caption", "caption_dropout_rate", "caption_dropout_every_n_epochs",
-                      "caption_tag_dropout_rate", "token_warmup_step")
+                      "caption_tag_dropout_rate", "token_warmup_step", "enable_wildcard")
 
 
 def _check_text_encoder_cache(config) -> None:
@@ -156,8 +162,17 @@ def _check_text_encoder_cache(config) -> None:
     sd-scripts asserts."""
     cache = next((name for name in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk")
                   if getattr(config, name, False)), None)
+    if config.weighted_captions and getattr(config, "no_token_padding", False):  # no_token_padding: db only
+        raise ConfigError("'weighted_captions' cannot be combined with 'no_token_padding': weighted captions are "
+                          "always padded to full 77-token windows. Turn one of them off.")
     if cache is None:
         return
+    if config.weighted_captions:
+        raise ConfigError(
+            f"'weighted_captions' cannot be combined with '{cache}': the cached text-encoder outputs are "
+            f"computed without the captions' weights (sd-scripts refuses this too). Turn '{cache}' off to "
+            "train with weighted captions, or turn 'weighted_captions' off."
+        )
     found = [(name, "") for name in CAPTION_RANDOMNESS if getattr(config, name, None)]
     if not found and config.dataset_config:
         from library.data.dataset_config import specs_from_dataset_config
@@ -188,6 +203,8 @@ def _part_lrs(config) -> dict[str, float]:
             for i, value in enumerate(te_lr if isinstance(te_lr, list) else [te_lr]):
                 parts[f"text encoder {i + 1}" if isinstance(te_lr, list) else "text encoder"] = \
                     lr if value is None else value
+    elif config.trainer == "ti":
+        parts = {"embeddings": lr}
     else:
         parts = {"unet": lr}
         if config.train_text_encoder and config.stop_text_encoder_training not in (0, -1):
@@ -222,9 +239,9 @@ def _check_names_and_bounds(config) -> None:
                               f"the range numpy and accelerate accept.")
     dim = getattr(config, "network_dim", None)
     if dim is not None and dim > NETWORK_DIM_MAX:
-        raise ConfigError(f"option 'network_dim': {dim} is out of range; it must be at most {NETWORK_DIM_MAX}: a "
-                          f"rank above a layer's width adds nothing, and no layer of SD 1.x, 2.x or SDXL is wider "
-                          f"than 1280. Ranks of 4 to 128 are usual.")
+        raise ConfigError(f"option 'network_dim': {dim} is out of range; it must be at most {NETWORK_DIM_MAX} (LoKr's "
+                          f"full-matrix setting): a LoRA rank above a layer's width adds nothing. Ranks of 4 to 128 "
+                          f"are usual.")
     if config.caption_extension == "":
         raise ConfigError("option 'caption_extension' is empty: give an extension such as \".txt\", or leave it unset "
                           "(then <image>.txt, else <image>.caption is read).")
@@ -287,8 +304,10 @@ def _warn_unused_lr(config) -> None:
     if config.trainer == "network":
         own = [("the UNet", "unet_lr", config.unet_lr, not config.network_train_text_encoder_only),
                ("the text encoder", "text_encoder_lr", config.text_encoder_lr, not config.network_train_unet_only)]
-    else:
+    elif config.trainer == "db":
         own = [("the text encoder", "learning_rate_te", config.learning_rate_te, config.train_text_encoder)]
+    else:
+        own = []
     unused = [f"{part} uses {name} = {value}" for part, name, value, trained in own if trained and value is not None]
     if unused:
         logger.warning("learning_rate = %s has no effect where a part has its own rate: %s; change that value "

@@ -16,7 +16,7 @@ from typing import Any
 #: float or a list (sd-scripts' ``text_encoder_lr``); ``resolution`` is "512", "512,768" or [w, h].
 KINDS = ("bool", "int", "float", "str", "path", "dir", "file", "strs", "steps", "float_or_floats", "resolution")
 
-TRAINERS = frozenset({"network", "db"})
+TRAINERS = frozenset({"network", "db", "ti"})  # ti: textual inversion (train_textual_inversion.py)
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ class Option:
     compat_note: str | None = None
     #: never written by --output_config (e.g. the config file path itself).
     transient: bool = False
+    #: ``0`` is one of sd-scripts' spellings of "unset" for this option (its code tests ``if args.x:``, or
+    #: kohya_ss writes 0 for an empty field): it reads as the default, which is "off" where that is None.
+    zero_is_off: bool = False
+    #: ``""`` is a value of its own (refused or used as written), not "unset" (see values.empty_is_unset).
+    empty_is_value: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

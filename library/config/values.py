@@ -40,28 +40,64 @@ def file_name_problem(text: str) -> str | None:
     return None
 
 
-def coerce(opt: Option, raw: Any) -> Any:
-    """Convert ``raw`` to the option's kind, or raise ``ConfigError`` naming the option and value."""
+def empty_is_unset(opt: Option) -> bool:
+    """Whether ``""`` means "unset" for ``opt``: for every option but free text with a non-empty default
+    (``output_name = ""`` or ``caption_separator = ""`` is a mistake, not a wish for the default) and those
+    declared ``empty_is_value`` (``caption_extension = ""`` names no caption file)."""
+    if opt.empty_is_value:
+        return False
+    return not (opt.kind == "str" and opt.choices is None and opt.default not in (None, ""))
+
+
+def is_off_value(opt: Option, raw: Any) -> bool:
+    """True when ``raw`` is one of sd-scripts' spellings of "unset" for ``opt``, before coercion.
+
+    sd-scripts tests most options with ``if args.x:``, and the kohya_ss GUI writes every field, the empty
+    ones as ``false``, ``0`` or ``""``: ``None``; ``""`` (see :func:`empty_is_unset`); ``false`` for an option
+    that is not a switch (``resume = false``); ``0`` for an option declared ``zero_is_off``.
+    """
     if raw is None:
+        return True
+    if isinstance(raw, str) and (raw == "" if opt.kind == "str" else raw.strip() == ""):
+        return empty_is_unset(opt)
+    if opt.kind == "bool":
+        return False
+    if raw is False:
+        return True
+    return opt.zero_is_off and isinstance(raw, (int, float)) and raw == 0
+
+
+def coerce(opt: Option, raw: Any) -> Any:
+    """Convert ``raw`` to the option's kind, or raise ``ConfigError`` naming the option and value.
+
+    Returns None for an off value (:func:`is_off_value`, also a ``"0"`` from the command line for a
+    ``zero_is_off`` option): the caller then uses the option's default.
+    """
+    if is_off_value(opt, raw):
         return None
     kind = opt.kind
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
+        if isinstance(raw, int) and raw in (0, 1):  # sd-scripts reads switches by truth: 0 / 1
+            return bool(raw)
         if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
             return raw.strip().lower() in _TRUE
         raise _fail(opt, raw, "true or false")
     if kind == "int":
-        return _to_int(opt, raw)
+        value = _to_int(opt, raw)
+        return None if opt.zero_is_off and value == 0 else value
     if kind == "float":
-        return _to_float(opt, raw)
+        value = _to_float(opt, raw)
+        return None if opt.zero_is_off and value == 0 else value
     if kind in ("str", "path", "dir", "file"):
         if isinstance(raw, (list, tuple)) and len(raw) == 1:
             raw = raw[0]
+            if is_off_value(opt, raw):
+                return None
         if isinstance(raw, (dict, list, tuple)):
             raise _fail(opt, raw, "a single text value")
-        text = str(raw)
-        return text if text != "" or kind == "str" else None
+        return str(raw)
     if kind == "strs":
         if isinstance(raw, str):
             return [raw] if raw.strip() else []

@@ -91,10 +91,22 @@ def flipped_crop_left(left: int, covered_width: int, crop_width: int) -> int:
     return covered_width - left - crop_width
 
 
+#: sd-scripts' ``resize_interpolation`` names -> PIL filters ("area" is box averaging, as OpenCV's INTER_AREA
+#: when shrinking).
+RESAMPLING: dict[str, Image.Resampling] = {
+    "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR, "linear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC, "cubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX, "box": Image.Resampling.BOX,
+}
+
+
 def resize_and_crop(
-    img: Image.Image, bucket: Size, rng: random.Random | None = None
+    img: Image.Image, bucket: Size, rng: random.Random | None = None, interpolation: str | None = None
 ) -> tuple[Image.Image, tuple[int, int], Size]:
-    """Resize ``img`` to cover ``bucket`` (Lanczos) and crop it to exactly ``bucket``.
+    """Resize ``img`` to cover ``bucket`` and crop it to exactly ``bucket``.
+
+    ``interpolation`` is a :data:`RESAMPLING` name (sd-scripts' ``resize_interpolation``); None is Lanczos.
 
     Returns:
         ``(cropped image of size bucket, (left, top) of the crop in resized coordinates,
@@ -103,7 +115,7 @@ def resize_and_crop(
     original = img.size
     resized_size = cover_size(original[0], original[1], bucket)
     if resized_size != original:
-        img = img.resize(resized_size, Image.Resampling.LANCZOS)
+        img = img.resize(resized_size, RESAMPLING[interpolation or "lanczos"])
     left, top = crop_origin(resized_size, bucket, rng)
     cropped = img.crop((left, top, left + bucket[0], top + bucket[1]))
     return cropped, (left, top), original

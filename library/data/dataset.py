@@ -68,6 +68,8 @@ class TrainDataset:
         for ref, item in enumerate(self.items):
             self._groups.setdefault((item.dataset_index, item.bucket), []).extend([ref] * item.repeats)
         self._groups = {k: v for k, v in sorted(self._groups.items()) if v}
+        #: (processes, batches per optimizer step, steps of the run), for token warm-up (set_step_clock)
+        self._step_clock: tuple[int, int, int] | None = None
 
     # --- counts and metadata -------------------------------------------------------------------
     def subset_of(self, ref: ItemRef) -> SubsetSpec:
@@ -152,6 +154,24 @@ class TrainDataset:
         per_process = math.ceil(self.num_batches() / max(1, num_processes))
         return math.ceil(per_process / max(1, grad_accum))
 
+    def set_step_clock(self, num_processes: int, grad_accum: int, max_train_steps: int,
+                       max_train_epochs: int | None) -> None:
+        """Tell the dataset how plan positions map to optimizer steps (token warm-up needs the step a caption
+        is used at); ``max_train_epochs`` wins over ``max_train_steps`` as in the run length."""
+        processes, accum = max(1, num_processes), max(1, grad_accum)
+        total = max_train_epochs * self.steps_per_epoch(processes, accum) if max_train_epochs else max_train_steps
+        self._step_clock = (processes, accum, total)
+
+    def optimizer_step_of(self, epoch: int, index: int) -> tuple[int | None, int]:
+        """(optimizer steps done before batch ``index`` of ``epoch``'s plan is used, steps of the run); (None, 0)
+        without a step clock (validation: no warm-up). Process ``r`` takes plan positions ``r, r + P, ...``
+        (``shard_plan``)."""
+        if self._step_clock is None:
+            return None, 0
+        processes, accum, total = self._step_clock
+        before = (epoch - 1) * self.steps_per_epoch(processes, accum)
+        return before + (index // processes) // accum, total
+
     # --- loading -------------------------------------------------------------------------------
     def load_pixels(
         self, ref: ItemRef, rng: random.Random | None, flip: bool
@@ -168,7 +188,7 @@ class TrainDataset:
                 flip: bool) -> tuple[torch.Tensor, tuple[int, int]]:
         item, subset = self.items[ref], self.subset_of(ref)
         crop_rng = rng if (rng is not None and subset.random_crop) else None
-        img, (left, top), _ = resize_and_crop(img, item.bucket, crop_rng)
+        img, (left, top), _ = resize_and_crop(img, item.bucket, crop_rng, subset.resize_interpolation)
         if flip:
             img = hflip(img)
         if rng is not None and subset.color_aug:
@@ -252,6 +272,7 @@ class TrainDataset:
             list[(h, w)] the bucket size.
         """
         tensors, captions, weights, crops, masks = [], [], [], [], []
+        optimizer_step, total_steps = self.optimizer_step_of(epoch, step)
         for i, ref in enumerate(batch):
             item = self.items[ref]
             image_rng = derive_rng("image", seed, epoch, step, i)
@@ -261,7 +282,8 @@ class TrainDataset:
             crops.append((top, left))
             masks.append(mask)
             captions.append(
-                process_caption(item.caption, self.subset_of(ref).caption_options(), caption_rng, epoch)
+                process_caption(item.caption, self.subset_of(ref).caption_options(), caption_rng, epoch,
+                                optimizer_step, total_steps)
             )
             weights.append(self.prior_loss_weight if item.is_reg else 1.0)
         key = "latents" if self.latents_cached else "pixels"

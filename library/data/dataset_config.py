@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import tomllib
 from library.data.folders import REPEATS_MAX, discover_concept_folders
 from library.data.specs import DatasetSpec, SubsetSpec
 from library.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 # key -> type tag: "bool", "int", "float", "str", "resolution"
 DATASET_KEYS: dict[str, str] = {
@@ -48,24 +51,29 @@ SUBSET_INHERITABLE_KEYS: dict[str, str] = {
     "random_crop": "bool",
     "alpha_mask": "bool",
     "conditioning_data_dir": "str",
+    "enable_wildcard": "bool",
+    "token_warmup_min": "int",
+    "token_warmup_step": "float",
+    "resize_interpolation": "str",
 }
-SUBSET_ONLY_KEYS: dict[str, str] = {"image_dir": "str", "is_reg": "bool"}
+# Allowed in [[datasets.subsets]] too, as sd-scripts' validation docs write them (a validation-only folder).
+SUBSET_VALIDATION_KEYS: dict[str, str] = {"validation_split": "float", "validation_seed": "int"}
+SUBSET_ONLY_KEYS: dict[str, str] = {"image_dir": "str", "is_reg": "bool", "metadata_file": "str"}
 # sd-scripts keys that we recognise but do not implement yet.
 UNSUPPORTED_KEYS: frozenset[str] = frozenset(
     {
         "network_multiplier",
-        "resize_interpolation",
-        "enable_wildcard",
         "face_crop_aug_range",
-        "token_warmup_min",
-        "token_warmup_step",
         "custom_attributes",
         "cache_info",
-        "metadata_file",
     }
 )
+# Spellings of sd-scripts' docs that its schema names otherwise: key -> sd-scripts' key.
+KEY_ALIASES: dict[str, str] = {"interpolation_type": "resize_interpolation"}
+#: resize_interpolation values (sd-scripts' validate_interpolation_fn).
+INTERPOLATIONS: tuple[str, ...] = ("lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box")
 # Training-config (CLI) names that map onto dataset keys.
-DEFAULT_ALIASES: dict[str, str] = {"train_batch_size": "batch_size"}
+DEFAULT_ALIASES: dict[str, str] = {"train_batch_size": "batch_size", "dataset_repeats": "num_repeats"}
 
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "resolution": (512, 512),
@@ -95,6 +103,10 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "random_crop": False,
     "alpha_mask": False,
     "conditioning_data_dir": None,
+    "enable_wildcard": False,
+    "token_warmup_min": 1,
+    "token_warmup_step": 0.0,
+    "resize_interpolation": None,
 }
 
 _TYPE_WORDS = {
@@ -161,14 +173,25 @@ def _check_table(table: Any, allowed: dict[str, str], where: str, level: str) ->
     for key, value in table.items():
         if key == "subsets" and level == "dataset":
             continue
+        if key in KEY_ALIASES:
+            name = KEY_ALIASES[key]
+            if name in table:
+                raise DatasetError(f"{where}: '{key}' and '{name}' are the same option; keep one of them.")
+            logger.info("%s: '%s' is read as sd-scripts' '%s'", where, key, name)
+            key = name
         if key in allowed:
             out[key] = _check_type(key, value, allowed[key], where)
             continue
+        if key == "face_crop_aug_range":
+            raise DatasetError(
+                f"{where}: 'face_crop_aug_range' is not supported: it needs the face position that sd-scripts' "
+                "detect_face_rotate.py writes into each file name, and crops around it. Remove it; use "
+                "random_crop = true for crop variety, or crop the pictures beforehand."
+            )
         if key in UNSUPPORTED_KEYS:
             raise DatasetError(
                 f"{where}: '{key}' is an sd-scripts dataset option that this trainer does not support yet "
-                f"(fine-tuning with metadata_file, ControlNet, wildcards, token warm-up, "
-                f"masks). Remove '{key}' from the dataset config."
+                f"(network_multiplier, custom_attributes, cache_info). Remove '{key}' from the dataset config."
             )
         if key in SUBSET_ONLY_KEYS:
             raise DatasetError(f"{where}: '{key}' is only allowed in [[datasets.subsets]]; move it there.")
@@ -209,6 +232,9 @@ def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
 def _build_subset(values: dict[str, Any], where: str) -> SubsetSpec:
     subset_values = {k: v for k, v in values.items() if k in SubsetSpec.__dataclass_fields__}
     _check_ranges(subset_values, where)
+    if subset_values.get("metadata_file"):  # fine-tuning subset: image_dir is optional (full-path keys)
+        subset_values["metadata_file"] = Path(subset_values["metadata_file"])
+        subset_values.setdefault("image_dir", subset_values["metadata_file"].parent)
     subset_values["image_dir"] = Path(subset_values["image_dir"])
     if subset_values.get("conditioning_data_dir"):
         subset_values["conditioning_data_dir"] = Path(subset_values["conditioning_data_dir"])
@@ -218,7 +244,29 @@ def _build_subset(values: dict[str, Any], where: str) -> SubsetSpec:
 def _build_dataset(values: dict[str, Any], subsets: list[SubsetSpec], where: str) -> DatasetSpec:
     ds_values = {k: v for k, v in values.items() if k in DATASET_KEYS}
     _check_ranges(ds_values, where)
+    if ds_values.get("enable_bucket"):
+        ds_values.update(bucket_range_by_steps(ds_values["resolution"], ds_values["min_bucket_reso"],
+                                               ds_values["max_bucket_reso"], ds_values["bucket_reso_steps"], where))
     return DatasetSpec(subsets=subsets, **ds_values)
+
+
+def bucket_range_by_steps(resolution: tuple[int, int], min_reso: int, max_reso: int, steps: int,
+                          where: str) -> dict[str, int]:
+    """sd-scripts' ``adjust_min_max_bucket_reso_by_steps``: min_bucket_reso rounded down and max_bucket_reso
+    rounded up to multiples of bucket_reso_steps (with a note). The minimum stays at least one step (sd-scripts
+    would divide by zero at 0). Where sd-scripts refuses a range that leaves out the resolution, this says so
+    and goes on: the square bucket of the resolution is always made."""
+    new_min = max(steps, min_reso - min_reso % steps)
+    new_max = max_reso if max_reso % steps == 0 else max_reso + steps - max_reso % steps
+    for name, old, new in (("min_bucket_reso", min_reso, new_min), ("max_bucket_reso", max_reso, new_max)):
+        if new != old:
+            logger.info("%s: %s %d is rounded to %d, a multiple of bucket_reso_steps (%d), as sd-scripts does",
+                        where, name, old, new, steps)
+    if min(resolution) < new_min or max(resolution) > new_max:
+        logger.warning("%s: the bucket range %d-%d does not hold the resolution %dx%d (sd-scripts refuses this); "
+                       "only the buckets inside the range and the resolution's square are made", where, new_min,
+                       new_max, *resolution)
+    return {"min_bucket_reso": new_min, "max_bucket_reso": new_max}
 
 
 def _check_ranges(values: dict[str, Any], where: str) -> None:
@@ -244,11 +292,22 @@ def _check_ranges(values: dict[str, Any], where: str) -> None:
     for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
         if key in values and not 0.0 <= values[key] <= 1.0:
             raise DatasetError(f"{where}: '{key}' = {values[key]} must be between 0 and 1.")
-    if not 0.0 <= values.get("validation_split", 0.0) < 1.0:
+    split = values.get("validation_split")
+    if split is not None and not 0.0 <= split <= 1.0:
         raise DatasetError(
-            f"{where}: 'validation_split' = {values['validation_split']} must be at least 0 and below 1 "
-            "(the share of each folder's pictures held out for the validation loss, e.g. 0.1)."
+            f"{where}: 'validation_split' = {split} must be between 0 and 1 (the share of each folder's "
+            "pictures held out for the validation loss, e.g. 0.1; 1.0 makes the whole folder a validation set)."
         )
+    if values.get("caption_separator") == "":
+        raise DatasetError(f"{where}: 'caption_separator' is empty; give the text between tags, e.g. ','.")
+    interpolation = values.get("resize_interpolation")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise DatasetError(
+            f"{where}: resize_interpolation = {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}."
+        )
+    for key in ("token_warmup_min", "token_warmup_step"):
+        if values.get(key, 0) < 0:
+            raise DatasetError(f"{where}: '{key}' = {values[key]} must be >= 0.")
     if values.get("min_bucket_reso", 0) > values.get("max_bucket_reso", 1 << 30):
         raise DatasetError(
             f"{where}: min_bucket_reso ({values['min_bucket_reso']}) is larger than max_bucket_reso "
@@ -311,15 +370,9 @@ def specs_from_dataset_config(path: str | Path, defaults: dict[str, Any]) -> lis
     """
     data = load_dataset_file(path)
     where_file = f"dataset_config '{path}'"
-    for key in data:
-        if key not in ("general", "datasets"):
-            close = difflib.get_close_matches(key, ["general", "datasets"], n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise DatasetError(
-                f"{where_file}: unknown top-level key '{key}'.{hint} Only [general] and [[datasets]] are allowed."
-            )
     inheritable = {**DATASET_KEYS, **SUBSET_INHERITABLE_KEYS}
     general = _check_table(data.get("general", {}), inheritable, f"{where_file} [general]", "general")
+    general = _merge(_top_level_options(data, inheritable, where_file, general), general)
     datasets_raw = data.get("datasets")
     if not isinstance(datasets_raw, list) or not datasets_raw:
         raise DatasetError(
@@ -339,10 +392,54 @@ def specs_from_dataset_config(path: str | Path, defaults: dict[str, Any]) -> lis
         for j, sub_raw in enumerate(subsets_raw):
             where_sub = f"{where_ds} [[datasets.subsets]] #{j + 1}"
             sub_values = _check_table(
-                sub_raw, {**SUBSET_INHERITABLE_KEYS, **SUBSET_ONLY_KEYS}, where_sub, "subset"
+                sub_raw, {**SUBSET_INHERITABLE_KEYS, **SUBSET_ONLY_KEYS, **SUBSET_VALIDATION_KEYS}, where_sub,
+                "subset"
             )
-            if "image_dir" not in sub_values:
-                raise DatasetError(f"{where_sub}: 'image_dir' is required; set it to the folder of images.")
+            if "image_dir" not in sub_values and "metadata_file" not in sub_values:
+                raise DatasetError(
+                    f"{where_sub}: 'image_dir' is required; set it to the folder of images (or set "
+                    f"'metadata_file' for a fine-tuning subset)."
+                )
             subsets.append(_build_subset(_merge(ds_values, sub_values), where_sub))
+        from library.data.metadata import check_fine_tuning_subsets
+
+        check_fine_tuning_subsets(subsets, where_ds)
         specs.append(_build_dataset(ds_values, subsets, where_ds))
     return specs
+
+
+def _top_level_options(data: dict[str, Any], inheritable: dict[str, str], where_file: str,
+                       general: dict[str, Any]) -> dict[str, Any]:
+    """Options written above the first table (``validation_seed = 42`` before ``[[datasets]]``, as sd-scripts'
+    FLUX and validation docs show them): read as [general] values. The same option in both is an error."""
+    known = set(inheritable) | set(KEY_ALIASES)
+    top = {key: value for key, value in data.items() if key not in ("general", "datasets")}
+    for key in top:
+        if key not in known:
+            close = difflib.get_close_matches(key, ["general", "datasets", *inheritable], n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise DatasetError(
+                f"{where_file}: unknown top-level key '{key}'.{hint} The top level holds [general], [[datasets]] "
+                f"and dataset options (then read as [general] values)."
+            )
+    checked = _check_table(top, inheritable, f"{where_file} (top level)", "general")
+    both = sorted(set(checked) & set(general))
+    if both:
+        raise DatasetError(
+            f"{where_file}: {', '.join(both)} is set both at the top level and in [general]; keep one of them."
+        )
+    return checked
+
+
+def specs_from_in_json(
+    in_json: str | Path, train_data_dir: str | Path | None, dataset_repeats: int, defaults: dict[str, Any]
+) -> list[DatasetSpec]:
+    """One fine-tuning :class:`DatasetSpec` from ``in_json`` (sd-scripts' ``--in_json``): a single subset whose
+    pictures and captions the metadata file lists, found in ``train_data_dir`` (unset: full-path keys or the
+    file's folder), each used ``dataset_repeats`` times per epoch."""
+    base = _merge(BUILTIN_DEFAULTS, _defaults_from_training(defaults))
+    values = _merge(base, {"metadata_file": in_json, "num_repeats": dataset_repeats})
+    if train_data_dir is not None:
+        values["image_dir"] = train_data_dir
+    subset = _build_subset(values, f"in_json '{in_json}'")
+    return [_build_dataset(base, [subset], "training config")]

@@ -163,8 +163,8 @@ def cache_latents(
     _check_options(dataset)
     todo: dict[Size, list[ItemRef]] = {}
     for ref, item in enumerate(dataset.items):
-        if item.repeats == 0:
-            continue
+        if item.repeats == 0 or (item.latents is not None and ref in dataset.latent_crops):
+            continue  # unused, or latents given already (fine-tuning: prepare_buckets_latents' files)
         need_flip = dataset.subset_of(ref).flip_aug
         path = cache_file_path(item.path, item.bucket, suffix)
         cached = load_cached(path, item.path, need_flip) if to_disk else None

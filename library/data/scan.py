@@ -82,6 +82,10 @@ def predefined_buckets(spec: DatasetSpec) -> list[Size] | None:
 
 
 def _subset_images(subset: SubsetSpec, where: str) -> list[Path]:
+    if subset.metadata_file is not None:  # fine-tuning: the metadata file lists the pictures
+        from library.data.metadata import metadata_captions
+
+        return list(metadata_captions(subset.metadata_file, subset.image_dir, subset.caption_separator))
     if not subset.image_dir.is_dir():
         raise DatasetError(
             f"{where}: image_dir '{subset.image_dir}' does not exist or is not a folder. Fix image_dir "
@@ -100,7 +104,7 @@ def _plan_images(specs: list[DatasetSpec]) -> list[tuple[int, int, Path]]:
         seen: set[tuple[Path, bool]] = set()
         for s, subset in enumerate(spec.subsets):
             where = f"dataset {d + 1} subset '{subset.image_dir.name}'"
-            key = (subset.image_dir.resolve(), subset.is_reg)
+            key = ((subset.metadata_file or subset.image_dir).resolve(), subset.is_reg)
             if key in seen:
                 logger.warning(
                     "%s: image_dir '%s' is listed twice; the later subset is skipped.",
@@ -143,8 +147,15 @@ def scan_datasets(specs: list[DatasetSpec], max_workers: int = 4) -> list[ImageI
         except ValueError as exc:
             logger.warning("Skipping image '%s': %s.", path, exc)
             continue
-        caption, source = read_caption(path, subset.caption_extension, subset.class_tokens)
-        folder = subset.image_dir.name
+        if subset.metadata_file is not None:  # sd-scripts names fine-tuning subsets by their metadata file
+            from library.data.metadata import metadata_captions
+
+            caption = metadata_captions(subset.metadata_file, subset.image_dir, subset.caption_separator)[path]
+            source, folder = "metadata", subset.metadata_file.name
+        else:
+            caption, source = read_caption(path, subset.caption_extension, subset.class_tokens,
+                                           all_lines=subset.enable_wildcard)
+            folder = subset.image_dir.name
         items.append(
             ImageItem(
                 path, d, s, folder, subset.is_reg, sizes[path], bucket, caption, source, subset.num_repeats

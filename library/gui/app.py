@@ -42,7 +42,7 @@ class GuiContext:
         self.queue = TrainingQueue(
             self.state_dir / "queue",
             self.runner,
-            lambda trainer, path: configs.trainer_command(trainer, path, self.launcher),
+            lambda trainer, path: configs.config_command(trainer, path, self.launcher),
         )
 
 

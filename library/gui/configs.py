@@ -3,6 +3,7 @@ presets, build the trainer command line. No gradio here."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: trainer -> entry-point script.
 SCRIPTS = {"network": "train_network.py", "db": "train_db.py"}
-
+#: family -> trainer -> sd-scripts' own script name, used when the base model is of that family: the FLUX
+#: presets and the README run FLUX as sd-scripts' users do (flux_train_network.py / flux_train.py, the same
+#: trainers restricted to FLUX); SD and SDXL run train_network.py / train_db.py, as their presets say.
 #: launcher name -> argument list placed before the script (``python`` is this interpreter).
 LAUNCHERS = {"python": lambda: [sys.executable], "accelerate": lambda: ["accelerate", "launch"]}
 
@@ -74,6 +77,30 @@ def preset_dir() -> Path:
     return REPO_ROOT / "presets"
 
 
+def preset_label(path: Path) -> str:
+    """The name a preset shows in the list: its file stem, then the first clause of its header comment
+    ("flux_lora_12gb — A FLUX.1-dev LoRA for a 12 GB card …"), which says what it is for."""
+    header = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    text = " ".join(header)
+    clause = re.split(r":|\s\(|\.\s|;", text, maxsplit=1)[0].strip().rstrip(".")
+    if len(clause) > PRESET_LABEL_CHARS:
+        clause = clause[:PRESET_LABEL_CHARS].rsplit(" ", 1)[0] + " …"
+    return f"{path.stem} — {clause}" if clause else path.stem
+
+
+#: longest description a preset label shows
+PRESET_LABEL_CHARS = 80
+
+
+def preset_choices(trainer: str, folder: Path | None = None) -> list[tuple[str, str]]:
+    """(label, name) per preset of ``trainer``, for the preset dropdown."""
+    return [(preset_label(preset_path(name, folder)), name) for name in list_presets(trainer, folder)]
+
+
 def list_presets(trainer: str, folder: Path | None = None) -> list[str]:
     """Names (file stems) of the presets in ``presets/`` that this trainer accepts."""
     names = []
@@ -95,11 +122,35 @@ def run_config_path(config) -> Path:
     return Path(config.output_dir) / f"{config.output_name or 'last'}.toml"
 
 
-def trainer_command(trainer: str, config_path: str | Path, launcher: str = "python") -> list[str]:
-    """The argument list that runs ``trainer`` on ``config_path`` (never a shell string)."""
+def entry_script(trainer: str, model: str | None = None) -> str:
+    """The script that runs ``trainer`` for the base model ``model``: the detected family's own (sd-scripts'
+    name, ``ModelFamily.scripts``), else train_network.py / train_db.py (which take every family, also a
+    model that cannot be told yet)."""
+    from library.gui.family_hint import family_hint
+
+    family = family_hint(model).family if model else None
+    return (family.scripts if family else {}).get(trainer, SCRIPTS[trainer])
+
+
+def trainer_command(
+    trainer: str, config_path: str | Path, launcher: str = "python", model: str | None = None
+) -> list[str]:
+    """The argument list that runs ``trainer`` on ``config_path`` (never a shell string); ``model``: the
+    config's base model, which picks the script (:func:`entry_script`)."""
     if launcher not in LAUNCHERS:
         raise UserError(f"launcher {launcher!r} is unknown; use one of {', '.join(LAUNCHERS)}.")
-    return [*LAUNCHERS[launcher](), str(REPO_ROOT / SCRIPTS[trainer]), "--config_file", str(config_path)]
+    script = str(REPO_ROOT / entry_script(trainer, model))
+    return [*LAUNCHERS[launcher](), script, "--config_file", str(config_path)]
+
+
+def config_command(trainer: str, config_path: str | Path, launcher: str = "python") -> list[str]:
+    """:func:`trainer_command` for a config file already written (a queue entry): its base model picks the
+    script; a file that cannot be read runs the generic script (which then reports the problem)."""
+    try:
+        model = read_toml(config_path, trainer).get("pretrained_model_name_or_path")
+    except (UserError, OSError):
+        model = None
+    return trainer_command(trainer, config_path, launcher, model)
 
 
 def write_run_config(trainer: str, fields: dict[str, Any]) -> Path:
@@ -124,7 +175,8 @@ def estimate_report(trainer: str, fields: dict[str, Any]) -> str:
     with tempfile.TemporaryDirectory(prefix="sdtrain-estimate-") as folder:
         path = Path(folder) / "estimate.toml"
         path.write_text(effective_toml(config), encoding="utf-8")
-        command = [*trainer_command(trainer, path, "python"), "--estimate"]
+        argv = trainer_command(trainer, path, "python", config.pretrained_model_name_or_path)
+        command = [*argv, "--estimate"]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=ESTIMATE_TIMEOUT,
                                   cwd=Path.cwd(), check=False)

@@ -176,6 +176,59 @@ DATASET_TOOLS = (
             Arg("Repeats", "--repeats"),
         ),
     ),
+    # kohya_ss' Finetune workflow: captions and tags into sd-scripts' metadata JSON, cleaned, then buckets and
+    # latents; the DreamBooth tab (or fine_tune.py) trains from it with in_json + train_data_dir
+    ToolSpec(
+        "merge_captions",
+        "Fine-tuning metadata 1: merge captions into the metadata JSON",
+        "merge_captions_to_metadata.py",
+        (
+            Arg("Picture folder", path=True),
+            Arg("Metadata JSON to write", path=True),
+            Arg("Caption extension", "--caption_extension"),
+            Arg("Keys are full paths", "--full_path", switch=True),
+            Arg("Include subfolders (needs full paths)", "--recursive", switch=True),
+        ),
+    ),
+    ToolSpec(
+        "merge_tags",
+        "Fine-tuning metadata 2: merge tags (WD14) into the metadata JSON",
+        "merge_dd_tags_to_metadata.py",
+        (
+            Arg("Picture folder", path=True),
+            Arg("Metadata JSON to write", path=True),
+            Arg("Metadata JSON to read (empty: the one written)", "--in_json", path=True),
+            Arg("Tag file extension", "--caption_extension"),
+            Arg("Keys are full paths", "--full_path", switch=True),
+            Arg("Include subfolders (needs full paths)", "--recursive", switch=True),
+        ),
+    ),
+    ToolSpec(
+        "clean_metadata",
+        "Fine-tuning metadata 3: clean captions and tags",
+        "clean_captions_and_tags.py",
+        (
+            Arg("Metadata JSON to read", path=True),
+            Arg("Metadata JSON to write", path=True),
+        ),
+    ),
+    ToolSpec(
+        "prepare_latents",
+        "Fine-tuning metadata 4: buckets and latents",
+        "prepare_buckets_latents.py",
+        (
+            Arg("Picture folder", path=True),
+            Arg("Metadata JSON to read", path=True),
+            Arg("Metadata JSON to write", path=True),
+            Arg("Model (its VAE encodes)", path=True),
+            Arg("Max resolution (e.g. 512,512)", "--max_resolution"),
+            Arg("Batch size", "--batch_size"),
+            Arg("Mixed precision (no, fp16, bf16)", "--mixed_precision"),
+            Arg("Flip augmentation latents too", "--flip_aug", switch=True),
+            Arg("Skip pictures that have latents", "--skip_existing", switch=True),
+            Arg("Keys are full paths", "--full_path", switch=True),
+        ),
+    ),
 )
 
 MODEL_TOOLS = (

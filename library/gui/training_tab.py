@@ -4,6 +4,7 @@ validation, Start / Stop / Add to queue, and the live run panel (progress, loss 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,7 +18,16 @@ from library.config.schema import Option
 from library.data.images import load_image
 from library.errors import DatasetError, UserError
 from library.gui import configs
-from library.gui.family_hint import FamilyHint, family_hint, option_visibility
+from library.gui.family_hint import (
+    FamilyHint,
+    assumed_family,
+    family_groups,
+    family_hint,
+    family_notes,
+    file_options,
+    form_visibility,
+    short_name,
+)
 from library.gui.fields import (
     common_and_advanced,
     field_spec,
@@ -28,6 +38,7 @@ from library.gui.fields import (
 )
 from library.gui.guard import bind, error_text
 from library.gui.jobs import JobRunner, RunView
+from library.gui.kohya_convert import with_launch_args
 from library.gui.run_queue import TrainingQueue
 from library.gui.security import GuiPolicy, shell_command
 
@@ -149,6 +160,8 @@ class TrainingForm:
     launcher: str = "python"
     names: list[str] = field(default_factory=list)
     policy: GuiPolicy = field(default_factory=GuiPolicy)
+    #: ``accelerate launch`` arguments of the last kohya_ss import (its accelerate fields); a load clears them
+    launch_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         options = form_options(self.trainer)
@@ -198,6 +211,7 @@ class TrainingForm:
             fields = configs.load_config(self.trainer, path.strip())
         except UserError as exc:
             return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
+        self.launch_args = []
         return [f"loaded {path.strip()}", *self._ordered(fields)]
 
     def load_preset(self, name: str) -> list:
@@ -208,14 +222,16 @@ class TrainingForm:
         return self._read(str(configs.preset_path(name)))
 
     def import_kohya(self, path: str) -> list:
-        from library.gui.kohya_import import import_kohya_file
+        from library.gui.kohya_convert import import_for_form
 
         try:
-            self.policy.check(path.strip())
-            result = import_kohya_file(path.strip(), self.trainer)
+            result, message = import_for_form(path.strip(), self.trainer, self.names, self.policy.check)
         except UserError as exc:
             return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
-        return [result.message(), *self._ordered(field_values(self.trainer, result.values))]
+        except OSError as exc:
+            return [error_text(exc), *[gr.skip() for _ in self.names]]
+        self.launch_args = list(result.launch_args)
+        return [message, *self._ordered(field_values(self.trainer, result.values))]
 
     def command(self, *values) -> str:
         try:
@@ -223,9 +239,10 @@ class TrainingForm:
         except UserError as exc:
             return f"❌ {exc}"
         path = configs.run_config_path(config)
-        return pasteable_command(
-            configs.trainer_command(self.trainer, path, self.launcher), path, configs.effective_toml(config)
-        )
+        model = config.pretrained_model_name_or_path
+        argv = configs.trainer_command(self.trainer, path, self.launcher, model)
+        argv = with_launch_args(argv, self.launch_args)
+        return pasteable_command(argv, path, configs.effective_toml(config))
 
     def estimate(self, *values) -> str:
         try:
@@ -240,7 +257,8 @@ class TrainingForm:
             path = configs.write_run_config(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
-        command = configs.trainer_command(self.trainer, path, self.launcher)
+        command = configs.config_command(self.trainer, path, self.launcher)
+        command = with_launch_args(command, self.launch_args)
         self.runner.start(command, label=f"{TITLES[self.trainer]} {path.stem}", cwd=os.getcwd())
         return f"started: {shell_command(command)}"
 
@@ -262,7 +280,7 @@ def config_bar(form: TrainingForm, fields: list, message: gr.Markdown) -> None:
     """Preset, load/save/save-as and kohya_ss import controls, wired to ``form``."""
     t = form.trainer
     with gr.Row():
-        preset = gr.Dropdown(choices=configs.list_presets(t), label="Preset", elem_id=f"{t}-preset", scale=2)
+        preset = gr.Dropdown(choices=configs.preset_choices(t), label="Preset", elem_id=f"{t}-preset", scale=2)
         preset_btn = gr.Button("Load preset", elem_id=f"{t}-load-preset", scale=1)
     with gr.Row():
         path = gr.Textbox(
@@ -288,12 +306,17 @@ def config_bar(form: TrainingForm, fields: list, message: gr.Markdown) -> None:
 
 
 def form_fields(trainer: str) -> list:
-    """All fields: the common options first (open), then "Advanced" with one accordion per schema group.
-    The model field shows its detected family below it; family-only options show only for that family."""
+    """All fields: the common options first (open), then one group per model family for the options only
+    that family takes (FLUX's files and flow-matching options; shown only for it), then "Advanced" with one
+    accordion per schema group. The model field shows its detected family below it; options some families
+    refuse are hidden for those families."""
     made: dict[str, Any] = {}
     common, advanced = common_and_advanced(trainer)
+    names = [o.name for o in form_options(trainer)]
     hint = family_hint(MODEL_OPTION.default)
-    shown = option_visibility(hint.family, [o.name for o in form_options(trainer)])
+    shown = form_visibility(hint.family, names)
+    groups = family_groups(names)
+    grouped = {n for _, members in groups for n in members}
     family_text = None
 
     def add(opt: Option) -> None:
@@ -304,43 +327,98 @@ def form_fields(trainer: str) -> list:
 
     with gr.Accordion("Common options", open=True):
         for opt in common:
-            add(opt)
+            if opt.name not in grouped:
+                add(opt)
+    boxes = {}
+    for family, members in groups:
+        with gr.Accordion(
+            f"{short_name(family)} options",
+            open=True,
+            visible=any(shown[n] for n in members),
+            elem_id=f"{trainer}-family-{family.name}",
+        ) as box:
+            gr.Markdown(
+                f"Options only {family.description} models take; shown when the base model is "
+                f"{short_name(family)} (the trainer refuses them for other families)."
+            )
+            for name in members:
+                add(SCHEMA[name])
+        boxes[box] = members
     with gr.Accordion("Advanced", open=False):
         titles = {g.key: g for g in SCHEMA.groups}
         for key, opts in advanced.items():
+            opts = [o for o in opts if o.name not in grouped]
+            if not opts:
+                continue
             with gr.Accordion(titles[key].title, open=False):
                 gr.Markdown(titles[key].description)
                 for opt in opts:
                     add(opt)
     if family_text is not None:
-        follow_model_family(made[MODEL_OPTION.name], family_text, {n: made[n] for n in shown})
+        follow_model_family(made[MODEL_OPTION.name], family_text, {n: made[n] for n in shown}, boxes)
     return [made[o.name] for o in form_options(trainer)]
 
 
-def family_markdown(hint: FamilyHint) -> str:
-    return f"Model family: {hint.text}" if hint.text else ""
+def family_markdown(hint: FamilyHint, notes: list[str] | tuple = ()) -> str:
+    """The family line, then one line per note (what else the family needs, what is hidden)."""
+    if not hint.text:
+        return ""
+    return "  \n".join([f"Model family: {hint.text}", *notes])
 
 
-def family_updates(source: str | None, options: dict[str, Option], values: list) -> list:
-    """The family line and, per family-only option (``values``: their fields, in ``options`` order), its
-    visibility for the model ``source``."""
+def is_set(opt: Option, raw: Any) -> bool:
+    """Whether a field's raw value turns ``opt`` on, as the trainer's family check counts it: not unset,
+    empty, false, 0 or the default (an invalid value counts as set: it is shown, and Validate names it)."""
+    from library.config.values import coerce
+
+    try:
+        value = coerce(opt, raw)
+    except Exception:  # noqa: BLE001 - any value the schema refuses
+        return True
+    off = value is None or value is False or value == 0 or value == ""
+    return not off and value != coerce(opt, opt.default)
+
+
+def family_updates(
+    source: str | None, options: dict[str, Option], values: list, groups: list[list[str]] | tuple = ()
+) -> list:
+    """The family line and, per family-dependent option (``values``: their fields, in ``options`` order), its
+    visibility for the model ``source``; then, per family group (its option names, all among ``options``),
+    whether the group shows (when any of its options does).
+
+    When the model cannot be told (a placeholder path) but the config sets one family's own options (a FLUX
+    preset's clip_l), the form is shown for that family."""
     hint = family_hint(source)
-    changed = {
-        name: from_field(opt, value) not in (opt.default, None)
-        for (name, opt), value in zip(options.items(), values, strict=True)
-    }
-    shown = option_visibility(hint.family, list(options), [n for n, c in changed.items() if c])
-    return [family_markdown(hint), *[gr.update(visible=shown[n]) for n in options]]
+    raw = {name: from_field(opt, value) for (name, opt), value in zip(options.items(), values, strict=True)}
+    changed = [name for name, value in raw.items() if is_set(options[name], value)]
+    family = hint.family or assumed_family(changed)
+    shown = form_visibility(family, list(options), changed)
+    notes = family_notes(hint, list(options), raw, changed)
+    return [
+        family_markdown(hint, notes),
+        *[gr.update(visible=shown[n]) for n in options],
+        *[gr.update(visible=any(shown[n] for n in members)) for members in groups],
+    ]
 
 
-def follow_model_family(model: gr.components.Component, text: gr.Markdown, options: dict[str, Any]) -> None:
-    """Re-detect the family whenever the model field changes (typing, Load, preset, kohya_ss import)."""
+def follow_model_family(
+    model: gr.components.Component,
+    text: gr.Markdown,
+    options: dict[str, Any],
+    boxes: dict[Any, list[str]] | None = None,
+) -> None:
+    """Re-detect the family whenever the model field changes (typing, Load, preset, kohya_ss import) or one
+    of the families' separate-file fields does (the line says which are still missing); ``boxes``: the
+    family groups (accordion -> its option names)."""
+    boxes = boxes or {}
     opts = {name: SCHEMA[name] for name in options}
+    groups = list(boxes.values())
+    files = {n for family, _ in family_groups(list(options)) for n in file_options(family) if n in options}
     bind(
-        model.change,
-        lambda source, *values: family_updates(source, opts, list(values)),
+        functools.partial(gr.on, [model.change, *(options[n].change for n in sorted(files))]),
+        lambda source, *values: family_updates(source, opts, list(values), groups),
         [model, *options.values()],
-        [text, *options.values()],
+        [text, *options.values(), *boxes],
         show_progress="hidden",
         trigger_mode="always_last",
     )

@@ -84,12 +84,24 @@ class BaseModel:
     # --- the family's operations ---
     def tokenize_prompt(self, captions: list[str], max_token_length: int | None = None,
                         pad: bool = True) -> dict[str, torch.Tensor]:
-        """Token ids per text part."""
+        """Token ids per text part; ``extras["prompt_transform"]`` (new tokens of textual inversion) rewrites the
+        captions first."""
+        transform = self.extras.get("prompt_transform")
+        if transform is not None:
+            captions = transform(list(captions))
         return self.adapter.tokenize(self, captions, max_token_length, pad)
 
     def encode_prompt(self, captions: list[str], clip_skip: int | None = None, max_token_length: int | None = None,
-                      pad: bool = True) -> Conditioning:
-        """The conditioning (hidden states, pooled output) of captions, as the family's denoiser takes it."""
+                      pad: bool = True, weighted: bool = False) -> Conditioning:
+        """The conditioning (hidden states, pooled output) of captions, as the family's denoiser takes it.
+
+        ``weighted``: the captions are in the webui's attention syntax (``(tag:1.3)``, ``[tag]``); their
+        tokens' states are weighted and mean-restored (:mod:`library.text.weighting`; always padded)."""
+        if weighted:
+            transform = self.extras.get("prompt_transform")
+            captions = captions if transform is None else transform(list(captions))
+            tokens, weights = self.adapter.tokenize_weighted(self, captions, max_token_length)
+            return self.adapter.encode(self, tokens, clip_skip, weights)
         return self.adapter.encode(self, self.tokenize_prompt(captions, max_token_length, pad), clip_skip)
 
     @property

@@ -105,6 +105,35 @@ class ModelFamily(ABC):
     unet_conv_target_blocks: tuple[str, ...] = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
     #: class names (or base class names) of the text encoders' blocks whose Linear children get a LoRA
     text_target_blocks: tuple[str, ...] = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+    #: sd-scripts' ``network_module`` of this family's LoRA (the ``ss_network_module`` the LoRA tools write)
+    lora_network_module: str = "networks.lora"
+    #: part -> the sd-scripts option naming that part's own file, for families whose checkpoints come as
+    #: separate part files (FLUX.1: ``flux_model`` the transformer, ``clip_l``, ``t5xxl``); the LoRA tools merge
+    #: into and extract from such files key by key (:meth:`part_file_key_path`). Empty: a checkpoint holds the
+    #: whole model and the tools load it whole.
+    part_file_options: Mapping[str, str] = {}
+    #: trainer ("network", "db") -> sd-scripts' entry script of the family's own (flux_train_network.py), which
+    #: the GUI launches; empty: train_network.py / train_db.py, which take every family
+    scripts: Mapping[str, str] = {}
+    #: text part -> the key of its vectors in an embedding file (SD: ``emb_params``; SDXL: ``clip_l`` / ``clip_g``),
+    #: for the parts that take new tokens (textual inversion, pivotal tuning); empty: the family takes none
+    embedding_keys: Mapping[str, str] = {}
+
+    @property
+    def label(self) -> str:
+        """The short name people know the family by ("SD1", "SDXL", "FLUX.1")."""
+        return self.name.upper()
+
+    def part_file_key_path(self, part: str, key: str) -> str | None:
+        """The module path LoRA keys name a weight of ``part``'s own file by (see :attr:`part_file_options`),
+        e.g. ``double_blocks.0.img_attn.qkv`` for FLUX's ``model.diffusion_model.double_blocks.0.img_attn.qkv.weight``;
+        None for a key that is no module weight (a bias, a norm scale) and for families without part files."""
+        return None
+
+    def part_file_module(self, part: str, state_dict: Mapping[str, torch.Tensor]) -> torch.nn.Module | None:
+        """``part`` built on the meta device from the shapes in its own file (module paths as
+        :meth:`part_file_key_path` names them), to choose the layers a trainer adapts; None: not supported."""
+        return None
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -169,6 +198,17 @@ class ModelFamily(ABC):
         """The denoiser's block stack in run order for ``blocks_to_swap`` (None: the family has none)."""
         return None
 
+    def blocks_to_swap(self, unet, count: int) -> list[torch.nn.Module]:
+        """The blocks ``blocks_to_swap = count`` keeps in host memory, in run order (default: the first
+        ``count`` swappable blocks); a ConfigError when the family has none or ``count`` is too many."""
+        blocks = self.swappable_blocks(unet) or []
+        if count >= len(blocks):
+            raise ConfigError(
+                f"blocks_to_swap = {count}: this {self.name} model has {len(blocks)} swappable blocks; give at "
+                f"most {max(len(blocks) - 1, 0)} (at least one block stays on the device)."
+            )
+        return blocks[:count]
+
     def text_key_path(self, part: str) -> Callable[[str], str] | None:
         """Module path in a text encoder -> the path its LoRA keys are named by; None: CLIP's naming, rooted
         at ``text_model.`` (:func:`library.networks.keys.text_encoder_key_path`)."""
@@ -185,8 +225,32 @@ class ModelFamily(ABC):
         """Token ids per text part, LongTensor (B, n_chunks * 77) each."""
 
     @abstractmethod
-    def encode(self, model, tokens: dict[str, torch.Tensor], clip_skip: int | None) -> Conditioning:
-        """The conditioning of tokens from :meth:`tokenize`."""
+    def encode(self, model, tokens: dict[str, torch.Tensor], clip_skip: int | None,
+               weights: dict[str, torch.Tensor] | None = None) -> Conditioning:
+        """The conditioning of tokens from :meth:`tokenize`; with ``weights`` from :meth:`tokenize_weighted`,
+        each weighted part's hidden states multiplied per token, their mean restored
+        (:func:`library.text.weighting.apply_token_weights`)."""
+
+    def tokenize_weighted(self, model, captions: list[str],
+                          max_token_length: int | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Token ids per text part, and per-token weights (FloatTensor, the same shape) for the parts whose
+        states take them, of captions in the webui's attention syntax (``(tag:1.3)``, ``[tag]``, ``BREAK``;
+        :mod:`library.text.attention`). Default: this family does not take prompt weights."""
+        raise ConfigError(f"prompt weights (weighted_captions, (tag:1.2) in sample prompts) are not supported "
+                          f"for {self.description or self.name} models.")
+
+    def add_tokens(self, model, tokens: list[str], init_word: str | None) -> dict[str, torch.nn.Parameter]:
+        """Add ``tokens`` to the tokenizers of the :attr:`embedding_keys` parts, with new embedding rows in their
+        text encoders (the base rows stay as they are); returns {part: rows (len(tokens), D) float32}.
+        See :func:`library.models.added_tokens.add_clip_tokens`."""
+        if not self.embedding_keys:
+            raise ConfigError(
+                f"token_string: new tokens (textual inversion, pivotal tuning) are not supported for "
+                f"{self.description or self.name} models. Use an SD 1.x, SD 2.x or SDXL base model."
+            )
+        from library.models.added_tokens import add_clip_tokens
+
+        return add_clip_tokens(model, tuple(self.embedding_keys), tokens, init_word)
 
     # --- the denoiser ---------------------------------------------------------------------------------
     @abstractmethod
@@ -239,12 +303,15 @@ def register_family(family: ModelFamily) -> ModelFamily:
     return family
 
 
+#: the family modules, in the order detection asks their families (whatever order a program imported them in)
+FAMILY_MODULES = ("library.models.sd", "library.models.sdxl", "library.models.flux")
+
+
 def _load_family_modules() -> None:
-    # imported here: the family modules import this one for the base class; the import order is the
-    # registration order, which is the order detection asks the families in
+    # imported here: the family modules import this one for the base class
     import importlib
 
-    for module in ("library.models.sd", "library.models.sdxl", "library.models.flux"):
+    for module in FAMILY_MODULES:
         importlib.import_module(module)
 
 
@@ -258,8 +325,11 @@ def get_model_family(name: str) -> ModelFamily:
 
 
 def all_families() -> list[ModelFamily]:
+    """Every family in :data:`FAMILY_MODULES` order (within a module, its registration order: sd1, sd2)."""
     _load_family_modules()
-    return [MODEL_FAMILIES.find(n).factory for n in MODEL_FAMILIES.names()]
+    families = [MODEL_FAMILIES.find(n).factory for n in MODEL_FAMILIES.names()]
+    order = {module: i for i, module in enumerate(FAMILY_MODULES)}
+    return sorted(families, key=lambda family: order.get(type(family).__module__, len(order)))
 
 
 def check_family_options(config, family: ModelFamily) -> None:
@@ -324,7 +394,9 @@ def family_of_lora_names(names) -> ModelFamily | None:
         unet = tuple(f"{family.lora_prefixes[UNET_PART]}_{marker}" for marker in family.lora_unet_markers)
         if unet and any(name.startswith(unet) for name in names):
             return family
-    for family in families:
-        if family.matches_lora_names(names):
+    text_matches = [family for family in families if family.matches_lora_names(names)]
+    for family in text_matches:  # the family whose prefixes cover every name (lora_te3_ is FLUX's, not SDXL's)
+        prefixes = tuple(f"{prefix}_" for prefix in family.lora_prefixes.values())
+        if all(name.startswith(prefixes) for name in names):
             return family
-    return None
+    return text_matches[0] if text_matches else None

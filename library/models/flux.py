@@ -21,10 +21,11 @@ import torch
 
 from library.errors import ConfigError, ModelLoadError
 from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
-from library.models.flux_keys import CLIP_L_CONFIG
+from library.models.flux_keys import BFL_PREFIX, CLIP_L_CONFIG
 from library.models.flux_keys import FLUX_AE_CONFIG as AE_CONFIG
 from library.models.flux_keys import T5XXL_CONFIG as T5_XXL_CONFIG
 from library.models.flux_model import image_ids, pack_latents, text_ids, unpack_latents
+from library.networks.flux_plan import FLUX_PLAN_ARGS, FluxModulePlan
 from library.training.flow_matching import FlowMatchingObjective, FlowSettings, flux_time_shift_mu, time_shift
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,37 @@ def _assign(module_factory, state: dict, what: str, path, tied: dict[str, str] |
         )
     module.load_state_dict({k: state[k] for k in expected}, strict=True, assign=True)
     _materialise_buffers(module)
-    return module.float().eval()
+    return module.eval()  # in the file's dtype: place_model casts once, to the run's
+
+
+def _stored_dtype(source: str, subfolder: str, local: bool) -> torch.dtype:
+    """The floating dtype a diffusers folder's (or cached hub repo's) part is stored in, read from the first
+    safetensors header; float32 when that cannot be read (a .bin part, an unusual layout)."""
+    from safetensors import safe_open
+
+    folder = Path(source) / subfolder
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            # the part's files, which from_pretrained would fetch next anyway
+            folder = Path(snapshot_download(source, allow_patterns=[f"{subfolder}/*"],
+                                            local_files_only=local)) / subfolder
+        except Exception:  # noqa: BLE001 - any hub trouble: fall back to float32, from_pretrained reports it
+            return torch.float32
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return torch.float32
+    try:
+        with safe_open(str(files[0]), "pt") as f:
+            for key in f.keys():
+                dtype = f.get_slice(key).get_dtype()
+                found = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}.get(dtype)
+                if found is not None:
+                    return found
+    except (OSError, ValueError, RuntimeError):
+        pass
+    return torch.float32
 
 
 def _materialise_buffers(module: torch.nn.Module) -> None:
@@ -156,10 +187,15 @@ class FluxFamily(ModelFamily):
         *FILE_OPTIONS, "model_type", "t5xxl_max_token_length", "apply_t5_attn_mask", "guidance_scale",
         "blocks_to_swap", "cpu_offload_checkpointing",
     }
-    network_args = frozenset({"train_blocks", "train_t5xxl"})
+    network_args = frozenset({"train_blocks", "train_t5xxl"}) | FLUX_PLAN_ARGS
     unet_target_blocks = ("DoubleStreamBlock", "SingleStreamBlock")
     unet_conv_target_blocks = ()
     text_target_blocks = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP", "T5Attention", "T5DenseGatedActDense")
+    # the LoRA tools (merge into / extract from sd-scripts' separate files, as its flux_merge_lora.py)
+    label = "FLUX.1"
+    lora_network_module = "networks.lora_flux"
+    scripts = {"network": "flux_train_network.py", "db": "flux_train.py"}
+    part_file_options = {"unet": "flux_model", TE_CLIP: "clip_l", TE_T5: "t5xxl"}
 
     # --- detection and loading ---
     def detects_diffusers(self, info: dict) -> bool:
@@ -178,13 +214,17 @@ class FluxFamily(ModelFamily):
         from library.models.tokenizer import clip_tokenizer
 
         kwargs = {"local_files_only": local, "torch_dtype": torch.float32}
+
+        def stored(subfolder: str) -> dict:  # the big parts in their stored dtype (see load_single_file)
+            return {**kwargs, "torch_dtype": _stored_dtype(source, subfolder, local)}
+
         transformer = from_diffusers_transformer(
-            FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", **kwargs))
+            FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", **stored("transformer")))
         parts = {
             "unet": transformer,
             "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **kwargs),
             TE_CLIP: CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kwargs),
-            TE_T5: T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", **kwargs),
+            TE_T5: T5EncoderModel.from_pretrained(source, subfolder="text_encoder_2", **stored("text_encoder_2")),
         }
         try:
             clip = AutoTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local)
@@ -210,7 +250,9 @@ class FluxFamily(ModelFamily):
         missing = [name for name in FILE_OPTIONS if not components.get(name)]
         if missing:
             _load_file(None, " and ".join(missing))
-        transformer = load_bfl_transformer(state_dict).float().eval()
+        # kept in the files' dtypes (bf16, or fp8 for flux1-dev-fp8 files): a float32 copy of FLUX.1-dev would
+        # take 48 GB of host memory; place_model casts each part once, to the run's dtype
+        transformer = load_bfl_transformer(state_dict).eval()
         clip_state, clip_meta = _load_file(components["clip_l"], "clip_l")
         t5_state, t5_meta = _load_file(components["t5xxl"], "t5xxl")
         ae_state, ae_meta = _load_file(components["ae"], "ae")
@@ -238,18 +280,46 @@ class FluxFamily(ModelFamily):
 
     def network_parts(self, parts: list, args: dict) -> list:
         """sd-scripts' lora_flux: T5 gets a LoRA only with ``train_t5xxl``; ``train_blocks`` = all (default),
-        single or double picks the transformer blocks."""
+        single or double picks the transformer blocks; the per-layer ranks, block indices, ``in_dims``,
+        ``split_qkv`` and pattern ranks / lrs act through :class:`FluxModulePlan`."""
         blocks = {"single": ("SingleStreamBlock",), "double": ("DoubleStreamBlock",)}.get(
             args.get("train_blocks") or "all", self.unet_target_blocks)
+        unet = next((part.module for part in parts if part.is_unet), None)
+        plan = FluxModulePlan.from_args(args, unet)
         chosen = []
         for part in parts:
             if part.name == TE_T5 and not args.get("train_t5xxl"):
                 continue
-            chosen.append(dataclasses.replace(part, blocks=blocks) if part.is_unet else part)
+            extra = {"blocks": blocks, "extra_paths": plan.extra_paths} if part.is_unet else {}
+            chosen.append(dataclasses.replace(part, plan=plan, **extra))
         return chosen
 
     def swappable_blocks(self, unet) -> list[torch.nn.Module]:
         return [*unet.double_blocks, *unet.single_blocks]
+
+    def blocks_to_swap(self, unet, count: int) -> list[torch.nn.Module]:
+        """sd-scripts' count: ``count // 2`` double blocks and twice the rest in single blocks (a double block
+        weighs about two single ones), the last ones of each stack, two of each staying on the device, so
+        FLUX.1 takes at most 35 (16 -> 8 double + 16 single, 28 -> 14 + 28)."""
+        doubles, singles = list(unet.double_blocks), list(unet.single_blocks)
+
+        def split(n: int) -> tuple[int, int]:
+            return n // 2, (n - n // 2) * 2
+
+        def fits(n: int) -> bool:
+            double, single = split(n)
+            return double <= len(doubles) - 2 and single <= len(singles) - 2
+
+        if not fits(count):
+            most = max((n for n in range(count) if fits(n)), default=0)
+            double, single = split(count)
+            raise ConfigError(
+                f"blocks_to_swap = {count} would swap {double} of the {len(doubles)} double blocks and {single} of "
+                f"the {len(singles)} single blocks (sd-scripts' counting: half the number in double blocks, twice "
+                f"the rest in single ones), and two of each must stay on the device: give at most {most}."
+            )
+        double, single = split(count)
+        return [*doubles[len(doubles) - double:], *singles[len(singles) - single:]]
 
     # --- text ---
     def t5_length(self, model) -> int:
@@ -265,13 +335,25 @@ class FluxFamily(ModelFamily):
                                      truncation=True, return_tensors="pt")
         return {TE_CLIP: clip.input_ids, TE_T5: t5.input_ids}
 
-    def encode(self, model, tokens, clip_skip) -> Conditioning:
+    def tokenize_weighted(self, model, captions, max_token_length):
+        """T5's tokens take the weights (as Forge weights FLUX prompts); CLIP-L gives only the pooled vector,
+        which is never weighted, so it reads the captions without their markup."""
+        from library.text.attention import plain_text
+        from library.text.weighting import sequence_weighted_rows
+
+        tokens = self.tokenize(model, [plain_text(c) for c in captions], max_token_length)
+        ids, weights = sequence_weighted_rows(model.tokenizers[TE_T5], captions, self.t5_length(model))
+        return {**tokens, TE_T5: ids}, {TE_T5: weights}
+
+    def encode(self, model, tokens, clip_skip, weights=None) -> Conditioning:
+        from library.text.weighting import apply_token_weights
+
         clip, t5 = model.parts[TE_CLIP], model.parts[TE_T5]
         pooled = clip(tokens[TE_CLIP].to(clip.device)).pooler_output
         ids = tokens[TE_T5].to(t5.device)
         mask = (ids != model.tokenizers[TE_T5].pad_token_id).long() if _settings(model).apply_t5_attn_mask else None
         hidden = t5(input_ids=ids, attention_mask=mask).last_hidden_state
-        return Conditioning(hidden, pooled, mask)
+        return Conditioning(apply_token_weights(hidden, (weights or {}).get(TE_T5)), pooled, mask)
 
     # --- the denoiser ---
     def compute_dtype(self, unet) -> torch.dtype:
@@ -345,6 +427,24 @@ class FluxFamily(ModelFamily):
         """T5 is named by its own paths (sd-scripts' ``lora_te3_encoder_block_0_…``); CLIP-L as usual."""
         return (lambda path: path) if part == TE_T5 else None
 
+    def part_file_key_path(self, part: str, key: str) -> str | None:
+        """sd-scripts' flux_merge_lora naming: a ``.weight`` key minus ``.weight`` (the transformer file's
+        ``model.diffusion_model.`` dropped); clip_l's keys keep their ``text_model.`` root, T5's are T5's own."""
+        if not key.endswith(".weight"):
+            return None
+        path = key.removesuffix(".weight")
+        return path.removeprefix(BFL_PREFIX) if part == "unet" else path
+
+    def part_file_module(self, part: str, state_dict) -> torch.nn.Module | None:
+        """The transformer on the meta device, sized from its BFL file; text parts: None."""
+        from library.models.flux_keys import params_from_bfl_state
+        from library.models.flux_model import FluxTransformer
+
+        if part != "unet":
+            return None
+        with torch.device("meta"):
+            return FluxTransformer(params_from_bfl_state(state_dict))
+
     @property
     def block_layout(self) -> BlockLayout:
         return BlockLayout(FLUX_BLOCK_NAMES, 0, flux_block_index, mid_count=0)
@@ -374,6 +474,8 @@ class FluxSampler:
 
     #: takes ``guidance`` (sd-scripts' --g) besides the CFG scale
     takes_guidance = True
+    #: what ``callback_on_step_end`` may replace between steps (diffusers' convention): the conditioning
+    _callback_tensor_inputs = ("positive",)
 
     def __init__(self, family: FluxFamily, model):
         self.family = family
@@ -384,7 +486,7 @@ class FluxSampler:
 
     def __call__(self, positive: Conditioning, width: int, height: int, num_inference_steps: int,
                  guidance_scale: float, generator: torch.Generator, output_type: str = "pil",
-                 guidance: float | None = None, **_):
+                 guidance: float | None = None, callback_on_step_end=None, **_):
         from PIL import Image
 
         model = self.model
@@ -398,10 +500,12 @@ class FluxSampler:
         if _is_dev(transformer):
             sigmas = torch.cat([time_shift(flux_time_shift_mu((h // 2) * (w // 2)), sigmas[:-1]), sigmas[-1:]])
         extras = {"guidance": SAMPLE_GUIDANCE if guidance is None else float(guidance)}
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
             t = torch.full((1,), float(sigma) * 1000, device=device)
             v = self.family.predict(model, x, t, positive, extras)
             x = x + (float(sigma_next) - float(sigma)) * v.float()
+            if callback_on_step_end is not None:  # prompt editing: the next step's conditioning
+                positive = callback_on_step_end(self, i, t, {"positive": positive}).get("positive", positive)
         vae = model.vae
         latents = x / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
         pixels = vae.decode(latents.to(vae.device, vae.dtype)).sample[:, :, :height, :width]

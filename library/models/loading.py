@@ -33,7 +33,9 @@ def load_base_model(
     allow_unsafe_pickle: bool = False,
     components: dict[str, str | None] | None = None,
 ) -> BaseModel:
-    """Load a base model as float32 modules in eval mode; its family is detected from its layout.
+    """Load a base model's modules in eval mode; its family is detected from its layout. SD-family models
+    come as float32; FLUX's parts keep their files' dtypes (bf16, fp8: 12B parameters in float32 would take
+    48 GB of host memory), and ``place_model`` casts each part once to the run's dtype.
 
     ``v2`` is a hint: if the detected family disagrees, a warning is logged and the detected family
     wins. ``v_parameterization`` selects the noise scheduler's prediction type. ``vae`` replaces the

@@ -96,6 +96,18 @@ def move_weights(block: nn.Module, device: torch.device) -> None:
             tensor.data = moved
 
 
+def move_except(module: nn.Module, device: torch.device, kept: Sequence[nn.Module] = ()) -> None:
+    """``module.to(device)``, except the weights of ``kept`` (blocks that stay in host memory): a model with
+    swapped blocks never has them on the device all at once, not even while it is placed."""
+    if not kept:
+        module.to(device)
+        return
+    skipped = {id(sub) for block in kept for sub in block.modules()}
+    for sub in module.modules():
+        if id(sub) not in skipped:
+            sub._apply(lambda t: t.to(device), recurse=False)
+
+
 class BlockSwapper:
     """Keep the first ``count`` of ``blocks`` on ``host`` and bring each to ``device`` only while it runs.
 

@@ -15,6 +15,7 @@ from library.models import clip_text
 from library.models.families import FAMILIES, FamilySpec
 from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
 from library.models.tokenizer import clip_tokenizer
+from library.text.weighting import apply_token_weights, clip_weighted_rows
 from library.training.objective import DDPMObjective
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class SDFamily(ModelFamily):
     latent_cache_suffix = "sd"
     lora_unet_markers = ("down_blocks_", "mid_block_", "up_blocks_")
     accepted_options = DDPMObjective.OPTIONS | {"clip_skip", "max_token_length"}
+    embedding_keys = {TEXT_PART: "emb_params"}
 
     def __init__(self, spec: FamilySpec, description: str, default_resolution: int):
         self.spec = spec
@@ -58,7 +60,9 @@ class SDFamily(ModelFamily):
 
         if any(k.startswith("conditioner.embedders.") for k in state_dict):
             return False
-        return any(k.startswith("model.diffusion_model.") for k in state_dict) and detect_family(state_dict) == self.name
+        # an LDM UNet (input_blocks), not any model.diffusion_model.* file: ComfyUI saves FLUX with that prefix too
+        return (any(k.startswith("model.diffusion_model.input_blocks.") for k in state_dict)
+                and detect_family(state_dict) == self.name)
 
     def load_diffusers(self, source: str, local: bool) -> dict:
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -86,8 +90,13 @@ class SDFamily(ModelFamily):
     def tokenize(self, model, captions, max_token_length, pad=True) -> dict[str, torch.Tensor]:
         return {TEXT_PART: clip_text.tokenize_chunks(model.tokenizers[TEXT_PART], captions, max_token_length, pad)}
 
-    def encode(self, model, tokens, clip_skip) -> Conditioning:
-        return Conditioning(clip_text.encode_last_layers(model.parts[TEXT_PART], tokens[TEXT_PART], clip_skip))
+    def encode(self, model, tokens, clip_skip, weights=None) -> Conditioning:
+        states = clip_text.encode_last_layers(model.parts[TEXT_PART], tokens[TEXT_PART], clip_skip)
+        return Conditioning(apply_token_weights(states, (weights or {}).get(TEXT_PART), clip_text.WINDOW))
+
+    def tokenize_weighted(self, model, captions, max_token_length):
+        ids, weights = clip_weighted_rows(model.tokenizers[TEXT_PART], captions, max_token_length)
+        return {TEXT_PART: ids}, {TEXT_PART: weights}
 
     # --- the denoiser ---
     def predict(self, model, noisy, timesteps, cond, batch) -> torch.Tensor:

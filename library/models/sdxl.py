@@ -18,6 +18,7 @@ import torch
 from library.models import clip_text
 from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
 from library.models.tokenizer import EOS_TOKEN, clip_tokenizer
+from library.text.weighting import apply_token_weights, clip_weighted_rows
 from library.training.objective import DDPMObjective
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class SDXLFamily(ModelFamily):
     trains_text_encoder_by_default = False  # sd-scripts' sdxl_train.py: --train_text_encoder to train them
     lora_unet_markers = ("input_blocks_", "middle_block_", "output_blocks_")
     accepted_options = DDPMObjective.OPTIONS | {"clip_skip", "max_token_length"}
+    embedding_keys = {TE1: "clip_l", TE2: "clip_g"}
 
     # --- detection and loading ---
     def detects_diffusers(self, info: dict) -> bool:
@@ -114,13 +116,22 @@ class SDXLFamily(ModelFamily):
         return {part: clip_text.tokenize_chunks(model.tokenizers[part], captions, max_token_length, pad)
                 for part in self.text_parts}
 
-    def encode(self, model, tokens, clip_skip) -> Conditioning:
+    def tokenize_weighted(self, model, captions, max_token_length):
+        rows = {part: clip_weighted_rows(model.tokenizers[part], captions, max_token_length)
+                for part in self.text_parts}
+        return {part: ids for part, (ids, _) in rows.items()}, {part: w for part, (_, w) in rows.items()}
+
+    def encode(self, model, tokens, clip_skip, weights=None) -> Conditioning:
         if clip_skip not in (None, 1, 2) and not model.extras.get("clip_skip_warned"):
             logger.warning("clip_skip=%s has no effect on SDXL: both encoders' penultimate layers are used, "
                            "as SDXL was trained (sd-scripts ignores it too)", clip_skip)
             model.extras["clip_skip_warned"] = True
+        weights = weights or {}
         hidden1, _ = clip_text.encode_penultimate(model.parts[TE1], tokens[TE1])
         hidden2, pooled = clip_text.encode_penultimate(model.parts[TE2], tokens[TE2], with_pooled=True)
+        # each encoder's states weighted on their own (the webui's two embedders); the pooled output is not
+        hidden1 = apply_token_weights(hidden1, weights.get(TE1), clip_text.WINDOW)
+        hidden2 = apply_token_weights(hidden2, weights.get(TE2), clip_text.WINDOW)
         return Conditioning(torch.cat([hidden1, hidden2.to(hidden1.dtype)], dim=-1), pooled)
 
     # --- the denoiser ---

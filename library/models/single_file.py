@@ -74,15 +74,16 @@ def write_checkpoint(path: str | os.PathLike, state: dict[str, torch.Tensor], me
     """Write a whole-model state dict atomically: ``.safetensors`` with ``metadata`` + ``extra_metadata``,
     else a tensors-only ``{"state_dict": ...}`` pickle. ``dtype`` casts floating tensors."""
     path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from library.util.safetensors_io import write_streamed
+
+        with atomic_path(path) as tmp:  # tensor by tensor: no second copy of the model in memory
+            write_streamed(tmp, state, {**metadata, **(extra_metadata or {})}, dtype=dtype)
+        return path
     state = {
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous()
         for k, v in state.items()
     }
     with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(state, str(tmp), metadata={**metadata, **(extra_metadata or {})})
-        else:
-            torch.save({"state_dict": state}, tmp)
+        torch.save({"state_dict": state}, tmp)
     return path

@@ -12,7 +12,6 @@ import functools
 import gzip
 from pathlib import Path
 
-from transformers import CLIPTokenizer
 
 BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 VOCAB_SIZE = 49408
@@ -68,13 +67,15 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 
 @functools.lru_cache(maxsize=4)
-def clip_tokenizer(pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
+def clip_tokenizer(pad_token: str = EOS_TOKEN):
     """Return the CLIP ViT-L/14 tokenizer (SD1 and SD2 text encoders), built in memory.
 
     ``pad_token`` is ``"<|endoftext|>"`` for SD1 and ``"!"`` for SD2 (OpenCLIP pads with id 0).
     ``model_max_length`` is 77 (BOS + 75 tokens + EOS). The object is cached: treat it as read-only.
     """
     vocab, merges = _vocab_and_merges()
+    from transformers import CLIPTokenizer  # here: transformers takes a second to import (the GUI's start)
+
     tokenizer = CLIPTokenizer(
         vocab=dict(vocab),
         merges=list(merges),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from library.errors import ConfigError
-from library.networks import lora, lycoris_bridge
+from library.networks import hypernetwork, lora, lycoris_bridge
 from library.networks.args import LORA_ARGS, parse_network_args
 from library.util.registry import Registry
 
@@ -32,6 +32,12 @@ class NetworkType:
     from_weights: Callable[..., Any]
     parse_args: Callable[[list[str]], dict]
     known_args: tuple[str, ...]
+    #: whether its files are LoRA-keyed (``lora_unet_…``), so network_weights is checked for the model family
+    lora_keys: bool = True
+    #: whether it can adapt the text encoder (False: the text encoders stay frozen, their outputs cacheable)
+    trains_text_encoder: bool = True
+    #: the file format when save_model_as is not set (None: save_model_as' own default)
+    default_save_format: str | None = None
 
     def __call__(self, *args, **kwargs):
         return self.create(*args, **kwargs)
@@ -48,8 +54,15 @@ LORA = NetworkType(
 )
 NETWORK_TYPES.register("networks.lora", description="LoRA; LoCon with network_args conv_dim")(LORA)
 NETWORK_TYPES.register("networks.lora_flux", description="sd-scripts' name of LoRA for FLUX.1 (the same LoRA; "
-                       "network_args train_blocks, train_t5xxl)")(LORA)
+                       "network_args train_blocks, train_t5xxl, split_qkv, in_dims, img_/txt_/single_*_dim, "
+                       "train_double/single_block_indices, network_reg_dims/lrs)")(LORA)
 NETWORK_TYPES.register("lycoris.kohya", package=lycoris_bridge.PACKAGE, description="LyCORIS: LoHa, LoKr, LoCon, IA3, DyLoRA, full (network_args algo=…)")(NetworkType("lycoris.kohya", lycoris_bridge.create_lycoris_network, lycoris_bridge.lycoris_network_from_weights, lycoris_bridge.parse_lycoris_args, tuple(lycoris_bridge.LYCORIS_ARGS)))  # noqa: E501
+NETWORK_TYPES.register("networks.hypernetwork", description="AUTOMATIC1111's hypernetwork (.pt in the webui's layout; "
+                       "network_args layer_structure, activation_func, add_layer_norm, use_dropout, dropout_structure, "
+                       "weight_initialization, activate_output, last_layer_dropout, enable_sizes)")(NetworkType(
+    "networks.hypernetwork", hypernetwork.create_hypernetwork, hypernetwork.hypernetwork_from_weights,
+    hypernetwork.parse_hypernetwork_args, tuple(hypernetwork.HYPERNETWORK_ARGS), lora_keys=False,
+    trains_text_encoder=False, default_save_format="pt"))
 
 
 def get_network_type(name: str) -> NetworkType:

@@ -36,8 +36,8 @@ def rank(text: str) -> int:
     value = non_negative_int(text)
     if value > NETWORK_DIM_MAX:
         raise ValueError(
-            f"must be at most {NETWORK_DIM_MAX}, as network_dim: a rank above a layer's width adds nothing, and "
-            "no layer of SD 1.x, 2.x or SDXL is wider than 1280 (ranks of 4 to 128 are usual)"
+            f"must be at most {NETWORK_DIM_MAX}, as network_dim (LoKr's full-matrix setting): a LoRA rank above a "
+            "layer's width adds nothing (ranks of 4 to 128 are usual)"
         )
     return value
 
@@ -107,6 +107,76 @@ def train_blocks(text: str) -> str:
     return text
 
 
+def in_dims(text: str) -> tuple[int, ...]:
+    """sd-scripts' FLUX ``in_dims``: five ranks for img_in, time_in, vector_in, guidance_in, txt_in (``[4,2,2,2,4]``;
+    the brackets are optional), 0 = no LoRA there."""
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    items = [item.strip() for item in inner.split(",")]
+    if len(items) != 5:
+        raise ValueError(
+            f"must be 5 comma-separated ranks (img_in, time_in, vector_in, guidance_in, txt_in), e.g. [4,2,2,2,4]; "
+            f"it has {len(items)}"
+        )
+    values = []
+    for item in items:
+        try:
+            values.append(rank(item))
+        except ValueError as exc:
+            raise ValueError(f"has the item {item!r}, which {exc}") from None
+    return tuple(values)
+
+
+def block_selection(text: str) -> str:
+    """sd-scripts' ``train_double_block_indices`` / ``train_single_block_indices``: ``all``, ``none`` or indices and
+    ranges such as ``0,1,4-5,7`` (0-based). The indices are checked against the model's block count later."""
+    from library.networks.flux_plan import parse_block_selection
+
+    parse_block_selection(text, None)
+    return text.strip()
+
+
+def _pattern_pairs(text: str, convert: Callable[[str], object]) -> dict[str, object]:
+    """``pattern=value,pattern=value`` (sd-scripts' network_reg_dims / network_reg_lrs), each pattern a regular
+    expression searched in the module names (lora_unet_double_blocks_0_img_attn_qkv …)."""
+    import re
+
+    pairs: dict[str, object] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"has the item {item!r}, which is not pattern=value (e.g. img_attn=8)")
+        pattern, value = (part.strip() for part in item.split("=", 1))
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"has the pattern {pattern!r}, which is not a regular expression ({exc})") from None
+        try:
+            pairs[pattern] = convert(value)
+        except ValueError as exc:
+            raise ValueError(f"has the value {value!r} for {pattern!r}, which {exc}") from None
+    if not pairs:
+        raise ValueError("must hold at least one pattern=value pair")
+    return pairs
+
+
+def pattern_ranks(text: str) -> dict[str, object]:
+    return _pattern_pairs(text, rank)
+
+
+def _learning_rate(text: str) -> float:
+    value = finite_float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def pattern_lrs(text: str) -> dict[str, object]:
+    return _pattern_pairs(text, _learning_rate)
+
+
 #: network_args understood by networks.lora: key -> converter from the string value.
 LORA_ARGS: dict[str, Callable[[str], object]] = {
     "conv_dim": rank,
@@ -128,10 +198,27 @@ LORA_ARGS: dict[str, Callable[[str], object]] = {
     # FLUX (sd-scripts' networks.lora_flux): which blocks, and whether T5 gets a LoRA (the family applies them)
     "train_blocks": train_blocks,
     "train_t5xxl": boolean,
+    "split_qkv": boolean,
+    "in_dims": in_dims,
+    **dict.fromkeys(("img_attn_dim", "img_mlp_dim", "img_mod_dim", "txt_attn_dim", "txt_mlp_dim", "txt_mod_dim",
+                     "single_dim", "single_mod_dim"), rank),
+    "train_double_block_indices": block_selection,
+    "train_single_block_indices": block_selection,
+    "network_reg_dims": pattern_ranks,
+    "network_reg_lrs": pattern_lrs,
+    "verbose": boolean,
 }
 
-#: sd-scripts keys we know but do not implement yet: an explicit error instead of silently ignoring them.
-NOT_YET_SUPPORTED: tuple[str, ...] = ()
+#: sd-scripts keys we know but do not implement yet -> what they are: an explicit error instead of silently
+#: ignoring them.
+NOT_YET_SUPPORTED: dict[str, str] = {
+    "ggpo_sigma": "LoRA-GGPO, networks.lora_flux's gradient-guided weight perturbation",
+    "ggpo_beta": "LoRA-GGPO, networks.lora_flux's gradient-guided weight perturbation",
+}
+
+
+#: keys whose value "none" means something (no block), not "unset"
+NONE_IS_A_VALUE = frozenset({"train_double_block_indices", "train_single_block_indices"})
 
 
 def split_network_args(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
@@ -155,14 +242,14 @@ def parse_network_args(
     for key, text in split_network_args(items).items():
         if key in NOT_YET_SUPPORTED and key not in known:
             raise ConfigError(
-                f"network_args key {key!r} (sd-scripts block-wise options) is not supported yet. "
+                f"network_args key {key!r} ({NOT_YET_SUPPORTED[key]}) is not supported yet. "
                 f"Remove it; supported keys: {', '.join(known)}."
             )
         if key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"Unknown network_args key {key!r}.{hint} Valid keys: {', '.join(known)}.")
-        if text.lower() == "none":
+        if text.lower() == "none" and key not in NONE_IS_A_VALUE:
             parsed[key] = None
             continue
         try:

@@ -116,6 +116,26 @@ def _find_targets(
     return list(found.values())
 
 
+def _path_targets(root: nn.Module, prefix: str, paths: tuple[str, ...], path_of, found: list[Target]) -> list[Target]:
+    """Linear layers under the given module paths (those the model has), not already in ``found``."""
+    seen = {t.lora_name for t in found}
+    extra: list[Target] = []
+    for path in paths:
+        try:
+            base = root.get_submodule(path)
+        except AttributeError:
+            continue
+        for child_path, child in base.named_modules():
+            if not isinstance(child, nn.Linear):
+                continue
+            full_path = f"{path}.{child_path}" if child_path else path
+            name = lora_name(prefix, path_of(full_path))
+            if name not in seen:
+                seen.add(name)
+                extra.append(Target(name, full_path, child, KIND_LINEAR))
+    return extra
+
+
 def find_unet_targets(unet: nn.Module, include_conv_blocks: bool = False) -> list[Target]:
     """UNet layers that get a LoRA, named by diffusers paths; ``include_conv_blocks`` adds the ResNet/down/upsample
     blocks (LoCon). A family that names its UNet otherwise goes through :func:`model_parts`."""
@@ -143,6 +163,11 @@ class NetworkPart:
     #: class names of the blocks searched for layers (None: the SD defaults above); the family sets them
     blocks: tuple[str, ...] | None = None
     conv_blocks: tuple[str, ...] | None = None
+    #: module paths outside the target blocks whose Linear layers are targets too (FLUX's ``in_dims`` layers)
+    extra_paths: tuple[str, ...] = ()
+    #: the family's per-module rules (rank, split parts, learning rate), e.g.
+    #: :class:`~library.networks.flux_plan.FluxModulePlan`; None: network_dim / block_dims for every module
+    plan: object | None = None
 
     def targets(self, include_conv_blocks: bool = False) -> list[Target]:
         """The layers of this part that get a network module (see the module docstring)."""
@@ -150,7 +175,9 @@ class NetworkPart:
             blocks = UNET_TARGET_BLOCKS if self.blocks is None else self.blocks
             conv = UNET_CONV_TARGET_BLOCKS if self.conv_blocks is None else self.conv_blocks
             blocks = blocks + (conv if include_conv_blocks else ())
-            return _find_targets(self.module, self.prefix, blocks, self.key_path or (lambda path: path))
+            path_of = self.key_path or (lambda path: path)
+            found = _find_targets(self.module, self.prefix, blocks, path_of)
+            return found + _path_targets(self.module, self.prefix, self.extra_paths, path_of, found)
         module = self.module
         blocks = TE_TARGET_BLOCKS if self.blocks is None else self.blocks
         return _find_targets(module, self.prefix, blocks,

@@ -102,6 +102,119 @@ class LoRAModule(NetworkModule):
         return lora_delta_weight(self.lora_down.weight, self.lora_up.weight, self.scale)
 
 
+class SplitLoRAModule(NetworkModule):
+    """LoRA on a fused projection with one down/up pair per part of its output (sd-scripts' ``split_qkv``: a FLUX
+    double block's q, k, v; a single block's q, k, v and MLP), all of rank ``dim`` with one alpha.
+
+    forward(x) = org(x) + cat_i(up_i(down_i(x))) · alpha / dim. The file holds the fused form sd-scripts writes
+    (and every client loads as a plain LoRA): ``lora_down`` = the downs stacked (n·dim, in), ``lora_up`` = the ups
+    block-diagonal (out, n·dim). Its alpha is alpha · n, so that alpha / rank of the fused module is this module's
+    scale and the file's ΔW is the one trained; sd-scripts keeps alpha unchanged there, so clients apply its split
+    layers at 1/n strength (kohya-ss/sd-scripts#2204).
+    """
+
+    def __init__(
+        self,
+        lora_name: str,
+        org_module: nn.Module,
+        dim: int,
+        split_dims: list[int],
+        alpha: float | None = None,
+        multiplier: float = 1.0,
+        dropout: float | None = None,
+        rank_dropout: float | None = None,
+        module_dropout: float | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(lora_name, org_module, multiplier, module_dropout)
+        if not isinstance(org_module, nn.Linear) or sum(split_dims) != org_module.out_features:
+            raise TypeError(f"{lora_name}: split parts {split_dims} do not add up to the layer's output width")
+        self.lora_dim = dim
+        self.is_conv = False
+        self.split_dims = list(split_dims)
+        self.lora_down = nn.ModuleList(nn.Linear(org_module.in_features, dim, bias=False) for _ in split_dims)
+        self.lora_up = nn.ModuleList(nn.Linear(dim, width, bias=False) for width in split_dims)
+        alpha = dim if alpha is None or alpha == 0 else alpha
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.scale = float(alpha) / dim
+        self.dropout = dropout
+        self.rank_dropout = rank_dropout
+        for down, up in zip(self.lora_down, self.lora_up, strict=True):
+            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5), generator=generator)
+            nn.init.zeros_(up.weight)
+
+    def on_weights_loaded(self) -> None:
+        self.scale = float(self.alpha) / self.lora_dim
+
+    def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight_dtype = self.lora_down[0].weight.dtype
+        x = x if x.dtype == weight_dtype else x.to(weight_dtype)
+        scale = self.scale
+        outs = []
+        for down, up in zip(self.lora_down, self.lora_up, strict=True):
+            lx = down(x)
+            if self.training and self.dropout:
+                lx = F.dropout(lx, p=self.dropout)
+            if self.training and self.rank_dropout:
+                mask = torch.rand((lx.size(0), self.lora_dim), device=lx.device) > self.rank_dropout
+                lx = lx * (mask[:, None, :] if lx.dim() == 3 else mask).to(lx.dtype)
+            outs.append(up(lx))
+        if self.training and self.rank_dropout:
+            scale = scale / (1.0 - self.rank_dropout)
+        return torch.cat(outs, dim=-1) * scale
+
+    def delta_weight(self) -> torch.Tensor:
+        return torch.cat([lora_delta_weight(down.weight, up.weight, self.scale)
+                          for down, up in zip(self.lora_down, self.lora_up, strict=True)], dim=0)
+
+    def file_entries(self) -> dict[str, torch.Tensor]:
+        """The fused form of the file (keys without the module name): stacked downs, block-diagonal ups."""
+        downs = [down.weight.detach() for down in self.lora_down]
+        down = torch.cat(downs, dim=0)
+        up = torch.zeros(sum(self.split_dims), down.shape[0], dtype=down.dtype, device=down.device)
+        row = 0
+        for i, part in enumerate(self.lora_up):
+            width = self.split_dims[i]
+            up[row : row + width, i * self.lora_dim : (i + 1) * self.lora_dim] = part.weight.detach()
+            row += width
+        alpha = torch.tensor(float(self.alpha) * len(self.split_dims), dtype=self.alpha.dtype)
+        return {"lora_down.weight": down, "lora_up.weight": up, "alpha": alpha}
+
+    def entries_from_file(self, entries: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A fused file module (stacked downs, block-diagonal ups) as this module's parts; anything that is not
+        that form cannot be trained per part and is refused, naming the module and the way out."""
+        n, dim = len(self.split_dims), self.lora_dim
+        down, up = entries.get("lora_down.weight"), entries.get("lora_up.weight")
+        if down is None or up is None:
+            return {}
+        if down.dim() != 2 or down.shape[0] != n * dim or tuple(up.shape) != (sum(self.split_dims), n * dim):
+            raise ModelLoadError(
+                f"{self.lora_name}: the file's module has rank {down.shape[0]} (lora_down {tuple(down.shape)}, "
+                f"lora_up {tuple(up.shape)}), but split_qkv trains {n} parts of rank network_dim = {dim}, which "
+                f"needs rank {n * dim}. Set network_dim to {down.shape[0] // n if down.shape[0] % n == 0 else '?'} "
+                "(the file's rank / parts), or train it without split_qkv (dim_from_weights = true)."
+            )
+        parts: dict[str, torch.Tensor] = {}
+        row = 0
+        for i, width in enumerate(self.split_dims):
+            cols = slice(i * dim, (i + 1) * dim)
+            block = up[row : row + width]
+            off_diagonal = torch.cat([block[:, : i * dim], block[:, (i + 1) * dim :]], dim=1)
+            if off_diagonal.numel() and off_diagonal.abs().max() > 0:
+                raise ModelLoadError(
+                    f"{self.lora_name}: this module of the file mixes the parts of the fused projection (its lora_up "
+                    f"is not block-diagonal over {n} parts of rank {dim}), so it cannot be trained as separate "
+                    "q/k/v LoRAs exactly. Remove split_qkv from network_args to continue training it as one fused "
+                    "module (with dim_from_weights = true)."
+                )
+            parts[f"lora_down.{i}.weight"] = down[cols]
+            parts[f"lora_up.{i}.weight"] = block[:, cols]
+            row += width
+        alpha = entries.get("alpha")
+        parts["alpha"] = torch.tensor(float(down.shape[0] if alpha is None else alpha) / n)
+        return parts
+
+
 class LoRANetwork(Network):
     """A LoRA / LoCon network; see :func:`create_network` and :func:`network_from_weights`."""
 
@@ -232,19 +345,26 @@ def create_network(
         raise ConfigError("The network would train nothing: enable the UNet or the text encoder.")
     plan = BlockPlan.from_args(extra, dim, alpha, conv_dim, conv_alpha, block_layout)
 
-    def build(targets: list[keys.Target], unet_side: bool) -> list[LoRAModule]:
+    def build(part: keys.NetworkPart, targets: list[keys.Target], unet_side: bool) -> list[NetworkModule]:
         modules = []
         for t in targets:
             size, weight = plan.size_and_weight(t, unet_side)
+            if part.plan is not None:
+                size = part.plan.size(t.lora_name, size, unet_side)
             if not size[0]:
                 continue
-            module = LoRAModule(t.lora_name, t.module, size[0], size[1], **options)
+            split = part.plan.split_dims(t.lora_name, t.module) if part.plan is not None else None
+            if split:
+                module = SplitLoRAModule(t.lora_name, t.module, size[0], split, size[1], **options)
+            else:
+                module = LoRAModule(t.lora_name, t.module, size[0], size[1], **options)
             module.lr_weight = weight
+            _set_plan_lr(module, part)
             modules.append(module)
         return modules
 
-    te_modules = {p.name: build(p.targets(), False) for p in parts if not p.is_unet}
-    unet_modules = [m for p in parts if p.is_unet for m in build(p.targets(plan.uses_conv), True)]
+    te_modules = {p.name: build(p, p.targets(), False) for p in parts if not p.is_unet}
+    unet_modules = [m for p in parts if p.is_unet for m in build(p, p.targets(plan.uses_conv), True)]
     info = {
         "dim": dim,
         "alpha": alpha,
@@ -256,6 +376,9 @@ def create_network(
     info.update({k: v for k, v in options.items() if k != "generator"})
     logger.info("LoRA: %d text-encoder modules, %d UNet modules", sum(map(len, te_modules.values())),
                 len(unet_modules))
+    if any(getattr(p.plan, "verbose", False) for p in parts):
+        for module in [*(m for ms in te_modules.values() for m in ms), *unet_modules]:
+            logger.info("  %-60s rank %d, alpha %g", module.lora_name, module.lora_dim, float(module.alpha))
     return LoRANetwork(te_modules, unet_modules, multiplier=multiplier, info=info)
 
 
@@ -278,11 +401,16 @@ def network_from_weights(
     Each module's rank comes from its ``lora_down`` and its alpha from the file (alpha = rank when
     absent). File modules that match no layer of the model are listed in the report's ``unexpected``.
     """
-    state_dict, description = read_state_dict(source)
-    grouped = group_by_module(state_dict)
+    from library.networks.foreign import to_contract
+
     if parts is None:
         parts = keys.default_parts(unet, text_encoder)
     parts = [p for p in parts if (train_unet if p.is_unet else train_text_encoder)]
+    state_dict, description = read_state_dict(source)
+    widths = {t.lora_name: t.module.out_features for p in parts for t in p.targets(include_conv_blocks=True)
+              if isinstance(t.module, nn.Linear)}
+    state_dict = to_contract(state_dict, description, widths, source=source)
+    grouped = group_by_module(state_dict)
     options = {"dropout": dropout, "rank_dropout": rank_dropout, "module_dropout": module_dropout}
     modules: dict[str, list[LoRAModule]] = {p.name: [] for p in parts}
     for part in parts:
@@ -292,8 +420,10 @@ def network_from_weights(
                 continue
             rank = entries[keys.DOWN_SUFFIX].shape[0]
             alpha = entries.get(keys.ALPHA_SUFFIX)
-            modules[part.name].append(LoRAModule(target.lora_name, target.module, rank,
-                                                 float(alpha) if alpha is not None else rank, multiplier, **options))
+            module = LoRAModule(target.lora_name, target.module, rank, float(alpha) if alpha is not None else rank,
+                                multiplier, **options)
+            _set_plan_lr(module, part)
+            modules[part.name].append(module)
     if not any(modules.values()):
         raise ModelLoadError(
             f"No module of {description} matches this model (e.g. {next(iter(grouped), 'no keys')}). "
@@ -305,6 +435,13 @@ def network_from_weights(
     report = network.load_weights(state_dict)
     report.source = description
     return network, report
+
+
+def _set_plan_lr(module: NetworkModule, part: keys.NetworkPart) -> None:
+    """The learning rate the family's plan gives this module (FLUX's ``network_reg_lrs``), if any."""
+    lr = part.plan.learning_rate(module.lora_name) if part.plan is not None else None
+    if lr is not None:
+        module.plan_lr = lr
 
 
 def _most_common_rank(modules: dict, conv: bool) -> int | None:

@@ -273,19 +273,23 @@ class Network(nn.Module):
         groups: list[dict] = []
         for name, modules, lr, plus_ratio in parts:
             lr = default_lr if lr is None else lr
-            params = [(n, p) for m in modules for n, p in m.named_parameters()]
-            if not params:
-                continue
-            for _, p in params:
-                p.requires_grad_(lr != 0)
-            if lr == 0:
-                continue
-            by_weight: dict[float, list] = {}
-            for m in modules:  # block-wise lr weights (down/mid/up_lr_weight) split a part into groups
-                by_weight.setdefault(getattr(m, "lr_weight", 1.0), []).extend(m.named_parameters())
-            for weight, named in by_weight.items():
-                label = name if weight == 1.0 else f"{name}_w{weight:g}"
-                groups.extend(_groups(label, named, lr * weight, plus_ratio))
+            by_lr: dict[tuple[str, float], list] = {}
+            for m in modules:
+                # block-wise lr weights (down/mid/up_lr_weight) split a part into groups; a module's own lr
+                # (FLUX's network_reg_lrs, as sd-scripts: even where the part's lr is 0) gets a group of its own
+                own = getattr(m, "plan_lr", None)
+                weight = getattr(m, "lr_weight", 1.0)
+                if own is not None:
+                    label, group_lr = f"{name}_lr{own:g}", own
+                else:
+                    label, group_lr = (name if weight == 1.0 else f"{name}_w{weight:g}"), lr * weight
+                for _, p in m.named_parameters():
+                    p.requires_grad_(group_lr != 0 and (own is not None or lr != 0))
+                if group_lr == 0 or (own is None and lr == 0):
+                    continue
+                by_lr.setdefault((label, group_lr), []).extend(m.named_parameters())
+            for (label, group_lr), named in by_lr.items():
+                groups.extend(_groups(label, named, group_lr, plus_ratio))
         return groups
 
     @torch.no_grad()
@@ -300,14 +304,29 @@ class Network(nn.Module):
             norm = module.delta_weight().float().norm()
             factor = max_norm_factors(norm, max_norm)
             if factor < 1.0:
-                root = factor.sqrt().to(up.weight.dtype)
-                up.weight.mul_(root)
-                down.weight.mul_(root)
+                # a split_qkv module holds a list of ups and downs: each pair is scaled alike
+                for layer in [*(up if isinstance(up, nn.ModuleList) else [up]),
+                              *(down if isinstance(down, nn.ModuleList) else [down])]:
+                    layer.weight.mul_(factor.sqrt().to(layer.weight.dtype))
                 scaled += 1
             norms.append(norm.item())
         if not norms:
             return 0, 0.0, 0.0
         return scaled, sum(norms) / len(norms), max(norms)
+
+    def file_state_dict(self) -> dict[str, torch.Tensor]:
+        """``state_dict()`` as the file contract has it: a module trained per part (``split_qkv``) in its fused
+        form (:meth:`~library.networks.lora.SplitLoRAModule.file_entries`)."""
+        state = self.state_dict()
+        for module in self.network_modules():
+            fused = getattr(module, "file_entries", None)
+            if fused is None:
+                continue
+            prefix = module.lora_name + "."
+            for key in [k for k in state if k.startswith(prefix)]:
+                del state[key]
+            state.update({prefix + key: value for key, value in fused().items()})
+        return state
 
     def load_weights(self, source, strict: bool = False) -> LoadReport:
         """Copy weights from a file or state dict into this network (continue training).
@@ -317,7 +336,12 @@ class Network(nn.Module):
         the network are ignored; both are listed in the report (and raise with ``strict``).
         A module with no ``alpha`` in the file gets alpha = rank, as sd-scripts does.
         """
+        from library.networks.foreign import to_contract
+
         state_dict, description = read_state_dict(source)
+        widths = {m.lora_name: m.org_module.out_features for m in self.network_modules()
+                  if isinstance(getattr(m, "org_module", None), nn.Linear)}
+        state_dict = to_contract(state_dict, description, widths, source=source)
         grouped = group_by_module(state_dict)
         report = LoadReport(source=description)
         own = self.state_dict()
@@ -377,7 +401,7 @@ class Network(nn.Module):
         (metadata is not stored there). The write is atomic.
         """
         tensors = {
-            k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in self.state_dict().items()
+            k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in self.file_state_dict().items()
         }
         path = Path(path)
         if path.suffix.lower() == ".safetensors":
@@ -425,6 +449,10 @@ def _module_entries(
         out[alpha_key] = torch.tensor(float(down.shape[0]))
         if record:
             report.alpha_defaulted.append(name)
+    from_file = getattr(module, "entries_from_file", None)  # a module stored in another form (split_qkv)
+    if from_file is not None:
+        local = from_file({key[len(name) + 1 :]: value for key, value in out.items()})
+        out = {f"{name}.{key}": value for key, value in local.items()}
     return out
 
 

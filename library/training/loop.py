@@ -186,7 +186,10 @@ def run_training(config, target) -> Path | None:
     model = load_model(config)
     target.on_model_loaded(model, config)
     place_model(model, accelerator.device, config, target.trains_text_encoder, target.float32_components)
-    if config.cache_latents or config.cache_latents_to_disk:
+    from library.data.metadata import attach_prepared_latents  # fine-tuning: prepare_buckets_latents' files
+
+    prepared = sum(attach_prepared_latents(data, model) for data in (dataset, validation_set) if data is not None)
+    if config.cache_latents or config.cache_latents_to_disk or prepared:
         from library.data.latent_cache import cache_latents
 
         with torch.no_grad():
@@ -216,7 +219,9 @@ def run_training(config, target) -> Path | None:
             return diffusion_loss(model, batch, step_settings, generator, target.trains_text_encoder)
 
     train_step, optimizer = accelerator.prepare(TrainStep(target.modules(), compute), optimizer)
-    fused = getattr(config, "fused_backward_pass", False)  # a train_db.py option
+    from library.training.fused_backward import fused_backward_wanted
+
+    fused = fused_backward_wanted(config)  # train_db.py options
     if fused:
         from library.training.fused_backward import check_fused_backward, install_fused_backward
 

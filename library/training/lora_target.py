@@ -13,6 +13,7 @@ from library.models.family import check_family_network_args, family_of_lora_name
 from library.networks import get_network_type, keys
 from library.networks.metadata import ADAPTER_LORA, modelspec_metadata
 from library.networks.network import read_state_dict
+from library.training.embeddings.pivotal import PivotalEmbedding, save_lora_with_embedding
 from library.training.target import BaseTarget
 
 logger = logging.getLogger(__name__)
@@ -26,9 +27,19 @@ class LoRATarget(BaseTarget):
     def __init__(self, config):
         self.network_type = get_network_type(config.network_module)
         self.args = self.network_type.parse_args(config.network_args)
-        self.file_ext = config.save_model_as
+        default_format = self.network_type.default_save_format
+        self.file_ext = (default_format if default_format and "save_model_as" not in config.explicit
+                         else config.save_model_as)
         te_lr = config.text_encoder_lr
-        self.trains_text_encoder = not config.network_train_unet_only and te_lr != 0
+        self.trains_text_encoder = (self.network_type.trains_text_encoder and not config.network_train_unet_only
+                                    and te_lr != 0)
+        #: pivotal tuning: a new token's embedding trained with the LoRA (None without token_string)
+        self.pivotal = PivotalEmbedding.from_config(config)
+        self._lora_trains_text_encoder = self.trains_text_encoder
+        if self.pivotal is not None and self.pivotal.active:
+            self.trains_text_encoder = True  # the embedding's gradients flow through the text encoder
+            # DDP must tolerate the embedding going without gradients once it stops
+            self.ddp_find_unused_parameters = self.pivotal.stop_step is not None
         self.network = None
         self.max_norm = config.scale_weight_norms
         self._logs: dict[str, float] = {}
@@ -37,13 +48,13 @@ class LoRATarget(BaseTarget):
 
     def attach(self, model, config) -> None:
         train_unet = not config.network_train_text_encoder_only
-        options = dict(train_unet=train_unet, train_text_encoder=self.trains_text_encoder,
+        options = dict(train_unet=train_unet, train_text_encoder=self._lora_trains_text_encoder,
                        dropout=config.network_dropout, rank_dropout=self.args.get("rank_dropout"),
                        module_dropout=self.args.get("module_dropout"))
         check_family_network_args(self.args, model.adapter)
         options["parts"] = model.adapter.network_parts(keys.model_parts(model), self.args)
         family_args = model.adapter.network_args
-        if config.network_weights:
+        if config.network_weights and self.network_type.lora_keys:
             check_weights_family(config.network_weights, model)
         if config.network_weights and config.dim_from_weights:
             network, report = self.network_type.from_weights(config.network_weights, model.unet,
@@ -63,9 +74,14 @@ class LoRATarget(BaseTarget):
         network.train()
         self.network = network
         self._modules = [network]
+        if self.pivotal is not None:
+            self.pivotal.attach(model, config, network)
+            self._modules.append(self.pivotal.module)
         self._model = model
 
     def on_step_end(self, global_step: int) -> None:
+        if self.pivotal is not None and self.pivotal.on_step_end(global_step):
+            self.trains_text_encoder = self._lora_trains_text_encoder
         if self.max_norm:
             scaled, mean, largest = self.network.apply_max_norm(self.max_norm)
             self._logs = {"max_norm/keys_scaled": scaled, "max_norm/average_key_norm": mean,
@@ -74,13 +90,22 @@ class LoRATarget(BaseTarget):
     def step_logs(self) -> dict[str, float]:
         return self._logs
 
+    def network_multiplier(self) -> float | None:
+        return self.network.multiplier
+
+    def set_network_multiplier(self, multiplier: float) -> None:
+        self.network.set_multiplier(multiplier)
+
     def param_groups(self, config) -> list[dict]:
         ratio = self.args.get("loraplus_lr_ratio")
-        return self.network.param_groups(
+        groups = self.network.param_groups(
             config.unet_lr, config.text_encoder_lr, config.learning_rate,
             loraplus_unet_ratio=self.args.get("loraplus_unet_lr_ratio") or ratio,
             loraplus_text_encoder_ratio=self.args.get("loraplus_text_encoder_lr_ratio") or ratio,
         )
+        if self.pivotal is not None:
+            groups.append(self.pivotal.param_group(config.learning_rate))
+        return groups
 
     def modules(self) -> list[torch.nn.Module]:
         return self._modules
@@ -107,10 +132,16 @@ class LoRATarget(BaseTarget):
             author=config.metadata_author, description=config.metadata_description,
             license=config.metadata_license, tags=config.metadata_tags,
         ))
+        if self.pivotal is not None:
+            meta.update(self.pivotal.metadata())
         return meta
 
     def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
         network = self.network
+        if self.pivotal is not None:
+            extra = self.pivotal.file_tensors(SAVE_DTYPES[precision])
+            save_lora_with_embedding(network, path, SAVE_DTYPES[precision], metadata, extra)
+            return
         network.save(path, SAVE_DTYPES[precision], metadata)
 
 

@@ -299,11 +299,7 @@ def _custom_scheduler(optimizer, dotted: str, extra: dict, warmup_steps: int):
             "'lr_warmup_steps' to 0 (or use a built-in lr_scheduler with warm-up)."
         )
     module_name, _, class_name = dotted.rpartition(".")
-    if not module_name:
-        raise ConfigError(
-            f"option 'lr_scheduler_type': {dotted!r} is not a dotted class name such as "
-            '"torch.optim.lr_scheduler.CosineAnnealingLR".'
-        )
+    module_name = module_name or "torch.optim.lr_scheduler"  # sd-scripts: a bare name is one of torch's
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

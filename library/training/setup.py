@@ -126,17 +126,26 @@ def place_model(model, device: torch.device, config, trains_text_encoder: bool,
 
     ``dtype`` overrides the compute dtype (the estimate places on the meta device as on a GPU).
     """
+    from library.models.memory import BlockSwapper, move_except
+
     if dtype is None:
         dtype = compute_dtype(config.mixed_precision, device.type)
     text_encoders = model.text_encoders
     for module in model.parts.values():
         module.requires_grad_(False)
+    # cast where the weights were loaded (a model may come in its file's dtype: bf16, fp8), store in fp8 and
+    # pick the swapped blocks there too, then move: the device never holds more than the run keeps on it
     for name in (*text_encoders, "unet"):
-        module = model.parts[name]
         keep = dtype == torch.float32 or name in float32_components or _is_text_component(name, float32_components)
-        module.to(device) if keep else module.to(device, dtype=dtype)
-    model.vae.to(device).eval()
-    _memory_savers(model, device, config, trains_text_encoder, float32_components)
+        _cast(model.parts[name], torch.float32 if keep else dtype)
+    _cast(model.vae, torch.float32)
+    model.vae.eval()
+    swapped = _memory_savers(model, device, config, trains_text_encoder, float32_components)
+    on_host = swapped if device.type != "meta" else []  # the estimate traces every block on the meta device
+    for name in (*text_encoders, "unet", "vae"):
+        move_except(model.parts[name], device, on_host if name == "unet" else ())
+    if swapped and device.type != "meta":
+        model.extras["block_swapper"] = BlockSwapper(swapped, len(swapped), device).install()
     model.unet.train(config.gradient_checkpointing)
     for module in text_encoders.values():
         module.train(trains_text_encoder and config.gradient_checkpointing)
@@ -151,11 +160,19 @@ def place_model(model, device: torch.device, config, trains_text_encoder: bool,
                 (enable or module.gradient_checkpointing_enable)()
 
 
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Floating weights to ``dtype`` when any differs (``nn.Module.to`` itself: diffusers' override warns
+    about float32-kept modules on every cast, even when it has none)."""
+    if any(t.is_floating_point() and t.dtype != dtype for t in [*module.parameters(), *module.buffers()]):
+        torch.nn.Module.to(module, dtype=dtype)
+
+
 def _memory_savers(model, device: torch.device, config, trains_text_encoder: bool,
-                   float32_components: tuple[str, ...]) -> None:
+                   float32_components: tuple[str, ...]) -> list[torch.nn.Module]:
     """fp8 storage of the frozen weights (``fp8_base``: denoiser and frozen text encoders; ``fp8_base_unet``:
-    the denoiser) and ``blocks_to_swap`` (see :mod:`library.models.memory`)."""
-    from library.models.memory import BlockSwapper, store_in_fp8
+    the denoiser), applied where the weights are; returns the blocks ``blocks_to_swap`` keeps in host memory
+    (see :mod:`library.models.memory`)."""
+    from library.models.memory import store_in_fp8
 
     if config.cpu_offload_checkpointing and not config.gradient_checkpointing:
         raise ConfigError("cpu_offload_checkpointing keeps gradient checkpointing's block inputs in host memory, "
@@ -171,19 +188,16 @@ def _memory_savers(model, device: torch.device, config, trains_text_encoder: boo
                               "Turn fp8_base off for a full fine-tune.")
         saved = store_in_fp8(model.parts[name])
         logger.info("fp8_base: %s weights stored in float8_e4m3fn (%.0f MiB saved)", name, saved / 2**20)
-    if config.blocks_to_swap:
-        blocks = model.adapter.swappable_blocks(model.unet)
-        if not blocks or config.blocks_to_swap >= len(blocks):
-            raise ConfigError(
-                f"blocks_to_swap = {config.blocks_to_swap}: this {model.family} model has "
-                f"{len(blocks or [])} swappable blocks; give at most {max(len(blocks or []) - 1, 0)} "
-                "(at least one block stays on the device)."
-            )
-        if device.type == "meta":  # the estimate: count the swapped blocks as host memory, move nothing
-            model.extras["swapped_blocks"] = (blocks[: config.blocks_to_swap], blocks)
-            return
-        model.extras["block_swapper"] = BlockSwapper(blocks, config.blocks_to_swap, device).install()
-        logger.info("blocks_to_swap: %d of %d blocks live in host memory", config.blocks_to_swap, len(blocks))
+    if not config.blocks_to_swap:
+        return []
+    blocks = model.adapter.swappable_blocks(model.unet) or []
+    swapped = model.adapter.blocks_to_swap(model.unet, config.blocks_to_swap)
+    if device.type == "meta":  # the estimate counts the swapped blocks as host memory
+        model.extras["swapped_blocks"] = (swapped, blocks)
+    else:
+        logger.info("blocks_to_swap = %d: %d of %d blocks live in host memory", config.blocks_to_swap,
+                    len(swapped), len(blocks))
+    return swapped
 
 
 def _is_text_component(name: str, components: tuple[str, ...]) -> bool:

@@ -20,6 +20,8 @@ class StepSettings:
     max_token_length: int | None = None
     #: False with DreamBooth's ``no_token_padding``: captions padded only to the batch's longest.
     pad_tokens: bool = True
+    #: ``weighted_captions``: captions in the webui's attention syntax, their tokens' states weighted
+    weighted_captions: bool = False
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     loss: LossSettings = field(default_factory=LossSettings)
 
@@ -41,7 +43,8 @@ class StepSettings:
         )
         return cls(v_prediction=model.v_parameterization, clip_skip=config.clip_skip,
                    max_token_length=config.max_token_length, noise=noise, loss=loss,
-                   pad_tokens=not getattr(config, "no_token_padding", False))  # no_token_padding: db only
+                   pad_tokens=not getattr(config, "no_token_padding", False),  # no_token_padding: db only
+                   weighted_captions=config.weighted_captions)
 
 
 def batch_latents(model, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -59,7 +62,8 @@ def encode_captions(model, captions: list[str], settings: StepSettings, with_gra
     if cache is not None:
         return cache.lookup(captions)
     with torch.set_grad_enabled(with_grad):
-        return model.encode_prompt(captions, settings.clip_skip, settings.max_token_length, settings.pad_tokens)
+        return model.encode_prompt(captions, settings.clip_skip, settings.max_token_length, settings.pad_tokens,
+                                   weighted=settings.weighted_captions)
 
 
 def diffusion_loss(model, batch: dict, settings: StepSettings, generator: torch.Generator,

@@ -75,6 +75,15 @@ class BaseTarget:
     def after_sampling(self) -> None:
         return None
 
+    def network_multiplier(self) -> float | None:
+        """The strength the trained network runs at (1 = as trained), for previews at a LoRA weight; None
+        where the target has no network (DreamBooth)."""
+        return None
+
+    def set_network_multiplier(self, multiplier: float) -> None:
+        """Run the trained network at ``multiplier`` (only where :meth:`network_multiplier` is not None)."""
+        raise TypeError(f"{type(self).__name__} trains no network whose strength could change")
+
 
 def require_family(make_target, family_name: str):
     """A target factory whose targets refuse a base model of another family than ``family_name`` (a clear
@@ -92,7 +101,7 @@ def require_family(make_target, family_name: str):
             if model.adapter is not expected:
                 raise ModelLoadError(
                     f"{model.name} is a {model.adapter.description} model ({model.family}), but this script "
-                    f"trains {expected.description} ({expected.name}) models. Give an {expected.name} base "
+                    f"trains {expected.description} ({expected.name}) models. Give a {expected.label} base "
                     "model, or run train_network.py / train_db.py, which take every family."
                 )
             loaded(model, config_)

@@ -74,21 +74,24 @@ def test_largest_seed_is_accepted(base):
 
 
 def test_network_dim_has_an_upper_bound(base):
-    _refused({**base, "network_dim": 1_000_000_000}, "network_dim", "at most 4096", "wider")
+    _refused({**base, "network_dim": 1_000_000_000}, "network_dim", "at most 100000", "width")
     assert config_from_values({**base, "network_dim": 4096}, "network").network_dim == 4096
+    # kohya_ss' LoKr presets: a dim above every width is LyCORIS' full-matrix mode
+    lokr = {**base, "network_module": "lycoris.kohya", "network_args": ["algo=lokr", "conv_dim=100000"]}
+    assert config_from_values({**lokr, "network_dim": 100000}, "network").network_dim == 100000
 
 
 @pytest.mark.parametrize(
     ("arg", "words"),
     [
-        ("conv_dim=1000000000", ("conv_dim", "at most 4096", "wider")),
+        ("conv_dim=1000000000", ("conv_dim", "at most 100000", "width")),
         ("conv_dim=-1", ("conv_dim", "negative")),
         ("conv_dim=abc", ("conv_dim", "whole number")),
         ("conv_alpha=nan", ("conv_alpha", "finite")),
         ("conv_alpha=inf", ("conv_alpha", "finite")),
         ("loraplus_lr_ratio=nan", ("loraplus_lr_ratio", "finite")),
         ("block_lr_zero_threshold=-inf", ("block_lr_zero_threshold", "finite")),
-        ("block_dims=4,4,99999", ("block_dims", "'99999'", "at most 4096")),
+        ("block_dims=4,4,999999", ("block_dims", "'999999'", "at most 100000")),
         ("conv_block_alphas=1,nan", ("conv_block_alphas", "'nan'", "finite")),
         ("down_lr_weight=sine+nan", ("down_lr_weight", "finite")),
         ("rank_dropout=nan", ("rank_dropout", "[0, 1)")),
@@ -100,7 +103,7 @@ def test_numeric_network_args_have_the_bounds_of_network_dim(base, arg, words):
 
 def test_lycoris_network_args_are_bounded_too(base):
     lycoris = {**base, "network_module": "lycoris.kohya"}
-    _refused({**lycoris, "network_args": ["algo=locon", "conv_dim=99999"]}, "conv_dim", "at most 4096")
+    _refused({**lycoris, "network_args": ["algo=locon", "conv_dim=999999"]}, "conv_dim", "at most 100000")
     _refused({**lycoris, "network_args": ["algo=locon", "constraint=nan"]}, "constraint", "finite")
 
 

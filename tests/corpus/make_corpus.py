@@ -131,12 +131,12 @@ def config_cases(b: Builder) -> None:
         if i % 4 == 1:
             b.trainer(f"config-neginf-toml-{name}", "configs", "error", (name,), raw=f"{name} = -inf", quick=True)
     for name, value in [("seed", 2**70), ("seed", -1), ("seed", 2**32), ("validation_seed", 2**40),
-                        ("train_batch_size", 0), ("train_batch_size", -1), ("max_train_steps", 0),
-                        ("clip_skip", 0), ("clip_skip", 13), ("caption_dropout_rate", 1.5), ("network_dim", 0),
-                        ("network_dim", 1_000_000_000), ("min_timestep", 1000), ("max_timestep", 0),
-                        ("gradient_accumulation_steps", 0), ("min_bucket_reso", 1), ("vae_batch_size", 0),
+                        ("train_batch_size", 0), ("train_batch_size", -1), ("max_train_steps", -1),
+                        ("clip_skip", -1), ("clip_skip", 13), ("caption_dropout_rate", 1.5), ("network_dim", 0),
+                        ("network_dim", 1_000_000_000), ("min_timestep", 1000), ("max_timestep", 1001),
+                        ("gradient_accumulation_steps", -1), ("min_bucket_reso", -1), ("vae_batch_size", -1),
                         ("keep_tokens", -2), ("network_dropout", 2.0), ("learning_rate", -1e-4),
-                        ("max_data_loader_n_workers", -1), ("save_every_n_steps", 0), ("huber_c", 5.0),
+                        ("max_data_loader_n_workers", -1), ("save_every_n_steps", -1), ("huber_c", 5.0),
                         ("learning_rate", 10**400)]:
         b.trainer(f"config-range-{name}-{value if abs(value) < 1e12 else 'huge'}", "configs", "error", (name,),
                   raw=_toml_line(name, value) if value != 10**400 else f"{name} = {'9' * 401}", quick=True)
@@ -802,6 +802,49 @@ def tool_cases(b: Builder) -> None:
     b.add("tool-inspect-no-file", "tools", "tools/inspect_lora.py", [], "error", ("file",), quick=True)
     b.add("tool-convert-precision-bogus", "tools", "tools/convert_model.py",
           [tiny_model, "{box}/o.safetensors", "--precision", "fp8"], "error", ("--precision",), quick=True)
+    finetune_metadata_cases(b)
+    kohya_import_cases(b)
+
+
+def kohya_import_cases(b: Builder) -> None:
+    """tools/import_kohya_config.py: a missing, broken or untrainable kohya_ss config, a wrong output name."""
+    tool = "tools/import_kohya_config.py"
+    for case_id, argv, words, files in [
+        ("tool-kohya-import-missing", ["{box}/none.json", "{box}/o.toml"], ("none.json", "does not exist"), ()),
+        ("tool-kohya-import-bad-json", ["{box}/k.json", "{box}/o.toml"], ("k.json", "JSON"),
+         (("k.json", "text", "{bad"),)),
+        ("tool-kohya-import-refused-type", ["{box}/k.json", "{box}/o.toml"], ("Kohya DyLoRA", "lycoris.kohya"),
+         (("k.json", "text", '{"LoRA_type": "Kohya DyLoRA", "network_dim": 8}'),)),
+        ("tool-kohya-import-not-toml", ["{box}/k.json", "{box}/o.txt"], ("o.txt", ".toml"),
+         (("k.json", "text", '{"LoRA_type": "Standard"}'),)),
+    ]:
+        b.add(case_id, "tools", tool, argv, "error", words, files, quick=True, absent=("o.toml", "o.txt"))
+
+
+def finetune_metadata_cases(b: Builder) -> None:
+    """sd-scripts' fine-tuning preparation tools (issue 14): bad folders, metadata files and options."""
+    bad_json = ("bad.json", "text", "{'img0': 1}")
+    for case_id, entry, argv, words, files in [
+        ("tool-merge-captions-missing-folder", "merge_captions_to_metadata", ["{box}/none", "{box}/m.json"],
+         ("none",), ()),
+        ("tool-merge-captions-bad-in-json", "merge_captions_to_metadata",
+         ["{box}/data", "{box}/m.json", "--in_json", "{box}/bad.json"], ("bad.json", "not valid JSON"),
+         (*DATASET, bad_json)),
+        ("tool-merge-tags-recursive-no-full-path", "merge_dd_tags_to_metadata",
+         ["{box}/data", "{box}/m.json", "--recursive"], ("--full_path",), DATASET),
+        ("tool-clean-missing-json", "clean_captions_and_tags", ["{box}/none.json", "{box}/m.json"], ("none.json",), ()),
+        ("tool-clean-entry-not-object", "clean_captions_and_tags", ["{box}/e.json", "{box}/m.json"],
+         ("e.json", "'img0'", "not an object"), (("e.json", "text", '{"img0": 1}'),)),
+        ("tool-latents-bad-max-resolution", "prepare_buckets_latents",
+         ["{box}/data", "{box}/bad.json", "{box}/m.json", "builtin:tiny", "--max_resolution", "512x512"],
+         ("--max_resolution",), (*DATASET, bad_json)),
+        ("tool-latents-missing-in-json", "prepare_buckets_latents",
+         ["{box}/data", "{box}/none.json", "{box}/m.json", "builtin:tiny"], ("none.json",), DATASET),
+        ("tool-latents-alpha-mask", "prepare_buckets_latents",
+         ["{box}/data", "{box}/bad.json", "{box}/m.json", "builtin:tiny", "--alpha_mask", "1"], ("--alpha_mask",),
+         (*DATASET, bad_json)),
+    ]:
+        b.add(case_id, "tools", f"tools/{entry}.py", argv, "error", words, files, quick=True, absent=("m.json",))
 
 
 def build_cases() -> list[Case]:

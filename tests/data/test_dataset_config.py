@@ -112,8 +112,9 @@ def test_json_config(tmp_path):
         ("[generals]\n" + MINIMAL, ["generals", "general"]),
         ("[general]\n", ["[[datasets]]"]),
         ("[[datasets]]\nresolution = 512\n", ["[[datasets.subsets]]"]),
-        ("[[datasets]]\n[[datasets.subsets]]\nmetadata_file = 'm.json'\n", ["metadata_file", "not support"]),
-        ("[general]\nenable_wildcard = true\n" + MINIMAL, ["enable_wildcard", "not support"]),
+        ("[[datasets]]\n[[datasets.subsets]]\nmetadata_file = 'm.json'\n[[datasets.subsets]]\nimage_dir = 'a'\n",
+         ["metadata_file", "cannot mix"]),
+        ("[general]\nface_crop_aug_range = [2.0, 4.0]\n" + MINIMAL, ["face_crop_aug_range", "not supported"]),
         ("[general\n", ["cannot be parsed"]),
     ],
 )

@@ -149,6 +149,10 @@ def test_detection_from_keys_with_and_without_the_single_file_prefix():
     assert set(flux_keys.strip_bfl_prefix(all_in_one)) == set(state)
     assert flux_keys.params_from_bfl_state(prefixed) == TINY_FLUX_PARAMS
     assert flux_keys.params_from_bfl_state(schnell) == SCHNELL_TINY
+    # ComfyUI's all-in-one FLUX files carry the LDM prefix: FLUX, not an SD checkpoint
+    from library.models.family import family_of_single_file
+
+    assert family_of_single_file(prefixed).name == "flux"
 
 
 @pytest.mark.slow
@@ -276,3 +280,19 @@ def test_dev_model_needs_guidance():
     x = dict(_inputs(TINY_FLUX_PARAMS, batch=1), guidance=None)
     with pytest.raises(ValueError, match="guidance-distilled"):
         model(**x)
+
+
+def test_blocks_to_swap_counts_as_sd_scripts_does():
+    """16 -> 8 double + 16 single blocks (the last ones of each stack), 28 -> 14 + 28; 35 is FLUX.1's most."""
+    from library.errors import ConfigError
+    from library.models.family import get_model_family
+    from library.models.flux_model import FLUX_PRESETS, FluxTransformer
+
+    with torch.device("meta"):
+        dev = FluxTransformer(FLUX_PRESETS["dev"])
+    family = get_model_family("flux")
+    for count, (doubles, singles) in {16: (8, 16), 28: (14, 28), 35: (17, 36), 1: (0, 2)}.items():
+        swapped = family.blocks_to_swap(dev, count)
+        assert swapped == [*dev.double_blocks[19 - doubles:], *dev.single_blocks[38 - singles:]], count
+    with pytest.raises(ConfigError, match=r"blocks_to_swap = 36 would swap 18 of the 19 double blocks.*at most 35"):
+        family.blocks_to_swap(dev, 36)

@@ -99,7 +99,10 @@ def set_field(page, elem_id: str, value) -> None:
 
 
 def choose(page, elem_id: str, value: str) -> None:
-    """Pick ``value`` in a gradio dropdown."""
+    """Pick ``value`` in a gradio dropdown (an entry labelled ``value``, or ``value — description`` as the
+    presets are)."""
     box = page.locator(f"#{elem_id} input").first
     box.click()
-    page.locator(f"li[role='option'][aria-label='{value}']").first.click()
+    page.locator(
+        f"li[role='option'][aria-label='{value}'], li[role='option'][aria-label^='{value} — ']"
+    ).first.click()

@@ -34,6 +34,7 @@ PARTNERS = {
     "max_timestep": {"min_timestep": 10},
     "cache_text_encoder_outputs": {"shuffle_caption": False},
     "cache_text_encoder_outputs_to_disk": {"shuffle_caption": False},
+    "in_json": {"reg_data_dir": None},  # a fine-tuning dataset has no regularisation pictures
     # DeepSpeed options: deepspeed on, and the ZeRO stage / offload each one is for
     "offload_optimizer_device": {"deepspeed": True},
     "offload_optimizer_nvme_path": {"deepspeed": True, "offload_optimizer_device": "nvme"},

@@ -69,3 +69,25 @@ def test_dataset_check_table_tag_frequencies_and_inspect(tmp_path):
     text = inspect_text(str(lora), "")
     assert "rank" in text.lower() and "4" in text
     assert inspect_text(str(tmp_path / "missing.safetensors"), "").startswith("❌")
+
+
+@pytest.mark.slow  # three tool subprocesses
+def test_finetune_metadata_forms_run_the_preparation_tools(tmp_path):
+    """kohya_ss' Finetune workflow from the Dataset tab: captions, then tags, then cleaning, into one JSON."""
+    import json
+
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(folder / "a.png")
+    (folder / "a.caption").write_text("a red square", encoding="utf-8")
+    (folder / "a.txt").write_text("red, square,  red", encoding="utf-8")
+    meta = tmp_path / "meta.json"
+    clean = tmp_path / "meta_clean.json"
+    forms = {s.key: s for s in DATASET_TOOLS}
+    assert run_tool(forms["merge_captions"], [str(folder), str(meta), "", False, False], "").startswith("✅")
+    assert run_tool(forms["merge_tags"], [str(folder), str(meta), "", "", False, False], "").startswith("✅")
+    assert run_tool(forms["clean_metadata"], [str(meta), str(clean)], "").startswith("✅")
+    entry = json.loads(clean.read_text(encoding="utf-8"))["a"]
+    assert entry["caption"] == "a red square" and entry["tags"].startswith("red, square")

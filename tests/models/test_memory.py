@@ -167,3 +167,14 @@ def test_a_block_is_on_the_device_whenever_its_layers_run(early_stop):
         model(x).sum().backward()
     assert ran.count(0) == 2 and ran.count(3) == 2  # forward and recompute
     assert where == {0: "meta", 1: "meta", 2: "meta"}
+
+
+def test_move_except_leaves_the_kept_blocks_where_they_are():
+    from library.models.memory import move_except
+
+    model = Stack()
+    model.blocks[1].register_buffer("scale", torch.ones(3))
+    move_except(model, torch.device("meta"), [model.blocks[1]])
+    for i, block in enumerate(model.blocks):
+        devices = {t.device.type for t in [*block.parameters(), *block.buffers()]}
+        assert devices == ({"cpu"} if i == 1 else {"meta"}), i

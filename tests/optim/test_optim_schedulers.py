@@ -184,14 +184,15 @@ def test_scheduler_args_reach_the_schedule():
         build_scheduler(_optimizer(), "cosine", warmup=0, total_steps=T, scheduler_args=["bogus=1"])
 
 
-def test_lr_scheduler_type_builds_any_class_from_its_args():
+@pytest.mark.parametrize("name", ["torch.optim.lr_scheduler.StepLR", "StepLR"])  # bare: torch's (sd-scripts)
+def test_lr_scheduler_type_builds_any_class_from_its_args(name):
     optimizer = _optimizer()
     scheduler = build_scheduler(
         optimizer,
         "constant",
         warmup=0,
         total_steps=T,
-        scheduler_type="torch.optim.lr_scheduler.StepLR",
+        scheduler_type=name,
         scheduler_args=["step_size=10", "gamma=0.5"],
     )
     assert type(scheduler) is torch.optim.lr_scheduler.StepLR
@@ -208,6 +209,7 @@ def test_lr_scheduler_type_builds_any_class_from_its_args():
         ),
         (dict(scheduler_type="no_such_pkg.Sched", warmup=0), "pip install no_such_pkg"),
         (dict(scheduler_type="torch.optim.lr_scheduler.Nope", warmup=0), "has no class 'Nope'"),
+        (dict(scheduler_type="Nope", warmup=0), "module 'torch.optim.lr_scheduler' has no class 'Nope'"),
         (dict(scheduler_type="torch.optim.lr_scheduler.StepLR", warmup=0), "rejected lr_scheduler_args"),
     ],
 )

@@ -195,7 +195,7 @@ def test_part_states_splits_gathered_weights():
         ),
         (
             {"deepspeed": True, "fused_backward_pass": True, "optimizer_type": "AdaFactor"},
-            "fused_backward_pass cannot be combined with deepspeed",
+            "fused_backward_pass / blockwise_fused_optimizers cannot be combined with deepspeed",
         ),
         (
             {"deepspeed": True, "zero_stage": 3, "zero3_save_16bit_model": True, "validation_split": 0.25},

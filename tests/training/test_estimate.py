@@ -176,6 +176,17 @@ def test_cli_prints_the_estimate_and_writes_nothing(tiny_dataset, tmp_path, caps
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # an estimate
+def test_the_estimate_names_the_entry_script_that_ran(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setattr("sys.argv", [str(root / "sdxl_train_network.py")])
+    options = base_options(tiny_dataset, tmp_path / "out", max_train_steps=10)
+    assert train(tmp_path, options, extra_argv=["--estimate"]) == 0
+    assert capsys.readouterr().out.startswith("Estimate for sdxl_train_network.py on ")
+
+
 def test_live_bytes_counts_allocations_not_views():
     from library.training.estimate.tracing import LiveBytes
 
@@ -194,3 +205,34 @@ def test_live_bytes_counts_allocations_not_views():
         assert memory.current == 12000
         del a, c, view
     assert memory.current == 0 and memory.peak == 12000
+
+
+def test_checkpointed_blocks_release_their_recomputed_activations():
+    """Under the trace, a checkpointed stack's backward frees each block's recomputed activations once its
+    gradients are out: after backward only the input's gradient is live, and the peak is one block's worth,
+    not the whole stack's (FlopCounterMode's module tracker used to keep every recomputed output alive)."""
+    from torch.utils.checkpoint import checkpoint
+
+    width = 256
+    stack = [torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
+             for _ in range(8)]
+    for block in stack:
+        block.requires_grad_(False)
+
+    def run(checkpointed: bool) -> tuple[int, int]:
+        x = torch.randn(512, width, requires_grad=True)
+        with Trace() as trace:
+            h = x
+            for block in stack:
+                h = checkpoint(block, h, use_reentrant=False) if checkpointed else block(h)
+            h.sum().backward()
+            del h
+            left = trace.memory.current
+        return trace.peak_bytes, left
+
+    plain_peak, _ = run(False)
+    peak, left = run(True)
+    grad = 512 * width * 4
+    assert left == grad
+    one_block = 512 * 4 * width * 4 * 2  # the hidden layer and its GELU
+    assert peak < 2 * one_block + 5 * grad and peak < plain_peak / 2

@@ -192,7 +192,10 @@ def _save_diffusers(model: BaseModel, destination: Path, dtype, prediction_type:
         for module in model.parts.values():
             # plain nn.Module.to: diffusers' override warns about keep-in-fp32 modules SD does not have
             torch.nn.Module.to(module, dtype)
-    pipeline = model.adapter.diffusers_pipeline(model.parts, model.tokenizers, make_noise_scheduler(prediction_type))
+    # DDPM for epsilon / v models; a flow-matching family (FLUX.1) brings its own scheduler
+    scheduler = (make_noise_scheduler(prediction_type) if prediction_type in ("epsilon", "v_prediction")
+                 else model.noise_scheduler)
+    pipeline = model.adapter.diffusers_pipeline(model.parts, model.tokenizers, scheduler)
     try:
         with atomic_folder(destination) as tmp:
             pipeline.save_pretrained(tmp, safe_serialization=True)

@@ -7,7 +7,9 @@ also the ResNet / down / upsample blocks (LoCon, 3x3 convs at ``conv_dim``). Eac
 alpha = k (scale 1), so merging the result at ratio 1 adds the best rank-k approximation of D; the
 Frobenius error per module is sqrt(Σ_{i>k} S_i²) (before ``clamp_quantile`` clipping).
 A text encoder is skipped when none of its weights differs by more than ``min_diff`` (sd-scripts' rule,
-applied to each encoder on its own).
+applied to each encoder on its own). Two transformer files of a part-file family (FLUX.1, BFL layout) are
+read key by key instead (:func:`library.tools.models.part_files.extract_from_part_files`; the transformer only,
+as sd-scripts' flux_extract_lora.py).
 """
 
 from __future__ import annotations
@@ -97,13 +99,8 @@ def extract_modules(
     """
     from library.util.tensor_checks import require_finite_number
 
-    if dim < 1 or (conv_dim is not None and conv_dim < 1):
-        raise ConfigError(f"dim and conv_dim must be positive integers, got {dim} and {conv_dim}.")
+    clamp_quantile = check_extract_options(dim, conv_dim, clamp_quantile)
     min_diff = require_finite_number(min_diff, "--min_diff", "e.g. 0.01.")
-    if clamp_quantile is not None:
-        clamp_quantile = require_finite_number(clamp_quantile, "--clamp_quantile", "e.g. 0.99.")
-        if not 0 < clamp_quantile <= 1:
-            raise ConfigError(f"--clamp_quantile must be in (0, 1], got {clamp_quantile:g}; e.g. 0.99 (1 = no clamping).")
     org_parts, tuned_parts = _as_parts(org), {p.name: p for p in _as_parts(tuned)}
     report = ExtractReport()
     modules = {}
@@ -126,6 +123,19 @@ def extract_modules(
     return modules, report
 
 
+def check_extract_options(dim: int, conv_dim: int | None, clamp_quantile: float | None) -> float | None:
+    """ConfigError for ranks below 1 or a ``clamp_quantile`` outside (0, 1]; returns the quantile as a float."""
+    from library.util.tensor_checks import require_finite_number
+
+    if dim < 1 or (conv_dim is not None and conv_dim < 1):
+        raise ConfigError(f"dim and conv_dim must be positive integers, got {dim} and {conv_dim}.")
+    if clamp_quantile is not None:
+        clamp_quantile = require_finite_number(clamp_quantile, "--clamp_quantile", "e.g. 0.99.")
+        if not 0 < clamp_quantile <= 1:
+            raise ConfigError(f"--clamp_quantile must be in (0, 1], got {clamp_quantile:g}; e.g. 0.99 (1 = no clamping).")
+    return clamp_quantile
+
+
 def _as_parts(models) -> list[keys.NetworkPart]:
     if isinstance(models, dict):
         return keys.default_parts(models.get("unet"), models.get("text_encoder"))
@@ -135,9 +145,15 @@ def _as_parts(models) -> list[keys.NetworkPart]:
 def _extract_one(target: keys.Target, tuned_layer, rank_limit: int, clamp_quantile, device):
     with torch.no_grad():
         diff = tuned_layer.weight.float() - target.module.weight.float()
+    return extract_difference(target.lora_name, diff, rank_limit, clamp_quantile, device)
+
+
+def extract_difference(name: str, diff: torch.Tensor, rank_limit: int, clamp_quantile, device):
+    """(LoRA module ``name`` for a weight difference, its singular values): up·down = U_k S_k V_kᵀ, alpha = k."""
+    with torch.no_grad():
         if not bool(torch.isfinite(diff).all()):
             raise ModelLoadError(
-                f"The weight of {target.lora_name} holds NaN or infinite values in one of the models, so no "
+                f"The weight of {name} holds NaN or infinite values in one of the models, so no "
                 "LoRA can be extracted from it. Use an undamaged copy of the models."
             )
         u, s, vh = lowrank.svd(lowrank.as_matrix(diff), device)
@@ -146,7 +162,7 @@ def _extract_one(target: keys.Target, tuned_layer, rank_limit: int, clamp_quanti
     up, down = lowrank.clamp_factors(up, down, clamp_quantile)
     kernel = tuple(diff.shape[2:]) if diff.dim() == 4 else ()
     up, down = lowrank.to_lora_shapes(up.cpu(), down.cpu(), kernel)
-    return LoraModule(target.lora_name, down, up, float(rank)), s.cpu()
+    return LoraModule(name, down, up, float(rank)), s.cpu()
 
 
 def extract_lora_file(
@@ -167,8 +183,15 @@ def extract_lora_file(
     """Load both models, extract, save the LoRA (with ``ss_*`` / ``modelspec.*`` metadata)."""
     from library.tools.models import checkpoint
     from library.tools.models.common import precision_dtype
+    from library.tools.models.part_files import extract_from_part_files, part_file_family
 
     dtype = precision_dtype(save_precision) or torch.float32
+    if part_file_family(model_org) is not None or part_file_family(model_tuned) is not None:
+        if conv_dim is not None:  # e.g. FLUX.1 transformer files (BFL layout), as sd-scripts' flux_extract_lora.py
+            raise ConfigError(f"--conv_dim {conv_dim}: {model_org} is a transformer file, which has no convolutions "
+                              "a LoRA adapts; drop --conv_dim.")
+        return extract_from_part_files(model_org, model_tuned, save_to, dim=dim, clamp_quantile=clamp_quantile,
+                                       save_precision=save_precision, device=device)
     org = checkpoint.load_model(
         model_org, v2=v2, v_parameterization=v_parameterization, allow_unsafe_pickle=allow_unsafe_pickle
     )

@@ -42,13 +42,6 @@ from library.util.safetensors_io import (
 
 #: cross-attention / text width -> architecture, from the first text-encoder or attn2.to_k module.
 WIDTH_ARCH = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
-SDXL_PREFIXES = (
-    "lora_te1_",
-    "lora_te2_",
-    "lora_unet_input_blocks_",
-    "lora_unet_middle_block_",
-    "lora_unet_output_blocks_",
-)
 _TE_PREFIX = re.compile(r"^(lora_te\d*)_")
 TIME_KEYS = ("ss_training_started_at", "ss_training_finished_at")
 JSON_KEYS = ("ss_network_args", "ss_dataset_dirs", "ss_reg_dataset_dirs")
@@ -65,6 +58,8 @@ class BaseCheck:
     uncovered_targets: int = 0
     family: str = ""
     family_problem: str = ""
+    #: modules of parts the base file does not hold (a FLUX transformer file has no clip_l / t5xxl)
+    other_parts: int = 0
 
     @property
     def ok(self) -> bool:
@@ -96,6 +91,10 @@ class Inspection:
     base_model_version: str = ""
     #: damaged modules ("name: NaN/inf values in lora_up.weight", rank mismatches, ...); empty when sound
     problems: list[str] = field(default_factory=list)
+    #: denoiser modules per block of the family's layout ({"D00": 10, "S00": 3}; SD "IN01" …), "other" outside
+    block_counts: dict[str, int] = field(default_factory=dict)
+    #: the family's block names in short ("D00–D18, S00–S37"), "" when the family is unknown
+    block_layout: str = ""
 
 
 def file_hashes(path: str | os.PathLike) -> dict[str, str]:
@@ -124,9 +123,17 @@ def file_hashes(path: str | os.PathLike) -> dict[str, str]:
 
 
 def guess_architecture(lora: LoraFile, key_names) -> tuple[str, str]:
-    """("SD1"/"SD2"/"SDXL"/"unknown", why)."""
-    if any(k.startswith(SDXL_PREFIXES) for k in key_names):
-        return "SDXL", "SDXL key layout (lora_te1_/lora_te2_ or input_blocks names)"
+    """("SD1"/"SD2"/"SDXL"/"FLUX.1"/"unknown", why): a key layout only one family has names it (with the
+    file's ``modelspec.architecture`` when that is the family's, e.g. FLUX.1's dev / schnell); SD1 and SD2 share
+    theirs and are told apart by widths or metadata."""
+    family = _distinct_family(lora)
+    if family is not None:
+        prefixes = "/".join(f"{p}_" for p in sorted(family.lora_prefixes.values()))
+        why = f"{family.name} key layout ({prefixes}, lora_unet_{'/'.join(family.lora_unet_markers)} names)"
+        declared = lora.metadata.get("modelspec.architecture", "").removesuffix("/lora")
+        if declared and lora.metadata.get("ss_base_model_version") == family.base_model_version:
+            return family.label, f"{why}; modelspec.architecture {declared}"
+        return family.label, why
     for name, module in {**lora.modules, **lora.lycoris}.items():
         width = module.in_features if isinstance(module, LoraModule) else module.shape2d[1]
         if name.startswith(keys.TE_PREFIX + "_") and name.endswith("q_proj"):
@@ -143,6 +150,24 @@ def guess_architecture(lora: LoraFile, key_names) -> tuple[str, str]:
     if meta.get("ss_v2") in ("True", "False"):
         return ("SD2" if meta["ss_v2"] == "True" else "SD1"), "metadata ss_v2"
     return "unknown", "no known widths and no architecture metadata"
+
+
+def _distinct_family(lora: LoraFile):
+    """The family whose layout (shared with no other family) the file is in, or that some of its denoiser
+    modules are named in (a mixed file); None for SD1/SD2's shared layout and unknown names."""
+    from library.models.family import UNET_PART, all_families
+
+    family = lora_family(lora)
+    if family is not None and "/" not in layout_family_names(family):
+        return family
+    names = [*lora.modules, *lora.lycoris]
+    for candidate in all_families():
+        if "/" in layout_family_names(candidate):
+            continue
+        unet = tuple(f"{candidate.lora_prefixes[UNET_PART]}_{marker}" for marker in candidate.lora_unet_markers)
+        if unet and any(name.startswith(unet) for name in names):
+            return candidate
+    return None
 
 
 def readable_metadata(metadata: dict[str, str], top_tags: int = 10) -> dict[str, str]:
@@ -186,7 +211,11 @@ def check_against_base(lora: LoraFile, base_model: str, *, allow_unsafe_pickle: 
     from library.tools.models.layers import model_layer_index
     from library.tools.models.lora_file import lora_family
     from library.tools.models.merge_lora import module_mismatch
+    from library.tools.models.part_files import check_against_part_file, part_file_family
 
+    part_family = part_file_family(base_model)
+    if part_family is not None:  # a FLUX.1 transformer file: checked key by key, without its other parts
+        return check_against_part_file(lora, base_model, part_family)
     model = load_base_model(base_model, allow_unsafe_pickle=allow_unsafe_pickle)
     index = model_layer_index(model)
     result = BaseCheck(str(base_model), family=model.family)
@@ -245,6 +274,7 @@ def inspect_lora(
     )
     arch, reason = guess_architecture(lora, state_dict)
     family = lora_family(lora)
+    blocks, layout = block_counts(family, [*lora.modules, *lora.lycoris])
     hashes, problems = {}, []
     if Path(path).suffix.lower() == ".safetensors":
         hashes = file_hashes(path)
@@ -279,7 +309,24 @@ def inspect_lora(
         fits=layout_family_names(family) if family is not None else "",
         base_model_version=lora.metadata.get("ss_base_model_version", ""),
         problems=damaged,
+        block_counts=blocks,
+        block_layout=layout,
     )
+
+
+def block_counts(family, names) -> tuple[dict[str, int], str]:
+    """({block: denoiser modules} in the family's block order, "other" last; the layout in short)."""
+    from library.tools.models.layers import layout_summary
+    from library.tools.models.merge_lora import module_block
+
+    if family is None:
+        return {}, ""
+    layout = family.block_layout
+    counts = collections.Counter(
+        module_block(n, layout) or "other" for n in names if n.startswith(keys.UNET_PREFIX + "_")
+    )
+    order = {name: i for i, name in enumerate(layout.names)}
+    return dict(sorted(counts.items(), key=lambda kv: order.get(kv[0], len(order)))), layout_summary(layout)
 
 
 def _rank(module: LoraModule | LycorisModule) -> int | str:
@@ -321,8 +368,11 @@ def report_lines(insp: Inspection, show_metadata: bool = True) -> list[str]:
         f"modules per part: {', '.join(f'{p} {n}' for p, n in insp.prefix_counts.items()) or '-'}",
         f"architecture: {insp.architecture} ({insp.architecture_reason})",
         fits_line(insp),
-        f"rank (Linear / 1x1): {_counts(insp.ranks)}",
     ]
+    if insp.block_counts:
+        lines.append(f"modules per block ({insp.block_layout}): "
+                     + ", ".join(f"{b} {n}" for b, n in insp.block_counts.items()))
+    lines.append(f"rank (Linear / 1x1): {_counts(insp.ranks)}")
     if insp.conv_ranks:
         lines.append(f"rank (3x3 conv): {_counts(insp.conv_ranks)}")
     lines.append(
@@ -379,6 +429,9 @@ def _check_lines(check: BaseCheck) -> list[str]:
     lines += [f"  wrong shape: {text}" for text in check.mismatched[:20]]
     if len(check.unknown) + len(check.mismatched) > 40:
         lines.append("  …")
+    if check.other_parts:
+        lines.append(f"  ({check.other_parts} text-encoder modules not checked: {Path(check.base).name} holds the "
+                     "transformer only)")
     if check.uncovered_targets:
         lines.append(f"  ({check.uncovered_targets} layers a LoRA usually adapts are not in this file)")
     return lines

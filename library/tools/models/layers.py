@@ -56,8 +56,10 @@ def parts_layer_index(parts: list[keys.NetworkPart]) -> dict[str, LayerRef]:
 
 def _key_path_of(part: keys.NetworkPart):
     """Module path in the part -> the path its keys use (SGM paths for SDXL's UNet, ``text_model.`` roots)."""
+    if part.key_path is not None:  # the family's naming (SGM paths, FLUX's T5 by its own paths)
+        return part.key_path
     if part.is_unet:
-        return part.key_path or (lambda path: path)
+        return lambda path: path
     return lambda path: keys.text_encoder_key_path(part.module, path)
 
 

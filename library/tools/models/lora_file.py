@@ -339,13 +339,23 @@ def check_lora_family(lora: LoraFile, family, what: str) -> None:
     ``what`` says what the other side is (e.g. "base.safetensors is a sdxl model").
     """
     found = lora_family(lora)
-    if found is None or found.lora_layout() == family.lora_layout():
+    if found is None or found.lora_layout() == family.lora_layout() or fits_family_layout(lora, family):
         return
     raise ModelLoadError(
         f"{lora.source} is a LoRA for {layout_family_names(found)} (its keys are in that family's layout), "
         f"but {what}. A LoRA only fits models of the family it was trained on: use a "
         f"{layout_family_names(family)} LoRA, or a {layout_family_names(found)} model."
     )
+
+
+def fits_family_layout(lora: LoraFile, family) -> bool:
+    """Whether every module name is in ``family``'s layout (a CLIP-L-only ``lora_te1_`` file fits SDXL and FLUX)."""
+    from library.models.family import UNET_PART
+
+    text = tuple(f"{prefix}_" for part, prefix in family.lora_prefixes.items() if part != UNET_PART)
+    unet = tuple(f"{family.lora_prefixes[UNET_PART]}_{marker}" for marker in family.lora_unet_markers)
+    names = [*lora.modules, *lora.lycoris]
+    return bool(names) and all(name.startswith(text) or (unet and name.startswith(unet)) for name in names)
 
 
 def common_lora_family(loras: list[LoraFile]):
@@ -357,6 +367,10 @@ def common_lora_family(loras: list[LoraFile]):
         if family is None:
             continue
         if first is None:
+            first = (lora, family)
+        elif fits_family_layout(lora, first[1]):
+            continue
+        elif fits_family_layout(first[0], family):
             first = (lora, family)
         elif family.lora_layout() != first[1].lora_layout():
             raise ModelLoadError(
@@ -376,13 +390,15 @@ def network_metadata(
     conv_alpha: float | None = None,
     title: str = "",
     resolution: int = 512,
+    architecture: str | None = None,
     extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The minimal ``ss_*`` keys sd-scripts keeps in every network file plus ``modelspec.*``.
 
-    ``ss_v2``, ``ss_base_model_version`` and ``modelspec.architecture`` come from the model family
-    (:func:`library.models.family.get_model_family`), e.g. ``sdxl_base_v1-0`` and
-    ``stable-diffusion-xl-v1-base/lora`` for SDXL.
+    ``ss_v2``, ``ss_base_model_version``, ``ss_network_module`` and ``modelspec.architecture`` come from the
+    model family (:func:`library.models.family.get_model_family`), e.g. ``sdxl_base_v1-0`` and
+    ``stable-diffusion-xl-v1-base/lora`` for SDXL, ``flux1``, ``networks.lora_flux`` and ``flux-1-dev/lora`` for
+    FLUX.1; ``architecture`` (without ``/lora``) overrides the family's default (FLUX.1 schnell's).
     """
     from library.models.family import get_model_family
     from library.networks.metadata import ADAPTER_LORA, modelspec_metadata
@@ -390,7 +406,7 @@ def network_metadata(
     spec = get_model_family(family)
     args = {} if not conv_dim else {"conv_dim": str(conv_dim), "conv_alpha": str(conv_alpha)}
     meta = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": spec.lora_network_module,
         "ss_network_dim": str(dim),
         "ss_network_alpha": str(alpha),
         "ss_network_args": json.dumps(args),
@@ -399,7 +415,7 @@ def network_metadata(
     }
     meta.update(
         modelspec_metadata(
-            f"{spec.architecture(v_parameterization)}/{ADAPTER_LORA}",
+            f"{architecture or spec.architecture(v_parameterization)}/{ADAPTER_LORA}",
             title or "LoRA",
             resolution,
             "v" if v_parameterization else "epsilon",

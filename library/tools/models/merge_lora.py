@@ -6,6 +6,8 @@ Into a checkpoint: every module of every file (LoRA, LoCon, LoHa, LoKr) is added
 Into one LoRA: Σ_i ratio_i ΔW_i is represented exactly by stacking the ranks,
 up = [c_1 up_1 | c_2 up_2 …], down = [down_1; down_2 …] with c_i = ratio_i · scale_i (split as
 √|c_i| on each side), alpha = total rank; ``new_rank`` then re-factorises that sum by SVD.
+A family whose checkpoints come as separate part files (FLUX.1's BFL transformer file) is merged key by key
+(:mod:`library.tools.models.part_files`) when such a file is given as ``sd_model``.
 """
 
 from __future__ import annotations
@@ -64,13 +66,13 @@ def check_ratios(models: list, ratios: list[float] | None) -> list[float]:
     ]
 
 
-def layer_mismatch(module: LoraModule, layer: torch.nn.Module) -> str | None:
-    """Why ``module`` cannot apply to ``layer`` (shape text), or None when it fits.
+def layer_mismatch(module: LoraModule, layer: torch.nn.Module | torch.Tensor) -> str | None:
+    """Why ``module`` cannot apply to ``layer`` (a layer or its weight; shape text), or None when it fits.
 
     Linear and 1x1 conv are interchangeable (clients reshape), as SD1 (conv) and SD2 (linear)
     ``proj_in`` / ``proj_out`` show.
     """
-    weight = layer.weight
+    weight = layer if isinstance(layer, torch.Tensor) else layer.weight
     kernel = tuple(weight.shape[2:]) if weight.dim() == 4 else ()
     lora_kernel = module.kernel if module.kernel != (1, 1) else ()
     if kernel == (1, 1):
@@ -124,9 +126,9 @@ def merge_into_parts(
                 weight = ref.module.weight
                 dora_scale = lora.dora_scales.get(module.name)
                 if dora_scale is None:
-                    weight.copy_(_merged(weight, module, multiplier))
+                    weight.copy_(module_merged_weight(weight, module, multiplier))
                 else:
-                    weight.copy_(_dora_merged(weight, module, dora_scale, multiplier))
+                    weight.copy_(dora_merged_weight(weight, module, dora_scale, multiplier))
         if unmatched:
             logger.warning(
                 "%s: %d modules match no layer of the model, e.g. %s",
@@ -140,11 +142,11 @@ def merge_into_parts(
     return report
 
 
-def module_mismatch(module: LoraModule | LycorisModule, layer: torch.nn.Module) -> str | None:
+def module_mismatch(module: LoraModule | LycorisModule, layer: torch.nn.Module | torch.Tensor) -> str | None:
     """:func:`layer_mismatch` for LoRA modules; LoHa / LoKr fit when ΔW's (out, in·k) equals the layer's."""
     if isinstance(module, LoraModule):
         return layer_mismatch(module, layer)
-    weight = layer.weight
+    weight = layer if isinstance(layer, torch.Tensor) else layer.weight
     if module.shape2d == (weight.shape[0], weight[0].numel()):
         return None
     return (
@@ -152,7 +154,7 @@ def module_mismatch(module: LoraModule | LycorisModule, layer: torch.nn.Module) 
     )
 
 
-def _merged(weight: torch.Tensor, module: LoraModule | LycorisModule, multiplier: float) -> torch.Tensor:
+def module_merged_weight(weight: torch.Tensor, module: LoraModule | LycorisModule, multiplier: float) -> torch.Tensor:
     """W + multiplier · ΔW in ``weight``'s dtype (LoRA through ``merged_weight``, LoHa/LoKr through lycoris_math)."""
     if isinstance(module, LoraModule):
         return merged_weight(weight, module.down, module.up, module.alpha, multiplier)
@@ -160,14 +162,14 @@ def _merged(weight: torch.Tensor, module: LoraModule | LycorisModule, multiplier
     return (weight.float() + delta).to(weight.dtype)
 
 
-def _dora_merged(weight: torch.Tensor, module, dora_scale: torch.Tensor, multiplier: float) -> torch.Tensor:
+def dora_merged_weight(weight: torch.Tensor, module, dora_scale: torch.Tensor, multiplier: float) -> torch.Tensor:
     """A DoRA module at strength ``multiplier``: W + multiplier · (D − W), D = (W + ΔW) · m / ‖W + ΔW‖.
 
     The norm is per output row when the magnitude ``m`` (``.dora_scale``) has one value per output
     channel, else per input column (LyCORIS' ``wd_on_out``). The strength blends the whole decomposed
     weight, as AUTOMATIC1111 and ComfyUI apply a DoRA at a strength (at 1 all of them agree).
     """
-    full = _merged(weight, module, 1.0).float()
+    full = module_merged_weight(weight, module, 1.0).float()
     magnitude = dora_scale.float().to(full.device)
     if magnitude.shape[0] == full.shape[0] and magnitude.numel() == full.shape[0]:
         norm = full.reshape(full.shape[0], -1).norm(dim=1).reshape(magnitude.shape)
@@ -211,10 +213,16 @@ def merge_into_checkpoint(
     from library.tools.models import checkpoint
     from library.tools.models.common import precision_dtype
     from library.tools.models.layers import parse_block_weights, precheck_block_weights
+    from library.tools.models.part_files import merge_into_part_files, part_file_family
 
     ratios = check_ratios(models, ratios)
     if block_weights:
         precheck_block_weights(block_weights)
+    part_family = part_file_family(sd_model)
+    if part_family is not None:  # e.g. a FLUX.1 transformer file: merged key by key, as its --flux_model
+        option = part_family.part_file_options["unet"]
+        return merge_into_part_files({option: sd_model}, {option: save_to}, models, ratios,
+                                     save_precision=save_precision, block_weights=block_weights)
     dtype = precision_dtype(save_precision)
     loras = [
         (lora_file.read_lora(path, allow_lycoris=True, allow_dora=True), ratio)
@@ -370,7 +378,7 @@ def merged_metadata(first: dict[str, str], modules: dict[str, LoraModule], model
     meta = {k: v for k, v in first.items() if k in MINIMAL_KEYS or k.startswith("modelspec.")}
     linear = [m for m in modules.values() if not m.is_conv3x3]
     conv = [m for m in modules.values() if m.is_conv3x3]
-    meta["ss_network_module"] = "networks.lora"
+    meta["ss_network_module"] = lora_network_module(first.get("ss_network_module"))
     if linear:
         meta["ss_network_dim"] = str(_most_common(m.rank for m in linear))
         meta["ss_network_alpha"] = str(_most_common(m.alpha for m in linear))
@@ -386,6 +394,16 @@ def merged_metadata(first: dict[str, str], modules: dict[str, LoraModule], model
             f"{Path(p).name}:{r}" for p, r in zip(models, ratios, strict=True)
         )
     return meta
+
+
+def lora_network_module(name: str | None) -> str:
+    """The ``ss_network_module`` of a LoRA the tools write from a file that named ``name``: the same when it is
+    a name of plain LoRA (``networks.lora``, FLUX's ``networks.lora_flux``), else ``networks.lora`` (a LyCORIS
+    or other input becomes a plain LoRA)."""
+    from library.networks import LORA, NETWORK_TYPES
+
+    entry = NETWORK_TYPES.find(name) if name else None
+    return name if entry is not None and entry.factory is LORA else "networks.lora"
 
 
 def _json_dict(text: str | None) -> dict:

@@ -55,6 +55,8 @@ class RunEstimate:
     attention_flops_per_step: int = 0
     matmul_rate: float | None = None
     advice: list[str] = field(default_factory=list)
+    #: the entry script named in the report's first line (default: the trainer's generic one)
+    script: str | None = None
 
     @property
     def peak_bytes(self) -> int:
@@ -79,7 +81,8 @@ class RunEstimate:
         rows.append((self.vae_encoding.label, format_bytes(self.vae_encoding.bytes), self.vae_encoding.detail))
         rows.append(("peak", format_bytes(self.peak_bytes), self._verdict()))
         width = max(len(r[0]) for r in rows)
-        head = (f"Estimate for {'train_network.py' if self.trainer == 'network' else 'train_db.py'} on "
+        script = self.script or ("train_network.py" if self.trainer == "network" else "train_db.py")
+        head = (f"Estimate for {script} on "
                 f"{self.device.type} ({self.device.name}), weights computed in {str(self.dtype)[6:]}")
         lines = [head] + [f"  {a:<{width}}  {b:>10}  {c}".rstrip() for a, b, c in rows]
         lines.append(f"  time: {self.flops_per_step / 1e12:.3g} TFLOP per optimizer step, "

@@ -1,8 +1,10 @@
 """Sample prompt files in sd-scripts' formats: .txt lines with inline options, .toml and .json lists.
 
-A .txt line is ``prompt text --n negative --w 512 --h 768 --s 30 --l 7.5 --d 42 --ss euler_a``; lines
-starting with ``#`` and empty lines are skipped. The file is re-read at every sampling event, so edits
-made during training apply to the next samples.
+A .txt line is ``prompt text --n negative --w 512 --h 768 --s 30 --l 7.5 --d 42 --ss euler_a --am 0.6``;
+lines starting with ``#`` and empty lines are skipped. The file is re-read at every sampling event, so edits
+made during training apply to the next samples. ``--am`` (sd-scripts' gen_img name) renders the prompt with
+the LoRA at that weight, or at each of several (``--am 0.4,0.8``); prompt texts take the webui's attention
+and prompt-editing syntax (:mod:`library.text`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,31 @@ class SamplePrompt:
     sampler: str | None = None
     #: the embedded guidance of a guidance-distilled model (FLUX.1 dev, sd-scripts' --g); None: the family's
     guidance: float | None = None
+    #: the LoRA weights to render this prompt at (``--am``); None: the run's ``sample_lora_weights``
+    lora_weights: tuple[float, ...] | None = None
+
+
+def _weights(value) -> tuple[float, ...]:
+    """``0.6`` / ``"0.4,0.8"`` / ``[0.4, 0.8]`` -> (0.4, 0.8); ValueError for anything else."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    if not items or isinstance(value, bool) or any(isinstance(v, bool) for v in items):
+        raise ValueError(value)
+    weights = tuple(float(v) for v in items)
+    if any(w != w or abs(w) == float("inf") for w in weights):
+        raise ValueError(value)
+    return weights
+
+
+_weights.__name__ = "number or comma-separated list of numbers"
+
+
+def lora_weights_problem(values) -> str | None:
+    """The problem with a ``sample_lora_weights`` list, or None."""
+    try:
+        _weights(list(values))
+    except (TypeError, ValueError):
+        return f"{list(values)!r} must be numbers, e.g. [0.6, 1.0] (the LoRA weights each sample is rendered at)."
+    return None
 
 
 #: inline option -> (field, converter)
@@ -41,6 +68,7 @@ _INLINE = {
     "d": ("seed", int),
     "ss": ("sampler", str),
     "g": ("guidance", float),
+    "am": ("lora_weights", _weights),
 }
 
 #: .toml / .json keys (sd-scripts' names) -> field
@@ -48,6 +76,7 @@ _KEYS = {
     "prompt": "prompt", "negative_prompt": "negative_prompt", "width": "width", "height": "height",
     "sample_steps": "steps", "steps": "steps", "scale": "scale", "cfg_scale": "scale", "seed": "seed",
     "sample_sampler": "sampler", "sampler": "sampler", "guidance_scale": "guidance",
+    "network_multiplier": "lora_weights", "am": "lora_weights",
 }
 
 
@@ -67,7 +96,8 @@ def parse_prompt_line(line: str, where: str) -> SamplePrompt | None:
         if key not in _INLINE:
             raise PromptFileError(
                 f"{where}: unknown option --{key}. Sample prompt options are --n (negative prompt), --w, --h, "
-                f"--s (steps), --l (CFG scale), --g (embedded guidance, FLUX.1 dev), --d (seed) and --ss (sampler)."
+                f"--s (steps), --l (CFG scale), --g (embedded guidance, FLUX.1 dev), --d (seed), --ss (sampler) "
+                f"and --am (LoRA weight)."
             )
         field, convert = _INLINE[key]
         try:
@@ -92,6 +122,12 @@ def _from_mapping(entry: dict, where: str, defaults: dict | None = None) -> Samp
         if key not in _KEYS:
             raise PromptFileError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(_KEYS))}.")
         values[_KEYS[key]] = value
+    if values.get("lora_weights") is not None:
+        try:
+            values["lora_weights"] = _weights(values["lora_weights"])
+        except (TypeError, ValueError):
+            raise PromptFileError(f"{where}: LoRA weight {values['lora_weights']!r} is not a number or a list of "
+                                  f"numbers.") from None
     if not values.get("prompt"):
         raise PromptFileError(f"{where}: an entry has no 'prompt'.")
     try:

@@ -20,9 +20,11 @@ class SampleRunner:
     def __init__(self, config, model, accelerator, target, seed: int):
         self.config, self.model, self.accelerator, self.target = config, model, accelerator, target
         width, height = config.resolution
+        lora_weights = getattr(config, "sample_lora_weights", None)  # train_network.py's option only
         self.settings = SampleSettings(sampler=config.sample_sampler, width=width, height=height,
                                        clip_skip=config.clip_skip, max_token_length=config.max_token_length,
-                                       seed=seed)
+                                       seed=seed,
+                                       lora_weights=tuple(float(w) for w in lora_weights) if lora_weights else None)
 
     @property
     def enabled(self) -> bool:
@@ -56,7 +58,7 @@ class SampleRunner:
         self.target.before_sampling()
         try:
             results = generate_samples(self.model, prompts, self.settings, Path(cfg.output_dir) / "sample",
-                                       f"{cfg.output_name}_{tag}")
+                                       f"{cfg.output_name}_{tag}", target=self.target)
         finally:
             for m, mode in zip(modules, modes, strict=False):
                 m.train(mode)

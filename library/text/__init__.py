@@ -1,0 +1,1 @@
+"""Prompt text as the AUTOMATIC1111 webui reads it: attention weights, prompt editing, weighted encoding."""
