@@ -14,7 +14,7 @@ import torch
 from library.errors import ConfigError, ModelLoadError
 from library.tools.models.lora_file import read_lora
 from library.tools.models.resize_lora import check_resize_options
-from tests.tools_models.helpers import load_tool, sd_scripts_lora
+from tests.tools_models.helpers import load_tool, one_error_line as _error, sd_scripts_lora
 
 inspect_cli = load_tool("inspect_lora")
 resize_cli = load_tool("resize_lora")
@@ -63,14 +63,6 @@ def _bad_files(tmp_path) -> dict:
         "one_dim": (_module(TE, torch.ones(4), up, None), "shape (4,)"),
     }
     return {k: (_raw(tmp_path / f"{k}.safetensors", t), why) for k, (t, why) in files.items()}
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 
 from library.errors import ModelLoadError
 from tests.tools_models import flux_helpers as fh
-from tests.tools_models.helpers import load_tool, sd_scripts_lora
+from tests.tools_models.helpers import load_tool, one_error_line as _error, sd_scripts_lora
 
 merge_cli = load_tool("merge_lora")
 extract_cli = load_tool("extract_lora_from_models")
@@ -24,14 +24,6 @@ LINEAR1 = "lora_unet_single_blocks_0_linear1"
 TE1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
 TE3 = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
 SD_NAME = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture

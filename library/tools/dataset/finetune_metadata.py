@@ -421,3 +421,42 @@ def prepare_buckets_latents(
     write_metadata(out_json, metadata)
     logger.info("wrote %s; latents: %d encoded, %d kept", out_json, report.encoded, report.skipped_existing)
     return report
+
+
+# -- the two merge tools' command line (tools/merge_captions_to_metadata.py, tools/merge_dd_tags_to_metadata.py) --
+
+#: field -> (default file extension, what the files hold, plural for the report)
+MERGE_FIELDS = {"caption": (".caption", "caption", "captions"), "tags": (".txt", "tag", "tag lists")}
+
+
+def merge_parser(field: str, description: str):
+    """sd-scripts' arguments of the merge tool for ``field`` ("caption" or "tags")."""
+    import argparse
+
+    extension, kind, _ = MERGE_FIELDS[field]
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("train_data_dir", help="folder of the training pictures")
+    p.add_argument("out_json", help="metadata file to write")
+    replaced = "captions" if field == "caption" else "tags"
+    p.add_argument("--in_json", help=f"metadata file to read (unset: OUT_JSON when it exists); its {replaced} are "
+                                     "replaced")
+    p.add_argument("--caption_extension", default=extension,
+                   help=f"extension of the {kind} files (default {extension})")
+    if field == "caption":
+        p.add_argument("--caption_extention", dest="caption_extension",
+                       help=argparse.SUPPRESS)  # sd-scripts' old spelling
+    p.add_argument("--full_path", action="store_true",
+                   help="keys are the pictures' paths (several folders in one file)")
+    p.add_argument("--recursive", action="store_true", help="also the pictures in subfolders (needs --full_path)")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def merge_main(field: str, args) -> int:
+    """Run the merge tool for ``field`` on parsed ``args``; prints what it merged."""
+    report = merge_texts(args.train_data_dir, args.out_json, field, args.caption_extension, args.in_json,
+                         args.full_path, args.recursive)
+    missing = (f"; {len(report.without_file)} pictures have no {args.caption_extension} file"
+               if report.without_file else "")
+    print(f"merged {report.merged} {MERGE_FIELDS[field][2]} into {args.out_json}{missing}")
+    return 0
