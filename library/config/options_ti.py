@@ -62,7 +62,7 @@ def check_token_rules(config, required: bool) -> None:
             )
         others = [n for n in ("init_word", "embedding_lr", "embedding_stop_step")
                   if getattr(config, n, None) is not None] + (
-            ["num_vectors_per_token"] if "num_vectors_per_token" in config.explicit else [])
+            ["num_vectors_per_token"] if config.num_vectors_per_token != 1 else [])
         if others:
             raise ConfigError(
                 f"{', '.join(others)} set without token_string: these are for pivotal tuning. Set token_string "

@@ -88,12 +88,13 @@ Mover = Callable[[nn.Module, torch.device], None]
 
 def move_weights(block: nn.Module, device: torch.device) -> None:
     """Move ``block``'s parameters and buffers to ``device`` in place (non-blocking from pinned memory)."""
+    pin = device.type == "cpu" and torch.cuda.is_available()  # pinned host memory: asynchronous copies
     for tensor in [*block.parameters(recurse=True), *block.buffers(recurse=True)]:
         if tensor.device != device:
             moved = tensor.data.to(device, non_blocking=True)
-            if device.type == "cpu" and torch.cuda.is_available():
-                moved = moved.pin_memory()
-            tensor.data = moved
+            tensor.data = moved.pin_memory() if pin else moved
+        elif pin and not tensor.is_pinned():  # placed on the host at load, never moved yet
+            tensor.data = tensor.data.pin_memory()
 
 
 def move_except(module: nn.Module, device: torch.device, kept: Sequence[nn.Module] = ()) -> None:

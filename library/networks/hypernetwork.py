@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +41,10 @@ from torch import nn
 
 from library.errors import ConfigError, ModelLoadError
 from library.networks.args import boolean, parse_network_args
+from library.networks.hypernetwork_files import FILE_FIELDS, META_PREFIX, flatten, read_hypernetwork
 from library.networks.network import LoadReport
 from library.util.atomic import atomic_path
-from library.util.safetensors_io import load_safetensors, read_metadata, save_safetensors
+from library.util.safetensors_io import save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ COMFYUI_ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "s
 WEIGHT_INITS = ("Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal")
 #: the dropout the webui uses where ``use_dropout`` is on and no ``dropout_structure`` is given
 LEGACY_DROPOUT = 0.3
-#: the non-tensor entries of a webui file, in the order the webui writes them
-FILE_FIELDS = ("step", "name", "layer_structure", "activation_func", "is_layer_norm", "weight_initialization",
-               "sd_checkpoint", "sd_checkpoint_name", "activate_output", "use_dropout", "dropout_structure",
-               "last_layer_dropout", "optional_info")
-META_PREFIX = "hypernetwork."
 
 
 def _number_list(text: str) -> tuple[float, ...]:
@@ -493,75 +488,6 @@ def _load_module(module: HypernetworkModule, sd: dict, where: str) -> None:
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
 
 
-def flatten(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
-    """A webui dict -> (tensors keyed ``<size>.<0|1>.<param>``, the other fields)."""
-    tensors = {f"{size}.{index}.{name}": t for size, pair in state.items() if isinstance(size, int)
-               for index, sd in enumerate(pair) for name, t in sd.items()}
-    return tensors, {k: v for k, v in state.items() if not isinstance(k, int)}
-
-
-def unflatten(tensors: dict[str, torch.Tensor], fields: dict[str, object]) -> dict:
-    """The inverse of :func:`flatten`; keys that are not ``<size>.<0|1>.<param>`` raise ValueError."""
-    state: dict = {}
-    for key, t in tensors.items():
-        size, index, name = key.split(".", 2)
-        pair = state.setdefault(int(size), ({}, {}))
-        pair[int(index)][name] = t
-    return {**state, **fields}
-
-
-def read_hypernetwork(source) -> tuple[dict, str]:
-    """(webui dict, description) from a ``.pt``/``.ckpt`` (read weights-only), a ``.safetensors`` or a dict."""
-    if isinstance(source, dict):
-        return _checked(dict(source), "a hypernetwork dict"), "a hypernetwork dict"
-    path = Path(source)
-    if not path.is_file():
-        raise ModelLoadError(f"Hypernetwork file {path} does not exist. Check network_weights.")
-    if path.suffix.lower() == ".safetensors":
-        tensors = load_safetensors(path)
-        meta = read_metadata(path)
-        try:
-            fields = {k[len(META_PREFIX):]: json.loads(v) for k, v in meta.items() if k.startswith(META_PREFIX)}
-            state = unflatten(tensors, fields)
-        except (ValueError, IndexError):
-            raise ModelLoadError(
-                f"{path} is not a hypernetwork safetensors file: its keys (e.g. {next(iter(tensors), 'none')!r}) are "
-                "not <size>.<0|1>.linear.<i>.weight/bias. A LoRA goes with network_module = networks.lora."
-            ) from None
-        return _checked(state, str(path)), str(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- random bytes raise EOFError, KeyError, RuntimeError, UnpicklingError …
-        first = str(exc).strip().split("\n")[0][:160]
-        raise ModelLoadError(
-            f"Refused to load {path} as a hypernetwork: the safe (weights-only) reader cannot read it ({first}). A "
-            "webui hypernetwork holds only tensors, numbers, strings and lists; one that holds other objects "
-            "(or a damaged file) is not read, since unpickling it fully could run code from the file. Save it "
-            "again from the webui, or retrain it here."
-        ) from None
-    return _checked(state, str(path)), str(path)
-
-
-def _checked(state, description: str) -> dict:
-    """``state`` when it has the webui's layout: {int size: (k dict, v dict) of tensors, fields…}."""
-    if not isinstance(state, dict) or not any(isinstance(k, int) for k in state):
-        what = type(state).__name__ if not isinstance(state, dict) else f"a dict with keys {sorted(map(str, state))[:4]}"
-        raise ModelLoadError(
-            f"{description} is not a webui hypernetwork: it holds {what}, not {{size: (k, v)}} entries such as 768. "
-            "A LoRA goes with network_module = networks.lora."
-        )
-    for size in (k for k in state if isinstance(k, int)):
-        pair = state[size]
-        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
-                or not all(isinstance(sd, dict) and all(isinstance(t, torch.Tensor) for t in sd.values())
-                           for sd in pair)):
-            raise ModelLoadError(f"{description}: entry {size} is not a (k, v) pair of tensor dicts; the file is "
-                                 "damaged or not a webui hypernetwork.")
-    return state
-
-
 def create_hypernetwork(unet: nn.Module, text_encoder=None, *, multiplier: float = 1.0,
                         generator: torch.Generator | None = None, enable_sizes: tuple[int, ...] | None = None,
                         **options) -> HypernetworkNetwork:
@@ -588,6 +514,9 @@ def create_hypernetwork(unet: nn.Module, text_encoder=None, *, multiplier: float
 def hypernetwork_from_weights(source, unet: nn.Module, text_encoder=None, *, multiplier: float = 1.0,
                               **_ignored) -> tuple[HypernetworkNetwork, LoadReport]:
     """A hypernetwork with the structure and sizes of a file (ours or the webui's), its weights loaded."""
+    if _ignored.get("train_unet") is False:
+        raise ConfigError("A hypernetwork adapts the UNet's attention only, so network_train_text_encoder_only "
+                          "leaves it nothing to train. Turn that off, or use networks.lora.")
     state, description = read_hypernetwork(source)
     sizes = tuple(k for k in state if isinstance(k, int))
     kept = tuple(s for s in sizes if s in {k.in_features for _, k, _ in attention_inputs(unet)})

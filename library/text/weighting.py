@@ -27,7 +27,7 @@ def weighted_pieces(tokenizer, captions: list[str]) -> list[list[tuple[list[int]
     Each piece is tokenized on its own, as the webui and sd-scripts do, so ``a (cat:1.2)`` gives the tokens
     of ``a `` and of ``cat``."""
     parsed = [parse_prompt_attention(caption) for caption in captions]
-    texts = [text for pieces in parsed for text, _ in pieces if text]
+    texts = [piece[0] for pieces in parsed for piece in pieces if piece[0] and not is_break(piece)]
     ids = iter(tokenizer(texts, add_special_tokens=False, truncation=False).input_ids if texts else [])
     return [[None if is_break(p) else ((next(ids) if p[0] else []), p[1]) for p in pieces] for pieces in parsed]
 

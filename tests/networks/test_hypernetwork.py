@@ -335,6 +335,11 @@ def test_bad_files_get_clear_errors(tmp_path):
         hypernetwork_from_weights(big, unet)
     with pytest.raises(ModelLoadError, match="does not exist"):
         hypernetwork_from_weights(tmp_path / "none.pt", unet)
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "lora.safetensors")
+    with pytest.raises(ModelLoadError, match="not a hypernetwork safetensors file.*'lora_unet_x.lora_down.weight'"):
+        hypernetwork_from_weights(tmp_path / "lora.safetensors", unet)
 
 
 def test_old_webui_names_and_missing_fields_are_read(tmp_path):
