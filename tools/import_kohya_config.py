@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output", help="the TOML config to write (for --config_file)")
     parser.add_argument(
         "--trainer",
-        choices=("network", "db"),
+        choices=("network", "db", "ti"),
         default=None,
-        help="network (train_network.py) or db (train_db.py); default: from the config's tab",
+        help="network (train_network.py), db (train_db.py) or ti (train_textual_inversion.py); default: from "
+        "the config's tab",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser

@@ -21,9 +21,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: trainer -> entry-point script.
 SCRIPTS = {"network": "train_network.py", "db": "train_db.py"}
-#: family -> trainer -> sd-scripts' own script name, used when the base model is of that family: the FLUX
-#: presets and the README run FLUX as sd-scripts' users do (flux_train_network.py / flux_train.py, the same
-#: trainers restricted to FLUX); SD and SDXL run train_network.py / train_db.py, as their presets say.
 #: launcher name -> argument list placed before the script (``python`` is this interpreter).
 LAUNCHERS = {"python": lambda: [sys.executable], "accelerate": lambda: ["accelerate", "launch"]}
 

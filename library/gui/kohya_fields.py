@@ -56,7 +56,6 @@ _FINETUNE_PREP = (
     "prepare_buckets_latents.py before training; the import only reads where their JSON is)"
 )
 _HUB = "uploading to or resuming from the Hugging Face Hub is not built in; upload the saved files yourself"
-_TI = "textual inversion: sdtrain has no textual-inversion trainer"
 
 #: fields with no counterpart here: field -> the reason shown in the import message.
 NO_COUNTERPART = {
@@ -98,11 +97,6 @@ NO_COUNTERPART = {
     "single_blocks_to_swap": "deprecated in sd-scripts (blocks_to_swap replaced it)",
     "double_blocks_to_swap": "deprecated in sd-scripts (blocks_to_swap replaced it)",
     "t5xxl_lr": "a T5 learning rate; the T5 text encoder is not trained here",
-    "token_string": _TI,
-    "init_word": _TI,
-    "num_vectors_per_token": _TI,
-    "template": _TI,
-    "weights": _TI + " (the embedding to continue from)",
     "noise_offset_type": "chooses which noise options apply (Original: noise_offset…, Multires: "
     "multires_noise_*); read by the import",
     "lr_warmup": "read by the import as lr_warmup_steps (a percentage of the steps)",

@@ -26,7 +26,7 @@ from library.gui import kohya_fields as kf
 from library.gui.kohya_network import NETWORK_FIELDS, network_options
 
 #: the trainer each kohya_ss tab's run goes to here.
-SCRIPTS = {"network": "train_network.py", "db": "train_db.py"}
+SCRIPTS = {"network": "train_network.py", "db": "train_db.py", "ti": "train_textual_inversion.py"}
 
 #: the reason shown for fields that are off and have no counterpart here (nothing is lost).
 OFF_REASON = "off in this config, so nothing is lost (no counterpart here)"
@@ -158,8 +158,9 @@ def _tab(data: dict[str, Any]) -> str:
 
 
 def guess_trainer(data: dict[str, Any]) -> str:
-    """The trainer a kohya_ss config is for: its LoRA tab -> "network", DreamBooth / Finetune -> "db"."""
-    return "network" if _tab(data) == "lora" else "db"
+    """The trainer a kohya_ss config is for: its LoRA tab -> "network", Textual Inversion -> "ti", DreamBooth /
+    Finetune -> "db"."""
+    return {"lora": "network", "ti": "ti"}.get(_tab(data), "db")
 
 
 def import_kohya(data: dict[str, Any], trainer: str = "network") -> KohyaImport:
@@ -513,6 +514,26 @@ def _accelerate(data, out: KohyaImport, trainer: str, tab: str) -> None:
     out.launch_args = args
 
 
+#: kohya_ss' TI "template" choice -> the sd-scripts option it passes
+TI_TEMPLATES = {"object template": "use_object_template", "style template": "use_style_template", "caption": None}
+
+
+def _textual_inversion(data, out: KohyaImport, trainer: str, tab: str) -> None:
+    """TI tab: ``template`` picks sd-scripts' object or style captions (or the caption files); token_string,
+    init_word, num_vectors_per_token and weights are sd-scripts' own options and map as they are."""
+    if "template" not in data:
+        return
+    choice = str(data.get("template") or "caption").strip().lower()
+    if choice not in TI_TEMPLATES:
+        out.skip("template", f"an unknown kohya_ss template {data['template']!r} (object template, style template "
+                             "or caption); the caption files are used", data["template"])
+        return
+    option = TI_TEMPLATES[choice]
+    if option and trainer == "ti":
+        out.values[option] = True
+    out.map("template", option or "template")
+
+
 def _finetune(data, out: KohyaImport, trainer: str, tab: str) -> None:
     """Finetune tab: ``train_dir`` holds the metadata JSON (in_json), ``image_folder`` the pictures; the model
     goes to output_dir as usual (train_dir never replaces it)."""
@@ -577,9 +598,9 @@ def _families(data, out: KohyaImport, trainer: str, tab: str) -> None:
                 "text encoder of SD 1.x/2.x (unless stop_text_encoder_training)",
                 None,
             )
-    if tab == "ti":
+    if tab == "ti" and trainer != "ti":
         out.refused.append(
-            "this is a kohya_ss Textual Inversion config; sdtrain has no textual-inversion trainer."
+            "this is a kohya_ss Textual Inversion config: import it for train_textual_inversion.py (trainer ti)."
         )
 
 
@@ -594,6 +615,7 @@ _HANDLERS: list[Callable[..., None]] = [
     _prompts,
     _accelerate,
     _finetune,
+    _textual_inversion,
 ]
 
 

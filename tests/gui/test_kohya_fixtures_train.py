@@ -58,3 +58,21 @@ def test_sdxl_lora_fixture_trains_on_the_tiny_sdxl(tmp_path, tiny_dataset):
     tensors, metadata = read_lora(tmp_path / "out" / "sdxl_lora.safetensors")
     assert metadata["ss_steps"] == "2" and metadata["ss_base_model_version"].startswith("sdxl")
     assert any(k.startswith("lora_unet_") for k in tensors)
+
+
+def test_textual_inversion_fixture_trains(tmp_path, tiny_dataset):
+    import toml
+    from accelerate.state import AcceleratorState
+
+    from library.cli import run_trainer
+    from library.training.ti_target import TextualInversionTarget
+
+    trainer, values = imported("ti_sd15.json", train_data_dir=str(tiny_dataset / "train"),
+                               output_dir=str(tmp_path / "out"), init_word="disc")
+    assert trainer == "ti" and values["use_object_template"] is True
+    config = tmp_path / "ti.toml"
+    config.write_text(toml.dumps(values), encoding="utf-8")
+    AcceleratorState._reset_state(True)
+    assert run_trainer("ti", TextualInversionTarget, ["--config_file", str(config)]) == 0
+    tensors, _ = read_lora(tmp_path / "out" / "ti.safetensors")
+    assert tensors["emb_params"].shape[0] == 4  # num_vectors_per_token

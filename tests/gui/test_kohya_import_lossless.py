@@ -12,7 +12,7 @@ import toml
 
 from library.config.load import config_from_values, read_toml
 from library.gui.kohya_convert import export_kohya
-from library.gui.kohya_import import import_kohya, import_kohya_file, read_kohya_json
+from library.gui.kohya_import import guess_trainer, import_kohya, import_kohya_file, read_kohya_json
 from library.gui.kohya_network import LORA_TYPES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -491,8 +491,9 @@ def test_every_kohya_ss_field_name_is_mapped_or_listed_with_a_reason():
                     assert result.skipped.get(name) != "", name
                 if value is True:  # a set field that maps to no option must change nothing
                     silent = {n for n in names if result.mapped.get(n) == () and n not in result.skipped}
-                    # the Flux.1 box only gates its fields; the other trainer's option at its default
-                    assert silent <= {"flux1_checkbox", "train_text_encoder", "network_alpha"}, silent
+                    # the Flux.1 box only gates its fields; options at their default (True == 1)
+                    assert silent <= {"flux1_checkbox", "train_text_encoder", "network_alpha",
+                                      "num_vectors_per_token"}, silent
 
 
 def test_legacy_fields_as_update_my_data_converts_them():
@@ -515,10 +516,19 @@ def test_legacy_fields_as_update_my_data_converts_them():
     assert import_kohya({"xformers": False}).values == {} and import_kohya({"xformers": "none"}).values == {}
 
 
-def test_textual_inversion_config_is_refused_with_its_fields_listed():
-    result = import_kohya(fixture("ti_sd15"), "db")
-    assert "textual-inversion" in result.refused[0]
-    assert {"token_string", "init_word", "num_vectors_per_token", "template"} <= set(result.unmapped)
+def test_textual_inversion_config_imports_for_the_ti_trainer():
+    data = fixture("ti_sd15")
+    assert guess_trainer(data) == "ti"
+    result = import_kohya(data, "ti")
+    assert not result.refused and not result.unmapped, result.message()
+    v = result.values
+    assert (v["token_string"], v["init_word"], v["num_vectors_per_token"]) == ("sks", "*", 4)
+    assert v["use_object_template"] is True and "use_style_template" not in v
+    style = import_kohya({**data, "template": "style template"}, "ti").values
+    assert style["use_style_template"] is True and "use_object_template" not in style
+    assert not {"use_object_template", "use_style_template"} & set(import_kohya({**data, "template": "caption"},
+                                                                                "ti").values)
+    assert "train_textual_inversion.py" in import_kohya(data, "db").refused[0]
 
 
 @pytest.mark.parametrize(
