@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,17 +110,51 @@ def lr_frame(view: RunView):
 _SKIPPED_SAMPLES: set[str] = set()
 
 
+#: a preview rendered at a LoRA weight (``--am`` / ``sample_lora_weights``): <prompt's name>_am<weight>.png
+_AT_WEIGHT = re.compile(r"^(?P<group>.+)_am(?P<weight>-?[0-9.]+)\.png$")
+
+
+def sample_caption(name: str) -> str:
+    """The gallery caption: "LoRA weight 0.6 · name" for a preview at a weight, else the file name."""
+    match = _AT_WEIGHT.match(name)
+    return f"LoRA weight {match['weight']} · {name}" if match else name
+
+
+def _side_by_side(paths: list) -> list:
+    """``paths`` with the previews of one prompt at several LoRA weights next to each other, lowest weight
+    first (the renders of one prompt share the name before ``_am``); other pictures keep their order."""
+    groups: dict[str, list] = {}
+    order: list = []
+    for path in paths:
+        match = _AT_WEIGHT.match(Path(path).name)
+        if match is None:
+            order.append([path])
+            continue
+        if match["group"] not in groups:
+            groups[match["group"]] = []
+            order.append(groups[match["group"]])
+        groups[match["group"]].append(path)
+
+    def weight(path) -> float:
+        try:
+            return float(_AT_WEIGHT.match(Path(path).name)["weight"])
+        except ValueError:
+            return 0.0
+
+    return [p for group in order for p in (sorted(group, key=weight) if len(group) > 1 else group)]
+
+
 def newest_samples(view: RunView, count: int = 6) -> list:
     """The newest sample pictures as PIL images (served from gradio's cache, not from arbitrary paths).
 
     Opened with the project's guarded loader: a picture over PIL's decompression-bomb limit (or one that
     cannot be decoded) is skipped with a warning naming it, never read into memory."""
     images = []
-    for path in view.samples[-count:]:
+    for path in _side_by_side(view.samples[-count:]):
         if str(path) in _SKIPPED_SAMPLES:
             continue
         try:
-            images.append((load_image(path), Path(path).name))
+            images.append((load_image(path), sample_caption(Path(path).name)))
         except DatasetError as exc:
             _SKIPPED_SAMPLES.add(str(path))
             logger.warning("sample picture skipped: %s", exc)

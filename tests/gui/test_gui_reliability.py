@@ -79,6 +79,19 @@ def test_sample_preview_skips_a_decompression_bomb_with_a_warning(tmp_path, capl
     assert "step_1.png" not in caplog.text
 
 
+def test_previews_at_lora_weights_show_side_by_side(tmp_path):
+    """sample_lora_weights / --am: one prompt's renders at each weight sit next to each other, lowest weight
+    first, captioned with the weight; other pictures keep their order and names."""
+    names = ["run_000002_00_x_1_am1.png", "plain_000002.png", "run_000002_00_x_1_am0.6.png",
+             "run_000002_01_x_1_am1.png", "run_000002_01_x_1_am0.6.png"]
+    for name in names:
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    captions = [c for _, c in newest_samples(RunView(samples=[str(tmp_path / n) for n in names]))]
+    assert captions == ["LoRA weight 0.6 · run_000002_00_x_1_am0.6.png", "LoRA weight 1 · run_000002_00_x_1_am1.png",
+                        "plain_000002.png", "LoRA weight 0.6 · run_000002_01_x_1_am0.6.png",
+                        "LoRA weight 1 · run_000002_01_x_1_am1.png"]
+
+
 # --- 4. the OS-error boundary -------------------------------------------------------------------------
 
 
