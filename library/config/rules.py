@@ -126,7 +126,10 @@ def check_rules(config, schema: Schema) -> None:
     if config.sample_prompts:
         from library.training.sampling.prompts import read_prompts
 
-        read_prompts(config.sample_prompts)  # a bad line is an error now, not after an hour of training
+        prompts = read_prompts(config.sample_prompts)  # a bad line is an error now, not after an hour of training
+        if config.trainer != "network" and any(p.lora_weights for p in prompts):
+            raise ConfigError(f"sample_prompts {config.sample_prompts!r}: --am sets the weight of a trained LoRA, and "
+                              f"this trainer trains none (train_network.py does). Remove --am from the prompts.")
     _check_one_lr(config)
     _warn_unused_lr(config)
     if config.log_with in ("wandb", "all"):

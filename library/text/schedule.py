@@ -168,7 +168,3 @@ def schedule_index(schedule: list[tuple[int, str]], step: int) -> int:
             return index
     return 0
 
-
-def is_scheduled(prompt: str) -> bool:
-    """Whether the prompt changes from step to step (has prompt editing or alternation)."""
-    return len(prompt_schedule(prompt, 2)) > 1 or len(prompt_schedule(prompt, 1000)) > 1

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from library.config.load import config_from_values
+from library.errors import ModelLoadError
 from library.training.setup import load_model
 from library.training.ti_target import TextualInversionTarget
 
@@ -56,8 +57,9 @@ def base_config(tmp_path, model, dataset, **values):
     return config_from_values(values, "ti")
 
 
-def test_only_the_new_rows_train_and_the_base_stays_bit_for_bit(tmp_path, tiny_model_files, tiny_dataset):
-    config = base_config(tmp_path, tiny_model_files["sd1"]["folder"], tiny_dataset)
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+def test_only_the_new_rows_train_and_the_base_stays_bit_for_bit(tmp_path, tiny_model_files, tiny_dataset, family):
+    config = base_config(tmp_path, tiny_model_files[family]["folder"], tiny_dataset)
     model = load_model(config)
     before = {f"{part}.{name}": p.detach().clone() for part, module in model.parts.items()
               for name, p in module.named_parameters()}
@@ -68,9 +70,7 @@ def test_only_the_new_rows_train_and_the_base_stays_bit_for_bit(tmp_path, tiny_m
     target.attach(model, config)
     rows = target.token.rows["text_encoder"]
     disc = model.tokenizers["text_encoder"].encode("disc", add_special_tokens=False)
-    base_weight = before["text_encoder.text_model.embeddings.token_embedding.weight"] \
-        if "text_encoder.text_model.embeddings.token_embedding.weight" in before \
-        else next(v for k, v in before.items() if k.endswith("token_embedding.weight"))
+    base_weight = next(v for k, v in before.items() if k.endswith("token_embedding.weight"))
     assert torch.equal(rows, base_weight[[disc[0], disc[0]]])  # both vectors start from init_word
     trainable = [n for m in model.parts.values() for n, p in m.named_parameters() if p.requires_grad]
     assert len(trainable) == 1 and trainable[0].endswith("token_embedding.rows")
@@ -90,13 +90,18 @@ def test_only_the_new_rows_train_and_the_base_stays_bit_for_bit(tmp_path, tiny_m
     data = torch.load(tmp_path / "emb.pt", weights_only=True)
     assert torch.equal(data["string_to_param"]["*"], rows.detach()) and data["name"] == "sks"
     target.save(tmp_path / "emb16.safetensors", "fp16", {"ss_x": "1"}, config)
-    assert load_file(tmp_path / "emb16.safetensors")["emb_params"].dtype == torch.float16
+    saved = load_file(tmp_path / "emb16.safetensors")["emb_params"]
+    assert saved.dtype == torch.float16 and saved.shape == (2, base_weight.shape[1])
     # weights: a new run starts from the file's vectors
-    again = base_config(tmp_path, tiny_model_files["sd1"]["folder"], tiny_dataset, weights=str(tmp_path / "emb.pt"))
+    again = base_config(tmp_path, tiny_model_files[family]["folder"], tiny_dataset, weights=str(tmp_path / "emb.pt"))
     model2 = load_model(again)
     target2 = TextualInversionTarget(again)
     target2.attach(model2, again)
     assert torch.equal(target2.token.rows["text_encoder"].detach(), rows.detach())
+    three = base_config(tmp_path, tiny_model_files[family]["folder"], tiny_dataset, weights=str(tmp_path / "emb.pt"),
+                        num_vectors_per_token=3)
+    with pytest.raises(ModelLoadError, match=r"shape \(2, \d+\).*Set num_vectors_per_token = 2"):
+        TextualInversionTarget(three).attach(load_model(three), three)
 
 
 def test_sd1_file_loads_in_diffusers_with_the_trained_rows(sd1_run, tiny_model_files, tiny_dataset):

@@ -145,3 +145,15 @@ def test_templates_replace_training_captions_but_not_sample_prompts(tmp_path):
     assert target._template_captions(["sks on a table"]) == ["sks on a table"]
     target.after_sampling()
     assert len(OBJECT_TEMPLATES) == 27 and len(STYLE_TEMPLATES) == 19
+
+
+def test_ti_run_without_token_string_is_exit_code_2_before_any_model_loads(tmp_path, capsys):
+    from library.cli import run_trainer
+    from library.training.ti_target import TextualInversionTarget
+
+    (tmp_path / "train" / "1_x").mkdir(parents=True)
+    argv = ["--pretrained_model_name_or_path", "builtin:tiny", "--train_data_dir", str(tmp_path / "train"),
+            "--output_dir", str(tmp_path / "out")]
+    assert run_trainer("ti", TextualInversionTarget, argv) == 2
+    err = capsys.readouterr().err
+    assert "option 'token_string' is missing" in err and "Traceback" not in err

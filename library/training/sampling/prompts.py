@@ -50,7 +50,9 @@ _weights.__name__ = "number or comma-separated list of numbers"
 
 
 def lora_weights_problem(values) -> str | None:
-    """The problem with a ``sample_lora_weights`` list, or None."""
+    """The problem with a ``sample_lora_weights`` list, or None (an empty list is "off")."""
+    if not values:
+        return None
     try:
         _weights(list(values))
     except (TypeError, ValueError):
