@@ -37,6 +37,8 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     alpha_defaulted: list[str] = field(default_factory=list)
+    #: the webui's bundled embeddings in the file (``bundle_emb.<token>…``): read by pivotal tuning, not a module
+    bundled: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} modules loaded from {self.source}"]
@@ -52,6 +54,8 @@ class LoadReport:
             )
         if self.alpha_defaulted:
             parts.append(f"{len(self.alpha_defaulted)} modules had no alpha in the file (alpha = rank used)")
+        if self.bundled:
+            parts.append(f"bundled embeddings {', '.join(self.bundled)} (loaded by pivotal tuning: token_string)")
         return "; ".join(parts)
 
 
@@ -356,7 +360,10 @@ class Network(nn.Module):
                 if tuple(own[key].shape) != tuple(value.shape):
                     mismatches.append((key, tuple(value.shape), tuple(own[key].shape)))
             report.loaded.append(name)
-        report.unexpected = sorted(set(grouped) - set(self._modules))
+        extra = set(grouped) - set(self._modules)
+        bundled = {n for n in extra if n.startswith("bundle_emb.")}  # bundle_emb.<token>...: whole keys
+        report.bundled = sorted({n.split(".")[1] for n in bundled})
+        report.unexpected = sorted(extra - bundled)
         if mismatches:
             raise ModelLoadError(_mismatch_message(description, mismatches, self.info))
         not_float = sorted(k for k, v in state_dict.items() if not v.is_floating_point())

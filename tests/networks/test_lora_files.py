@@ -41,6 +41,15 @@ def test_round_trip_gives_equal_tensors(trained, fresh_models, tmp_path):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_bundled_embeddings_are_reported_as_such_not_as_ignored_modules(trained, fresh_models):
+    unet, te = fresh_models
+    state = {**trained.state_dict(), "bundle_emb.sks.string_to_param.*": torch.zeros(2, 32)}
+    report = create_network(unet, te, dim=4, alpha=2, conv_dim=2, conv_alpha=1).load_weights(state)
+    assert report.bundled == ["sks"] and not report.unexpected
+    assert "bundled embeddings sks (loaded by pivotal tuning" in report.summary()
+    assert "not in the network" not in report.summary()
+
+
 def test_fp16_save_and_pt_format(trained, fresh_models, tmp_path):
     unet, te = fresh_models
     path = trained.save(tmp_path / "half.safetensors", dtype=torch.float16)
