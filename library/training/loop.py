@@ -267,6 +267,11 @@ def run_training(config, target) -> Path | None:
 def _cache_text(model, config, target, dataset, validation_set) -> None:
     from library.training.text_cache import cache_text_encoder_outputs
 
+    if getattr(config, "token_string", None):  # textual inversion / pivotal tuning: the captions' new token
+        raise UserError(
+            f"cache_text_encoder_outputs needs fixed text-encoder outputs, but this run learns the embedding of "
+            f"token_string {config.token_string!r}, which changes them every step: turn the cache off."
+        )
     if target.trains_text_encoder:
         raise UserError(
             "cache_text_encoder_outputs needs frozen text encoders, but this run trains them: set "
@@ -465,6 +470,8 @@ class TrainLoop:
 
     def _sample(self, epoch: int | None) -> None:
         paths = self._with_eval(lambda: self.sampler.run(self.position.step, epoch))
+        if paths and self.saver.first_sample is None:
+            self.saver.first_sample = paths[0]
         self.events.emit("sample", step=self.position.step, paths=[str(p) for p in paths])
 
     def _with_eval(self, action, average: bool = True):

@@ -181,3 +181,12 @@ def test_sdxl_script_refuses_an_sd1_model(tmp_path, tiny_model_files, tiny_datas
     options = ti_options(tiny_model_files["sd1"]["folder"], tiny_dataset, tmp_path / "out")
     assert run_ti(tmp_path, options, family="sdxl") == 2
     assert "trains Stable Diffusion XL" in capsys.readouterr().err
+
+
+def test_cached_text_outputs_are_refused_naming_the_token(tmp_path, tiny_model_files, tiny_dataset, capsys):
+    options = ti_options(tiny_model_files["sd1"]["folder"], tiny_dataset, tmp_path / "out",
+                         cache_text_encoder_outputs=True)
+    assert run_ti(tmp_path, options) == 2
+    err = capsys.readouterr().err
+    assert "learns the embedding of token_string 'sks'" in err and "network_train_unet_only" not in err
+    assert not (tmp_path / "out" / "emb.safetensors").exists()
