@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pair_share", type=float, default=0.9, help="report tag pairs together this often")
     p.add_argument("--max_data_loader_n_workers", type=int, default=4)
+    p.add_argument("--max_token_length", type=int, choices=(75, 150, 225),
+                   help="the run's max_token_length: captions with more CLIP tokens get a warning (default 75)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--debug", action="store_true")
     return p
@@ -64,6 +66,7 @@ def body(args: argparse.Namespace) -> int:
         max_phash=args.max_phash_distance,
         min_share=args.min_share,
         pair_share=args.pair_share,
+        max_token_length=args.max_token_length,
     )
     report = check_dataset(args.source, args.reg_data_dir, opts)
     print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json else format_report(report))

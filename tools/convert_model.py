@@ -2,6 +2,7 @@
 
 python tools/convert_model.py model.safetensors model_diffusers --precision fp16
 python tools/convert_model.py model.ckpt model-pruned.safetensors --prune --precision fp16
+python tools/convert_model.py merged.safetensors fixed.safetensors --fix_position_ids
 SD1/SD2 single files are in the LDM layout, SDXL ones in Stability's SGM layout (both encoders); the
 family is detected from the layout, and single file -> diffusers -> single file is exact.
 """
@@ -27,7 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=PRECISION_CHOICES, help="save precision (default: the source's)"
     )
     parser.add_argument(
-        "--prune", action="store_true", help="drop EMA weights and everything not part of the model"
+        "--prune", action="store_true",
+        help="drop EMA weights and everything not part of the model (also resets corrupted CLIP position_ids)",
+    )
+    parser.add_argument(
+        "--fix_position_ids", action="store_true",
+        help="reset corrupted CLIP position_ids (floats, or not 0..76: merged SD1 checkpoints) to arange(77), "
+        "with a report line per key",
     )
     parser.add_argument(
         "--v2", action="store_true", default=None, help="the model is SD 2.x (detected if omitted)"
@@ -65,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             v_parameterization=args.v_parameterization,
             allow_unsafe_pickle=args.allow_unsafe_pickle,
             overwrite=args.overwrite,
+            fix_position_ids=args.fix_position_ids,
         )
         print("\n".join(report.lines()))
         return 0

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--clamp_quantile",
         type=float,
         default=DEFAULT_CLAMP_QUANTILE,
-        help="clip factor values to this quantile of their magnitudes (1 = no clipping)",
+        help="clip outliers: factor entries beyond 4x this quantile of their magnitudes (1 = no clipping); each clipped module is reported",
     )
     parser.add_argument(
         "--min_diff",

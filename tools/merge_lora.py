@@ -4,7 +4,8 @@ python tools/merge_lora.py --sd_model base.safetensors --models a.safetensors b.
 python tools/merge_lora.py --models a.safetensors b.safetensors --ratios 1 0.5 --svd --new_rank 32 --save_to ab.safetensors
 python tools/merge_lora.py --flux_model flux1-dev.safetensors --clip_l clip_l.safetensors --clip_l_save_to clip_l_merged.safetensors --models a.safetensors --ratios 0.8 --save_to flux1-dev-merged.safetensors
 LoHa / LoKr files merge into a checkpoint (--sd_model); --block_weights works in both modes (25 values for
-SD1/SD2, 23 for SDXL, 57 for FLUX.1). SDXL: a single file in, an SGM single file (or a diffusers folder) out.
+SD1/SD2, 23 for SDXL, 57 for FLUX.1, or the webui LoRA Block Weight's 17/12-value strings and presets such as
+INALL). SDXL: a single file in, an SGM single file (or a diffusers folder) out.
 FLUX.1 (sd-scripts' flux_merge_lora.py options): the transformer file in BFL's layout (--flux_model, or
 --sd_model) and optionally clip_l / t5xxl are merged key by key; each file keeps its keys and dtypes.
 """
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--block_weights",
         help="comma-separated UNet block weights scaling each LoRA module by its block: 25 for SD1/SD2 "
         "(IN00..IN11,M00,OUT00..OUT11), 23 for SDXL (BASE,IN00..IN08,M00..M02,OUT00..OUT08,OUT), 57 for FLUX.1 "
-        "(D00..D18,S00..S37)",
+        "(D00..D18,S00..S37); or the webui LoRA Block Weight forms: 17 values for SD1/SD2 "
+        "(BASE,IN01,IN02,IN04,IN05,IN07,IN08,M00,OUT03..OUT11), 12 for SDXL (BASE,IN04,IN05,IN07,IN08,M00,OUT00..OUT05), "
+        "26, or a preset (NONE, ALL, INS, IND, INALL, MIDD, OUTD, OUTS, OUTALL, ALL0.5); their BASE weights the text encoders",
     )
     parser.add_argument("--concat", action="store_true", help="LoRA merge: concatenate ranks (the default)")
     parser.add_argument(

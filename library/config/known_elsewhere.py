@@ -18,8 +18,8 @@ SD_SCRIPTS_NAMES = frozenset(
     save_last_n_epochs_state save_last_n_steps_state save_state save_state_on_train_end resume
     initial_epoch initial_step skip_until_initial_step huggingface_repo_id huggingface_repo_type
     huggingface_path_in_repo huggingface_token huggingface_repo_visibility save_state_to_huggingface
-    resume_from_huggingface async_upload metadata_usage_hint metadata_thumbnail metadata_merged_from
-    metadata_trigger_phrase metadata_preprocessor metadata_is_negative_embedding sample_every_n_steps
+    resume_from_huggingface async_upload metadata_merged_from
+    metadata_preprocessor metadata_is_negative_embedding sample_every_n_steps
     sample_every_n_epochs sample_at_first sample_prompts sample_sampler log_tracker_name
     log_tracker_config wandb_run_name wandb_api_key log_config console_log_file console_log_simple
     full_fp16 full_bf16 fp8_base fp8_base_unet torch_compile dynamo_backend

@@ -39,6 +39,12 @@ def _below_one(value: float) -> str | None:
     return None if value < 1.0 else "must be below 1"
 
 
+def _thumbnail_problem(value: str) -> str | None:
+    from library.training.metadata import thumbnail_problem
+
+    return thumbnail_problem(value)
+
+
 def _lora_weights_problem(values: list[str]) -> str | None:
     from library.training.sampling.prompts import lora_weights_problem
 
@@ -342,6 +348,13 @@ OPTIONS = [
     Option("metadata_description", "str", None, "modelspec description.", "saving"),
     Option("metadata_license", "str", None, "modelspec license.", "saving"),
     Option("metadata_tags", "str", None, "modelspec tags (comma-separated).", "saving"),
+    Option("metadata_trigger_phrase", "str", None,
+           "modelspec trigger phrase: the words that call up what was trained (model sites show it).", "saving"),
+    Option("metadata_usage_hint", "str", None, "modelspec usage hint (a short note on how to use the model).",
+           "saving"),
+    Option("metadata_thumbnail", "str", None,
+           "modelspec thumbnail: a picture file or a data: URL (default: the first sample image, shrunk).",
+           "saving", check=_thumbnail_problem),
     # --- logging -----------------------------------------------------------------------------
     Option("log_prefix", "str", None, "Prefix of the TensorBoard run folder name.", "logging", empty_is_value=True),
     Option("log_with", "str", None, "Logger: tensorboard (default when logging_dir is set), wandb or all.",

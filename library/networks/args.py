@@ -80,6 +80,13 @@ def lr_weights(text: str) -> str:
     return text
 
 
+def _block_lr_weight(text: str) -> str:
+    """``block_lr_weight``: every block's lr weight, or a webui LoRA Block Weight form / preset (blocks.py)."""
+    from library.networks.blocks import check_block_lr_weight
+
+    return check_block_lr_weight(text)
+
+
 def probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -194,6 +201,7 @@ LORA_ARGS: dict[str, Callable[[str], object]] = {
     "down_lr_weight": lr_weights,
     "mid_lr_weight": lr_weights,
     "up_lr_weight": lr_weights,
+    "block_lr_weight": _block_lr_weight,
     "block_lr_zero_threshold": finite_float,
     # FLUX (sd-scripts' networks.lora_flux): which blocks, and whether T5 gets a LoRA (the family applies them)
     "train_blocks": train_blocks,

@@ -3,7 +3,8 @@
 The SD 1.x/2.x UNet is numbered in 25 blocks as sd-scripts and the webui's block-weight tools do:
 0 = the input conv (no LoRA there), 1–11 the down path, 12 the mid block, 13–24 the up path. A module
 ``{up|down}_blocks_{i}_{resnets|attentions|downsamplers|upsamplers}_{j}`` has index 3·i + j (samplers 3·i + 2),
-plus 1 for down blocks and 13 for up blocks.
+plus 1 for down blocks and 13 for up blocks. ``block_lr_weight`` (network_args) sets every block's lr weight
+at once, also in the webui LoRA Block Weight forms (17 values, presets such as ``MIDD``).
 """
 
 from __future__ import annotations
@@ -77,13 +78,61 @@ def parse_lr_weights(text: str, name: str, length: int = NUM_BLOCKS) -> list[flo
     return (values + [1.0] * length)[:length]
 
 
-def block_lr_weights(down: str | None, mid: str | None, up: str | None, layout=None) -> list[float] | None:
+SD_NAMES = tuple([f"IN{i:02d}" for i in range(NUM_BLOCKS)] + ["M00"] + [f"OUT{i:02d}" for i in range(NUM_BLOCKS)])
+
+
+def parse_all_block_lr_weights(text: str, layout=None) -> list[float]:
+    """``block_lr_weight``: one lr weight per block of the layout (SD1/SD2 25, SDXL 23), or a webui LoRA
+    Block Weight form (17 values for SD1/SD2, 12 for SDXL, 26, or a preset such as ``INALL``:
+    :mod:`library.networks.block_weight_presets`; its BASE, the text encoders' weight, does not apply to lrs)."""
+    from library.networks import block_weight_presets as lbw
+
+    names = SD_NAMES if layout is None else tuple(layout.names)
+    if lbw.is_lbw(text, len(names)):
+        return lbw.to_layout(text, names)[0]
+    try:
+        values = [float(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        values = []
+    if len(values) != len(names) or not all(math.isfinite(v) for v in values):
+        raise ConfigError(
+            f"network_args block_lr_weight {text!r} must be {len(names)} comma-separated numbers "
+            f"({names[0]}-{names[-1]}) or a LoRA Block Weight form: 17 values for SD1/SD2, 12 for SDXL, 26, or a "
+            f"preset ({', '.join(lbw.PRESETS)})."
+        )
+    return values
+
+
+def check_block_lr_weight(text: str) -> str:
+    """network_args validator for ``block_lr_weight``: a preset or comma-separated finite numbers (their count
+    is checked against the model's blocks when the network is built)."""
+    from library.networks import block_weight_presets as lbw
+
+    if text.strip().upper() in lbw.PRESETS:
+        return text
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"must be comma-separated numbers, one per block, or a preset ({', '.join(lbw.PRESETS)})")
+    return text
+
+
+def block_lr_weights(down: str | None, mid: str | None, up: str | None, layout=None,
+                     all_blocks: str | None = None) -> list[float] | None:
     """The lr weight of each block, or None when no weight is set.
 
     SD1/SD2 (``layout`` None): 25 blocks, down = IN00-IN11 (IN00 has no LoRA), mid = M00, up = OUT00-OUT11.
     Another family's :class:`~library.models.family.BlockLayout` (SDXL): ``per_path`` values each for down
     and up and the rest of the middle for mid, sd-scripts' SDXL numbering (base and out blocks stay 1.0).
+    ``all_blocks`` (network_args ``block_lr_weight``): every block at once, :func:`parse_all_block_lr_weights`.
     """
+    if all_blocks is not None:
+        if down is not None or mid is not None or up is not None:
+            raise ConfigError("network_args block_lr_weight sets every block's lr weight; drop down_lr_weight, "
+                              "mid_lr_weight and up_lr_weight, or block_lr_weight.")
+        return parse_all_block_lr_weights(all_blocks, layout)
     if down is None and mid is None and up is None:
         return None
     if layout is None:

@@ -265,6 +265,7 @@ class BlockPlan:
             extra.pop("mid_lr_weight", None),
             extra.pop("up_lr_weight", None),
             layout,
+            extra.pop("block_lr_weight", None),
         )
         threshold = float(extra.pop("block_lr_zero_threshold", None) or 0.0)
         return cls(dim, alpha, conv_dim, conv_alpha, block_sizes, conv_block_sizes, weights, threshold, layout)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from library.training import outputs, state
-from library.training.metadata import minimal
+from library.training.metadata import card_metadata, minimal
 from library.util import atomic
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class Saver:
         self.ext = target.file_ext
         #: the weights written to files (a moving average swaps itself in here); states keep the trained ones
         self.file_weights = contextlib.nullcontext
+        #: the run's first sample image (the files' ``modelspec.thumbnail`` unless metadata_thumbnail is set)
+        self.first_sample: Path | None = None
         #: the last trained file written and its step (None: none yet)
         self.last_saved: tuple[Path, int] | None = None
 
@@ -91,7 +93,7 @@ class Saver:
             before_save(self.accelerator)  # every process: FSDP / ZeRO-3 gather the weights here
         if not self.accelerator.is_main_process:
             return
-        meta = {**self.base_meta, **self.target.metadata(self.config)}
+        meta = {**self.base_meta, **self.target.metadata(self.config), **card_metadata(self.config, self.first_sample)}
         meta.update(ss_epoch=str(epoch), ss_steps=str(step), ss_training_finished_at=str(time.time()))
         if self.config.no_metadata:
             meta = minimal(meta)

@@ -177,6 +177,10 @@ def run_training(config, target) -> Path | None:
     length = run_length(config.max_train_steps, config.max_train_epochs, steps_per_epoch)
     if accelerator.is_main_process:
         logger.info("dataset:\n%s", dataset.summary(accelerator.num_processes, config.gradient_accumulation_steps))
+        from library.data.summary import dataset_caption_lengths  # tokens per caption; long ones are cut
+
+        for line in dataset_caption_lengths(dataset, config.max_token_length).lines():
+            (logger.warning if line.startswith("warning") else logger.info)(line.removeprefix("warning: "))
         if validation_set is not None:
             logger.info("validation: %d pictures held out, %d batches", len(validation_set.items),
                         validation_set.num_batches())

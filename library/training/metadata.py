@@ -130,3 +130,61 @@ MINIMAL_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", "ss_netwo
 
 def minimal(meta: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in meta.items() if k in MINIMAL_KEYS}
+
+
+#: the longest side of the preview written as ``modelspec.thumbnail`` from a sample image (ModelSpec asks for
+#: a small thumbnail; a full sample would add hundreds of KiB to every file's header)
+THUMBNAIL_SIDE = 256
+
+
+def thumbnail_problem(value: str) -> str | None:
+    """The check of ``metadata_thumbnail``: a ``data:`` URL or an existing image file."""
+    from pathlib import Path
+
+    if value.startswith("data:") or Path(value).is_file():
+        return None
+    return (f"{value!r} is neither a data: URL nor an existing file. Give the path of a picture (it is stored as a "
+            "data URL), or leave it unset to use the first sample image.")
+
+
+def file_data_url(path) -> str:
+    """A file as a ``data:<mime>;base64,…`` URL, unchanged (sd-scripts' ``file_to_data_url``)."""
+    import base64
+    import mimetypes
+    from pathlib import Path
+
+    mime = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(Path(path).read_bytes()).decode('ascii')}"
+
+
+def image_thumbnail_url(path, side: int = THUMBNAIL_SIDE) -> str:
+    """A picture shrunk to fit ``side`` x ``side`` (aspect kept, never enlarged) as a JPEG data URL."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as image:
+        small = image.convert("RGB")
+        small.thumbnail((side, side))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def card_metadata(config, first_sample=None) -> dict[str, str]:
+    """The model card's ``modelspec.*`` keys that come from the user or the run rather than from the model:
+    ``trigger_phrase`` and ``usage_hint`` (sd-scripts' ``metadata_trigger_phrase`` / ``metadata_usage_hint``) and
+    ``thumbnail``: ``metadata_thumbnail`` (a data URL, or a file stored as one, as sd-scripts does), else the
+    run's first sample image shrunk to a small JPEG. Unset values are left out."""
+    meta = {}
+    if getattr(config, "metadata_trigger_phrase", None):
+        meta["modelspec.trigger_phrase"] = config.metadata_trigger_phrase
+    if getattr(config, "metadata_usage_hint", None):
+        meta["modelspec.usage_hint"] = config.metadata_usage_hint
+    given = getattr(config, "metadata_thumbnail", None)
+    if given:
+        meta["modelspec.thumbnail"] = given if given.startswith("data:") else file_data_url(given)
+    elif first_sample is not None:
+        meta["modelspec.thumbnail"] = image_thumbnail_url(first_sample)
+    return meta

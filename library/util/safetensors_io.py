@@ -5,7 +5,9 @@ computes and sd-scripts writes: the file is serialised with only the ``ss_*`` me
 model hash = sha256 of the bytes after the header (8-byte little-endian header length n, tensor
 data from 8 + n), legacy hash = first 8 hex digits of sha256 of bytes [0x100000, 0x110000).
 The tensor data does not depend on the metadata, so the model hash of the final file equals the
-one computed here.
+one computed here. The legacy hash does not equal the raw 64 KiB of the final file when other keys
+(``modelspec.*``, the hashes themselves) lengthen its header: readers compute it as the extension does
+(library.tools.models.hashes), not from the file's bytes.
 """
 
 from __future__ import annotations

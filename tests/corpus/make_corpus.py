@@ -804,6 +804,22 @@ def tool_cases(b: Builder) -> None:
           [tiny_model, "{box}/o.safetensors", "--precision", "fp8"], "error", ("--precision",), quick=True)
     finetune_metadata_cases(b)
     kohya_import_cases(b)
+    hash_model_cases(b)
+
+
+def hash_model_cases(b: Builder) -> None:
+    """tools/hash_model.py: nothing to hash, a missing file or folder, a cut or fake .safetensors file."""
+    tool = "tools/hash_model.py"
+    for case_id, argv, words, files in [
+        ("tool-hash-nothing", [], ("no model files", "--folder"), ()),
+        ("tool-hash-missing-file", ["{box}/none.safetensors"], ("none.safetensors", "not a file"), ()),
+        ("tool-hash-folder-missing", ["--folder", "{box}/none", "--duplicates"], ("none", "not a folder"), ()),
+        ("tool-hash-cut-safetensors", ["{box}/cut.safetensors"], ("cut.safetensors", "incomplete"),
+         (("cut.safetensors", "text", "x" * 20),)),
+        ("tool-hash-header-not-json", ["{box}/fake.safetensors"], ("fake.safetensors", "not JSON"),
+         (("fake.safetensors", "bytes", b"\x08" + b"\x00" * 7 + b"not json"),)),
+    ]:
+        b.add(case_id, "tools", tool, argv, "error", words, files, quick=True)
 
 
 def kohya_import_cases(b: Builder) -> None:

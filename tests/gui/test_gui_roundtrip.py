@@ -76,6 +76,8 @@ VALUES = {
     "save_model_as": "ckpt",
     "offload_optimizer_device": "cpu",
     "offload_param_device": "cpu",
+    "sample_lora_weights": [0.6, 1.0],
+    "metadata_thumbnail": "data:image/png;base64,iVBORw0KGgo=",
 }
 
 

@@ -5,7 +5,8 @@ Errors (exit 1): unreadable or truncated pictures, caption files that are not UT
 captions, pictures smaller than the resolution, duplicates within a set, a bucket range that leaves
 aspect-ratio bucketing no room at the resolution (SDXL at 1024 with ``max_bucket_reso`` 1024). Info:
 counts, steps per epoch (bucket-aware, as the trainer counts them), the bucket distribution and tag
-statistics. The resolution is the config's unless overridden: by ``resolution`` (e.g. 1024 for SDXL) or
+statistics, tokens per caption (CLIP tokenizer; a warning for captions longer than ``max_token_length``,
+75 unless given, which training cuts). The resolution is the config's unless overridden: by ``resolution`` (e.g. 1024 for SDXL) or
 by ``family``, whose default training resolution it then takes (sd1 512, sd2 768, sdxl 1024).
 """
 
@@ -105,6 +106,8 @@ class CheckOptions:
     min_share: float = 0.8
     pair_share: float = 0.9
     min_pair_count: int = 3
+    #: the run's max_token_length (75, 150, 225; None: 75): longer captions get a warning
+    max_token_length: int | None = None
 
     def __post_init__(self) -> None:
         """``UserError`` naming the option for a value the check cannot use (``--resolution -5`` is no OK)."""
@@ -117,6 +120,8 @@ class CheckOptions:
         for flag, value in (("--min_share", self.min_share), ("--pair_share", self.pair_share)):
             if not 0 < value <= 1:  # also refuses NaN
                 raise UserError(f"{flag} {value} is out of range: give a share in (0, 1], e.g. 0.8.")
+        if self.max_token_length not in (None, 75, 150, 225):
+            raise UserError(f"--max_token_length {self.max_token_length} is not one sd-scripts accepts: use 75, 150 or 225.")
 
 
 def _read_caption_tags(image: Path, subset: SubsetSpec, report: CheckReport) -> list[str] | None:
@@ -306,6 +311,30 @@ def _dataset_figures(specs: list[DatasetSpec], report: CheckReport, workers: int
     ]
 
 
+def caption_length_findings(pictures: list[Picture], max_token_length: int | None, report: CheckReport,
+                            tokenizer=None) -> None:
+    """Tokens per caption file (``summary["caption_tokens"]``) and a ``long_caption`` warning for captions
+    longer than ``max_token_length`` (None: 75), which training cuts there."""
+    from library.data.summary import caption_lengths
+
+    with_caption = [(p.path, ", ".join(p.caption)) for p in pictures if p.caption]
+    if not with_caption:
+        return
+    lengths = caption_lengths(with_caption, max_token_length, tokenizer)
+    numbers = [n for _, n in lengths.counts]
+    over = lengths.over
+    report.summary["caption_tokens"] = {"max": max(numbers), "mean": round(sum(numbers) / len(numbers), 1),
+                                        "limit": lengths.limit, "over_limit": len(over)}
+    if over:
+        longest = over[0]
+        more = "150 or 225" if lengths.limit == 75 else "225" if lengths.limit == 150 else ""
+        report.add("warning", "long_caption",
+                   f"{len(over)} captions are longer than max_token_length {lengths.limit} tokens (the longest: "
+                   f"{longest[1]} tokens) and training cuts them there in silence; shorten them"
+                   + (f" or set max_token_length = {more}" if more else ""),
+                   [Path(p) for p, _ in over])
+
+
 def check_specs(specs: list[DatasetSpec], opts: CheckOptions) -> CheckReport:
     """Check the datasets described by ``specs`` (modified in place by the resolution/batch overrides)."""
     resolution = override_resolution(opts)
@@ -325,6 +354,7 @@ def check_specs(specs: list[DatasetSpec], opts: CheckOptions) -> CheckReport:
     _hash_all(pictures, opts.workers)
     _duplicate_findings(pictures, opts, report)
     _dataset_figures(specs, report, opts.workers)
+    caption_length_findings(pictures, opts.max_token_length, report)
     by_folder: dict[str, list[list[str]]] = defaultdict(list)
     for pic in pictures:
         if not pic.is_reg:

@@ -15,11 +15,15 @@ def format_report(report: CheckReport) -> str:
         kind = "reg  " if f["is_reg"] else "train"
         lines.append(f"  {kind} {f['images']:>6} pictures x {f['repeats']:>3} repeats  {f['folder']}")
     s = report.summary
-    if s:
+    if "train_images" in s:
         lines.append(
             f"Training pictures {s['train_images']}, reg pictures {s['reg_images']}, samples per epoch "
             f"{s['samples_per_epoch']}, batch size {s['batch_size']}: {s['steps_per_epoch']} steps per epoch"
         )
+    if "caption_tokens" in s:
+        t = s["caption_tokens"]
+        lines.append(f"Caption tokens: max {t['max']}, mean {t['mean']}, {t['over_limit']} over max_token_length "
+                     f"{t['limit']}")
     if report.buckets:
         lines.append("Buckets (samples per epoch):")
         lines.extend(f"  {b['bucket'][0]}x{b['bucket'][1]}: {b['samples']}" for b in report.buckets)

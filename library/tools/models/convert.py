@@ -7,7 +7,10 @@ file -> single file (a precision change, ``.ckpt`` <-> ``.safetensors``, pruning
 tensors, so nothing but the cast and the pruned keys changes. ``prune`` keeps only the UNet, VAE and
 text-encoder weights (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.*`` or
 SDXL's ``conditioner.embedders.*``): EMA copies (``model_ema.*``), optimizer states and schedule
-buffers go.
+buffers go. ``prune`` and ``fix_position_ids`` also reset corrupted CLIP ``position_ids`` (stored as
+floats, or values other than 0 … 76, a known defect of merged SD1 checkpoints that shifts the text
+encoder's position embeddings) to ``arange(77)`` in int64, with a report line per key; without either the
+report names the corrupted keys.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class ConvertReport:
     size_before: int
     size_after: int
     dropped_keys: list[str] = field(default_factory=list)
+    #: (key, what was wrong) of corrupted CLIP position_ids; ``position_ids_fixed``: whether they were reset
+    bad_position_ids: list[tuple[str, str, int]] = field(default_factory=list)
+    position_ids_fixed: bool = False
 
     def lines(self) -> list[str]:
         """Human-readable summary for the CLI."""
@@ -61,6 +67,11 @@ class ConvertReport:
         if self.dropped_keys:
             groups = sorted({k.split(".")[0] for k in self.dropped_keys})
             out.append(f"dropped {len(self.dropped_keys)} keys not part of the model ({', '.join(groups)})")
+        for key, problem, n in self.bad_position_ids:
+            if self.position_ids_fixed:
+                out.append(f"fixed position_ids: {key} was {problem}; reset to arange({n}) (int64)")
+            else:
+                out.append(f"warning: {key} is corrupted ({problem}); pass --fix_position_ids (or --prune) to reset it")
         return out
 
 
@@ -75,6 +86,39 @@ def prune_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, tor
     return kept, sorted(k for k in state_dict if k not in kept)
 
 
+def position_ids_problems(state: dict[str, torch.Tensor]) -> list[tuple[str, str, int]]:
+    """(key, what is wrong, n) for each CLIP ``*.position_ids`` that is not ``arange(n)`` in int64, shape (1, n)."""
+    out = []
+    for key, value in state.items():
+        if not key.endswith("position_ids") or not isinstance(value, torch.Tensor) or value.numel() == 0:
+            continue
+        n = value.shape[-1]
+        want = torch.arange(n, dtype=torch.float64)
+        got = value.reshape(-1).to(torch.float64)
+        problems = []
+        if value.is_floating_point():
+            problems.append(f"stored as {str(value.dtype).replace('torch.', '')}")
+        if got.numel() != n or not torch.equal(got, want):
+            wrong = (got != want).nonzero().flatten().tolist() if got.numel() == n else []
+            detail = (f"{len(wrong)} positions off, e.g. position {wrong[0]} = {float(got[wrong[0]]):.6g}"
+                      if wrong else f"shape {tuple(value.shape)}")
+            problems.append(detail)
+        elif value.is_floating_point():
+            problems[-1] += " (values intact)"
+        if problems:
+            out.append((key, ", ".join(problems) + f" instead of int64 0..{n - 1}", n))
+    return out
+
+
+def fix_position_ids(state: dict[str, torch.Tensor]) -> list[tuple[str, str, int]]:
+    """Reset every corrupted CLIP ``position_ids`` in ``state`` to ``arange(n)[None]`` (int64), in place;
+    returns :func:`position_ids_problems` (what was fixed)."""
+    problems = position_ids_problems(state)
+    for key, _, n in problems:
+        state[key] = torch.arange(n, dtype=torch.int64)[None]
+    return problems
+
+
 def convert_model(
     source: str | os.PathLike,
     destination: str | os.PathLike,
@@ -86,6 +130,7 @@ def convert_model(
     v_parameterization: bool | None = None,
     allow_unsafe_pickle: bool = False,
     overwrite: bool = False,
+    fix_position_ids: bool = False,
 ) -> ConvertReport:
     """Convert ``source`` (single file or diffusers folder) to ``destination``.
 
@@ -105,7 +150,8 @@ def convert_model(
     size_before = path_size(source_path)
     if source_path.is_file() and fmt != "diffusers":
         report = _single_to_single(
-            source_path, Path(destination), fmt, dtype, prune, v_parameterization, allow_unsafe_pickle
+            source_path, Path(destination), fmt, dtype, prune, v_parameterization, allow_unsafe_pickle,
+            fix_positions=prune or fix_position_ids,
         )
     else:
         report = _through_modules(
@@ -188,7 +234,8 @@ def _non_model_keys(path: Path) -> list[str]:
 
 
 def _single_to_single(
-    source: Path, destination: Path, fmt, dtype, prune, v_parameterization, allow_unsafe_pickle
+    source: Path, destination: Path, fmt, dtype, prune, v_parameterization, allow_unsafe_pickle,
+    fix_positions: bool = False,
 ) -> ConvertReport:
     from library.models.loading import describe_foreign_keys
     from library.models.safe_load import load_state_dict_file
@@ -208,6 +255,7 @@ def _single_to_single(
     dropped: list[str] = []
     if prune:
         state, dropped = prune_state_dict(state)
+    bad_positions = fix_position_ids(state) if fix_positions else position_ids_problems(state)
     dtype = dtype or dominant_float_dtype(v for k, v in state.items() if is_model_key(k)) or torch.float32
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     if v_parameterization is not None:
@@ -223,6 +271,8 @@ def _single_to_single(
         0,
         0,
         dropped,
+        bad_positions,
+        fix_positions,
     )
 
 

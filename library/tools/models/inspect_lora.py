@@ -4,26 +4,26 @@ LoHa / LoKr modules (LyCORIS) are reported like LoRA ones: rank = the factor ran
 (``hada_w1_b.shape[0]``; a LoKr factor's inner size, "full" when both Kronecker sides are whole),
 alpha as stored.
 
-Hashes as the webui and model sites show them: ``sha256`` of the whole file (its first 10 hex
-digits are Civitai's "AutoV2"); the additional-networks model hash = sha256 of the tensor data
-after the safetensors header (``sshs_model_hash``; first 12 hex digits = the webui's LoRA short
-hash / Civitai "AutoV3"); the legacy hash = first 8 hex digits of sha256 of bytes
-[0x100000, 0x110000) (``sshs_legacy_hash``). Stored hashes are compared with the computed ones.
+Hashes as the webui and model sites show them (library.tools.models.hashes): ``sha256`` of the whole
+file (its first 10 hex digits are Civitai's "AutoV2"); the webui's legacy 8-digit ``model_hash``; the
+additional-networks model hash = sha256 of the tensor data after the safetensors header
+(``sshs_model_hash``; first 12 hex digits = the webui's LoRA short hash / Civitai "AutoV3"); the
+extension's legacy hash (``sshs_legacy_hash``, taken as if the file held only its ``ss_*`` metadata).
+Stored hashes are compared with the computed ones.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime
-import hashlib
 import json
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from library.networks import keys
+from library.tools.models.hashes import hash_file
 from library.tools.models.lora_file import (
     LoraFile,
     LoraModule,
@@ -33,12 +33,7 @@ from library.tools.models.lora_file import (
     read_lora,
 )
 from library.tools.models.lycoris_file import LycorisModule
-from library.util.safetensors_io import (
-    LEGACY_HASH_KEY,
-    LEGACY_HASH_LENGTH,
-    LEGACY_HASH_OFFSET,
-    MODEL_HASH_KEY,
-)
+from library.util.safetensors_io import LEGACY_HASH_KEY, MODEL_HASH_KEY
 
 #: cross-attention / text width -> architecture, from the first text-encoder or attn2.to_k module.
 WIDTH_ARCH = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
@@ -98,28 +93,9 @@ class Inspection:
 
 
 def file_hashes(path: str | os.PathLike) -> dict[str, str]:
-    """{"sha256", "autov2", "model_hash", "autov3", "legacy_hash"} of a safetensors file, streamed."""
-    path = Path(path)
-    full, model = hashlib.sha256(), hashlib.sha256()
-    with path.open("rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        full.update(head)
-        header = f.read(n)
-        full.update(header)
-        while chunk := f.read(1 << 20):
-            full.update(chunk)
-            model.update(chunk)
-        f.seek(LEGACY_HASH_OFFSET)
-        legacy = hashlib.sha256(f.read(LEGACY_HASH_LENGTH)).hexdigest()[:8]
-    sha, model_hash = full.hexdigest(), model.hexdigest()
-    return {
-        "sha256": sha,
-        "autov2": sha[:10].upper(),
-        "model_hash": model_hash,
-        "autov3": model_hash[:12].upper(),
-        "legacy_hash": legacy,
-    }
+    """{"sha256", "autov2", "legacy_hash", "model_hash", "autov3", "sshs_legacy_hash"} of a safetensors file
+    (see library.tools.models.hashes)."""
+    return hash_file(path).as_dict()
 
 
 def guess_architecture(lora: LoraFile, key_names) -> tuple[str, str]:
@@ -183,6 +159,8 @@ def readable_metadata(metadata: dict[str, str], top_tags: int = 10) -> dict[str,
                 pass
         elif key == "ss_tag_frequency":
             value = _top_tags(value, top_tags)
+        elif key == "modelspec.thumbnail" and value.startswith("data:"):
+            value = _data_url_summary(value)
         elif key in JSON_KEYS:
             try:
                 value = json.dumps(json.loads(value), ensure_ascii=False)
@@ -190,6 +168,14 @@ def readable_metadata(metadata: dict[str, str], top_tags: int = 10) -> dict[str,
                 pass
         out[key] = value if len(value) <= 400 else value[:400] + "…"
     return out
+
+
+def _data_url_summary(value: str) -> str:
+    """"data:image/jpeg;base64,…" -> "image/jpeg picture, 12.3 KiB (data URL)"."""
+    head, _, data = value.partition(",")
+    mime = head[5:].split(";")[0] or "text/plain"
+    size = len(data) * 3 // 4 if head.endswith(";base64") else len(data)
+    return f"{mime} picture, {size / 1024:.1f} KiB (data URL)"
 
 
 def _top_tags(value: str, n: int) -> str:
@@ -278,7 +264,7 @@ def inspect_lora(
     hashes, problems = {}, []
     if Path(path).suffix.lower() == ".safetensors":
         hashes = file_hashes(path)
-        for meta_key, ours in ((MODEL_HASH_KEY, "model_hash"), (LEGACY_HASH_KEY, "legacy_hash")):
+        for meta_key, ours in ((MODEL_HASH_KEY, "model_hash"), (LEGACY_HASH_KEY, "sshs_legacy_hash")):
             stored = lora.metadata.get(meta_key)
             if stored and stored != hashes[ours]:
                 problems.append(

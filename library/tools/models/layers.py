@@ -132,9 +132,19 @@ def parse_block_weights(values, layout: BlockLayout | None = None, family: str =
     """One number per block of ``layout`` (a list or a comma-separated string) -> {block name: w}.
 
     Default layout: SD1/SD2's 25 blocks (IN00–IN11, M00, OUT00–OUT11); SDXL has 23. ``family`` names the
-    model family in the error message.
+    model family in the error message. The webui LoRA Block Weight forms (17 / 12 / 20 / 26 values, presets
+    such as ``INALL``: :mod:`library.networks.block_weight_presets`) are mapped to the layout, their BASE
+    (the text encoders' weight) under ``"TE"``.
     """
     layout = layout or SD_LAYOUT
+    from library.networks import block_weight_presets as lbw
+
+    if lbw.is_lbw(values, layout.total):  # the webui's LoRA Block Weight forms: 17 / 12 values, presets
+        if not any(n.startswith("IN") for n in layout.names):
+            raise ConfigError(f"block weights {values!r} are a LoRA Block Weight (UNet) form; {family or 'this'} "
+                              f"models number their blocks {layout_summary(layout)}: give {layout.total} values.")
+        numbers, te_weight = lbw.to_layout(values, layout.names)
+        return {**dict(zip(layout.names, numbers, strict=True)), lbw.TEXT_ENCODER_KEY: te_weight}
     if isinstance(values, str):
         values = [v for v in values.replace(" ", "").split(",") if v]
     try:
@@ -162,13 +172,20 @@ def precheck_block_weights(values) -> None:
     for family in all_families():
         layout = family.block_layout
         layouts.setdefault(layout.total, ([], layout))[0].append(family.name)
+    from library.networks import block_weight_presets as lbw
+
+    if lbw.is_lbw(values):
+        lbw.expand_to_26(values)
+        return
     values = [v for v in values.replace(" ", "").split(",") if v] if isinstance(values, str) else list(values)
     if len(values) in layouts:
         parse_block_weights(values, layouts[len(values)][1])
         return
     known = " or ".join(f"{total} values ({'/'.join(names)}: {layout_summary(layout)})"
                         for total, (names, layout) in sorted(layouts.items(), reverse=True))
-    raise ConfigError(f"block weights need {known}, got {len(values)}: one weight per UNet block of the model.")
+    raise ConfigError(f"block weights need {known}, got {len(values)}: one weight per UNet block of the model, "
+                      "or a LoRA Block Weight form (17 values for SD1/SD2, 12 for SDXL, 26 with BASE, or a preset "
+                      "such as INALL, MIDD, OUTALL).")
 
 
 def unet_part(parts: list[keys.NetworkPart]) -> keys.NetworkPart | None:

@@ -25,6 +25,7 @@ import torch
 from library.errors import ConfigError, ModelLoadError
 from library.models.family import BlockLayout
 from library.networks import keys
+from library.networks.block_weight_presets import TEXT_ENCODER_KEY
 from library.networks.functional import merged_weight
 from library.tools.models import lora_file
 from library.tools.models.layers import SD_LAYOUT, LayerRef, UnetBlocks, parts_layer_index, unet_part
@@ -106,7 +107,8 @@ def merge_into_parts(
     """Add ratio · ΔW of every module to the weights of the model parts (:func:`keys.model_parts`), in place.
 
     ``block_weights`` ({"IN00": w, …}, blocks of ``layout``, default SD1/SD2's 25) further scales UNet
-    modules by block; UNet layers outside the blocks and the text encoders keep the plain ratio. Raises
+    modules by block; UNet layers outside the blocks and the text encoders keep the plain ratio (text encoders:
+    times the ``"TE"`` weight, a LoRA Block Weight string's BASE, when given). Raises
     ModelLoadError when a file matches no layer or a module's shape does not fit its layer.
     """
     index = parts_layer_index(parts)
@@ -180,6 +182,8 @@ def dora_merged_weight(weight: torch.Tensor, module, dora_scale: torch.Tensor, m
 
 
 def _block_weight(blocks: UnetBlocks | None, weights: dict | None, ref: LayerRef, unet) -> float:
+    if weights and (unet is None or ref.part != unet.name):  # text encoders: a LoRA Block Weight BASE, else 1
+        return weights.get(TEXT_ENCODER_KEY, 1.0)
     if blocks is None or ref.part != unet.name:
         return 1.0
     block = blocks.block_of_path(ref.path)
@@ -285,9 +289,12 @@ def module_block(name: str, layout: BlockLayout = SD_LAYOUT) -> str | None:
 def module_block_weight(
     name: str, block_weights: dict[str, float] | None, layout: BlockLayout = SD_LAYOUT
 ) -> float:
-    """The block weight of a LoRA module (:func:`module_block`); 1 for text-encoder modules and UNet
+    """The block weight of a LoRA module (:func:`module_block`); the ``"TE"`` weight (a LoRA Block Weight
+    BASE) or 1 for text-encoder modules; 1 for UNet
     modules outside the numbered blocks (SD: time embedding, conv_out) or without ``block_weights``."""
     block = module_block(name, layout) if block_weights else None
+    if block is None and block_weights and not name.startswith(keys.UNET_PREFIX + "_"):
+        return block_weights.get(TEXT_ENCODER_KEY, 1.0)  # text encoders: a LoRA Block Weight BASE, else 1
     return 1.0 if block is None else block_weights[block]
 
 

@@ -167,6 +167,8 @@ def merge_checkpoints(
     weights = parse_block_weights(block_weights, layout, family.name) if block_weights else None
     counts: collections.Counter = collections.Counter()
     te_ratio = ratio if text_encoder_ratio is None else text_encoder_ratio
+    if text_encoder_ratio is None and weights and "TE" in weights:  # a LoRA Block Weight form's BASE
+        te_ratio = weights["TE"]
     ratios = {part: (lambda key: te_ratio) for part in family.text_parts}
     ratios[UNET_PART] = _unet_ratio(UnetBlocks(base.unet.config, layout), ratio, weights, counts)
     for part in (UNET_PART, *family.text_parts, VAE_PART):

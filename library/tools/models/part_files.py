@@ -362,7 +362,8 @@ def extract_from_part_files(
                 "tuned model and the model it was tuned from."
             )
         diff = tuned[key].float() - org[key].float()
-        modules[target.lora_name], s = extract_difference(target.lora_name, diff, dim, clamp_quantile, device)
+        modules[target.lora_name], s = extract_difference(target.lora_name, diff, dim, clamp_quantile, device,
+                                                           report)
         report.ranks[target.lora_name], report.singular_values[target.lora_name] = (
             modules[target.lora_name].rank,
             s,

@@ -124,12 +124,13 @@ def _switching_callback(model, positive: list, negative: list, steps: int):
 
 def _callback_names(pipe, inputs: dict) -> list[str]:
     names = getattr(pipe, "_callback_tensor_inputs", ())
-    return [n for n in names if n in _CFG_TENSORS and _CFG_TENSORS[n][0] in inputs
-            or n in inputs and n not in _PAIRED]
+    return [n for n in names if (n in _CFG_TENSORS and _CFG_TENSORS[n][0] in inputs)
+            or (n in inputs and n not in _PAIRED)]
 
 
-def _render(model, p: SamplePrompt, settings: SampleSettings, seed: int, width: int, height: int,
-            sampler_name: str) -> Image.Image:
+def render_prompt(model, p: SamplePrompt, settings: SampleSettings, seed: int, width: int, height: int,
+                  sampler_name: str) -> Image.Image:
+    """One sample image of ``p`` (weighted, its prompt schedule applied per step) with the model as it is now."""
     pipe = _pipeline(model, make_sampler(sampler_name, model.noise_scheduler.config))
     cache: dict = {}
     positive = scheduled_conditionings(model, p.prompt, p.steps, settings, cache)
@@ -180,7 +181,7 @@ def generate_samples(model, prompts: list[SamplePrompt], settings: SampleSetting
             try:
                 if weight is not None:
                     target.set_network_multiplier(weight)
-                image = _render(model, p, settings, seed, width, height, sampler_name)
+                image = render_prompt(model, p, settings, seed, width, height, sampler_name)
             finally:
                 if weight is not None:
                     target.set_network_multiplier(trained)
