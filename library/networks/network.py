@@ -400,16 +400,19 @@ class Network(nn.Module):
         path: str | os.PathLike,
         dtype: torch.dtype | None = None,
         metadata: dict[str, str] | None = None,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Save the weights by the contract; ``.safetensors`` gets metadata and the sshs hashes.
 
         ``dtype`` (e.g. torch.float16 for save_precision fp16) applies to every tensor, alpha
         included, as sd-scripts does. Other suffixes (.ckpt/.pt) are a plain torch tensor dict
-        (metadata is not stored there). The write is atomic.
+        (metadata is not stored there). ``extra`` tensors are stored beside the network's keys as they are.
+        The write is atomic.
         """
         tensors = {
             k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in self.file_state_dict().items()
         }
+        tensors.update(extra or {})  # e.g. pivotal tuning's bundled embedding (bundle_emb.*), as given
         path = Path(path)
         if path.suffix.lower() == ".safetensors":
             return save_safetensors(path, tensors, metadata)

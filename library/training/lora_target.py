@@ -13,7 +13,7 @@ from library.models.family import check_family_network_args, family_of_lora_name
 from library.networks import get_network_type, keys
 from library.networks.metadata import ADAPTER_LORA, modelspec_metadata
 from library.networks.network import read_state_dict
-from library.training.embeddings.pivotal import PivotalEmbedding, save_lora_with_embedding
+from library.training.embeddings.pivotal import PivotalEmbedding
 from library.training.target import BaseTarget
 
 logger = logging.getLogger(__name__)
@@ -137,12 +137,8 @@ class LoRATarget(BaseTarget):
         return meta
 
     def save(self, path: Path, precision: str | None, metadata: dict[str, str], config) -> None:
-        network = self.network
-        if self.pivotal is not None:
-            extra = self.pivotal.file_tensors(SAVE_DTYPES[precision])
-            save_lora_with_embedding(network, path, SAVE_DTYPES[precision], metadata, extra)
-            return
-        network.save(path, SAVE_DTYPES[precision], metadata)
+        extra = self.pivotal.file_tensors(SAVE_DTYPES[precision]) if self.pivotal is not None else None
+        self.network.save(path, SAVE_DTYPES[precision], metadata, **({"extra": extra} if extra else {}))
 
 
 def check_weights_family(source, model) -> None:

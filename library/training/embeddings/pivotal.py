@@ -88,20 +88,3 @@ class PivotalEmbedding:
         return {"ss_embedding_token": self.token_string, "ss_embedding_lr": str(self.lr),
                 "ss_embedding_stop_step": str(self.stop_step),
                 "ss_num_vectors_per_token": str(len(self.token.tokens))}
-
-
-def save_lora_with_embedding(network, path, dtype, metadata: dict[str, str], extra: dict[str, torch.Tensor]):
-    """The network's file with ``extra`` tensors (the bundled embedding) beside its keys (atomic)."""
-    from pathlib import Path
-
-    from library.util.atomic import atomic_path
-    from library.util.safetensors_io import save_safetensors
-
-    tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in network.file_state_dict().items()}
-    tensors.update(extra)
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        return save_safetensors(path, tensors, metadata)
-    with atomic_path(path) as tmp:
-        torch.save(tensors, tmp)
-    return path
