@@ -621,7 +621,8 @@ _HANDLERS: list[Callable[..., None]] = [
 
 def _check_family(data: dict[str, Any], out: KohyaImport) -> None:
     """kohya_ss's ``sdxl`` checkbox picks its SDXL scripts; ours detect the family from the model, so the
-    checkbox is only compared with what the model is (two text encoders or one) and a mismatch is noted."""
+    checkbox is only compared with what the model is (SDXL or not: FLUX also has two text encoders) and a
+    mismatch is noted."""
     if "sdxl" not in data:
         return
     from library.gui.family_hint import family_hint
@@ -636,7 +637,7 @@ def _check_family(data: dict[str, Any], out: KohyaImport) -> None:
                 f"pretrained_model_name_or_path when training starts ({hint.text or 'no model given'})."
             )
         return
-    if says_sdxl != hint.multi_text_encoder:
+    if says_sdxl != (hint.family.name == "sdxl"):
         out.notes.append(
             f"Warning: the kohya_ss config says sdxl = {str(says_sdxl).lower()}, but the model {model} is "
             f"detected as {hint.text}; training uses the detected family."

@@ -104,6 +104,27 @@ def _assign(module_factory, state: dict, what: str, path, tied: dict[str, str] |
     return module.eval()  # in the file's dtype: place_model casts once, to the run's
 
 
+#: FLUX packs 2x2 patches of the 8x-downsampled latents: picture sides must be multiples of 16
+SIDE_MULTIPLE = 16
+
+
+def _check_sizes(config) -> None:
+    """Resolutions and bucket steps that give latents FLUX cannot pack, refused before training (sd-scripts
+    asks for multiples of 16 as well)."""
+    problems = []
+    sides = tuple(config.resolution or ())
+    if any(side % SIDE_MULTIPLE for side in sides):
+        problems.append(f"resolution = {'x'.join(map(str, sides))}")
+    if config.enable_bucket and config.bucket_reso_steps and config.bucket_reso_steps % SIDE_MULTIPLE:
+        problems.append(f"bucket_reso_steps = {config.bucket_reso_steps}")
+    if problems:
+        raise ConfigError(
+            f"{' and '.join(problems)}: FLUX packs 2x2 patches of latents 8 times smaller than the picture, so "
+            f"picture sides must be multiples of {SIDE_MULTIPLE}. Use e.g. resolution = 1024 and "
+            "bucket_reso_steps = 64 (or 16, 32)."
+        )
+
+
 def _stored_dtype(source: str, subfolder: str, local: bool) -> torch.dtype:
     """The floating dtype a diffusers folder's (or cached hub repo's) part is stored in, read from the first
     safetensors header; float32 when that cannot be read (a .bin part, an unusual layout)."""
@@ -277,6 +298,7 @@ class FluxFamily(ModelFamily):
         if config.model_type != "flux":
             raise ConfigError(f"model_type = {config.model_type!r}: only FLUX.1 (model_type = \"flux\") is "
                               "supported; Chroma's transformer is not yet.")
+        _check_sizes(config)
 
     def network_parts(self, parts: list, args: dict) -> list:
         """sd-scripts' lora_flux: T5 gets a LoRA only with ``train_t5xxl``; ``train_blocks`` = all (default),

@@ -296,3 +296,20 @@ def test_blocks_to_swap_counts_as_sd_scripts_does():
         assert swapped == [*dev.double_blocks[19 - doubles:], *dev.single_blocks[38 - singles:]], count
     with pytest.raises(ConfigError, match=r"blocks_to_swap = 36 would swap 18 of the 19 double blocks.*at most 35"):
         family.blocks_to_swap(dev, 36)
+
+
+def test_picture_sides_that_flux_cannot_pack_are_refused_before_training():
+    from library.config.load import config_from_values
+    from library.errors import ConfigError
+    from library.models.flux import _check_sizes
+
+    def config(**values):
+        return config_from_values({"pretrained_model_name_or_path": "builtin:tiny", "train_data_dir": "dataset_examples",
+                                   "output_dir": "out", **values}, "network")
+
+    _check_sizes(config(resolution="1024,768", enable_bucket=True, bucket_reso_steps=32))
+    with pytest.raises(ConfigError, match=r"resolution = 1000x1000: FLUX packs 2x2 patches.*multiples of 16"):
+        _check_sizes(config(resolution="1000,1000"))
+    with pytest.raises(ConfigError, match=r"bucket_reso_steps = 8: FLUX"):
+        _check_sizes(config(resolution="1024", enable_bucket=True, bucket_reso_steps=8))
+    _check_sizes(config(resolution="1024", bucket_reso_steps=8))  # no buckets: the steps do not matter

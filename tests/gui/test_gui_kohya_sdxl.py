@@ -73,6 +73,20 @@ def test_sdxl_true_with_an_sd1_model_warns_naming_both(tiny_model_files):
     assert not sd1.notes
 
 
+def test_sdxl_false_with_a_flux_model_is_no_mismatch(tmp_path):
+    """FLUX has two text encoders too, but it is not SDXL: kohya_ss' sdxl = false is right for it."""
+    import safetensors.torch
+    import torch
+
+    from library.models.flux_keys import BFL_MARKER
+
+    flux = tmp_path / "flux1-dev.safetensors"
+    safetensors.torch.save_file({BFL_MARKER: torch.zeros(1), "guidance_in.in_layer.weight": torch.zeros(1)}, str(flux))
+    assert not import_kohya({**SDXL_LORA, "sdxl": False, "pretrained_model_name_or_path": str(flux)}).notes
+    said = import_kohya({**SDXL_LORA, "sdxl": True, "pretrained_model_name_or_path": str(flux)}).notes
+    assert len(said) == 1 and "sdxl = true" in said[0] and "FLUX" in said[0]
+
+
 def test_sdxl_true_with_an_undetectable_model_notes_it():
     result = import_kohya({**SDXL_LORA, "pretrained_model_name_or_path": "stabilityai/not-cached-xl-base"})
     assert "sdxl = true" in result.notes[0] and "unknown:" in result.notes[0]
