@@ -637,7 +637,7 @@ def _check_family(data: dict[str, Any], out: KohyaImport) -> None:
                 f"pretrained_model_name_or_path when training starts ({hint.text or 'no model given'})."
             )
         return
-    if says_sdxl != (hint.family.name == "sdxl"):
+    if says_sdxl != hint.family.kohya_sdxl_checkbox:
         out.notes.append(
             f"Warning: the kohya_ss config says sdxl = {str(says_sdxl).lower()}, but the model {model} is "
             f"detected as {hint.text}; training uses the detected family."

@@ -115,6 +115,8 @@ class ModelFamily(ABC):
     #: trainer ("network", "db") -> sd-scripts' entry script of the family's own (flux_train_network.py), which
     #: the GUI launches; empty: train_network.py / train_db.py, which take every family
     scripts: Mapping[str, str] = {}
+    #: what the kohya_ss GUI's ``sdxl`` checkbox (its choice of sd-scripts' sdxl_* scripts) says for this family
+    kohya_sdxl_checkbox: bool = False
     #: text part -> the key of its vectors in an embedding file (SD: ``emb_params``; SDXL: ``clip_l`` / ``clip_g``),
     #: for the parts that take new tokens (textual inversion, pivotal tuning); empty: the family takes none
     embedding_keys: Mapping[str, str] = {}

@@ -58,6 +58,7 @@ def size_time_ids(batch: dict, device, dtype) -> torch.Tensor:
 
 class SDXLFamily(ModelFamily):
     name = "sdxl"
+    kohya_sdxl_checkbox = True
     description = "Stable Diffusion XL (two text encoders, size conditioning)"
     text_parts = (TE1, TE2)
     lora_prefixes = {TE1: "lora_te1", TE2: "lora_te2", "unet": "lora_unet"}
