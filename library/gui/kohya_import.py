@@ -12,6 +12,7 @@ Every field is accounted for: set an option (``mapped``) or listed in the messag
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -464,10 +465,8 @@ def _additional(data, out: KohyaImport, trainer: str, tab: str) -> None:
     parsed = {k: v for k, v in vars(namespace).items() if k in SCHEMA and not SCHEMA[k].transient}
     for name, value in parsed.items():
         if SCHEMA[name].kind in ("int", "float", "bool"):
-            try:
+            with contextlib.suppress(ConfigError):  # a bad number stays text: validation names it
                 value = coerce(SCHEMA[name], value)
-            except ConfigError:
-                pass  # validation names the bad value later
         _set(out, "additional_parameters", name, value)
     out.map("additional_parameters", *parsed)
     flags = [t for t in unknown if t.startswith("-")]

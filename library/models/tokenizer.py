@@ -12,7 +12,6 @@ import functools
 import gzip
 from pathlib import Path
 
-
 BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 VOCAB_SIZE = 49408
 MODEL_MAX_LENGTH = 77

@@ -3,9 +3,9 @@ interpolation_type) trains a FLUX LoRA 2 steps on the tiny FLUX, with its valida
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import draw_picture
 from tests.flux.test_flux_training import flux_options, read_lora, train

@@ -129,3 +129,12 @@ def load_wd14_tool(module_name: str = "wd14_tool"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def doctor(*argv) -> int:
+    """Run tools/check_dataset.py's main() in this process on ``argv``; its exit code."""
+    spec = importlib.util.spec_from_file_location("check_tool", Path(__file__).resolve().parents[2] / "tools"
+                                                  / "check_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main([str(a) for a in argv])

@@ -3,24 +3,13 @@ max_token_length, which training cuts (issue 16, part 9)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from library.data.summary import caption_lengths, count_caption_tokens, dataset_caption_lengths
 from library.tools.dataset.check import CheckOptions, check_dataset
-from tests.tools_dataset.helpers import textured
+from tests.tools_dataset.helpers import doctor, textured
 
-ROOT = Path(__file__).resolve().parents[2]
 LONG = ", ".join(["dog"] * 40)  # 40 one-token words + 39 commas = 79 CLIP tokens
-
-
-def doctor(*argv) -> int:
-    spec = importlib.util.spec_from_file_location("check_tool", ROOT / "tools" / "check_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main([str(a) for a in argv])
 
 
 @pytest.fixture

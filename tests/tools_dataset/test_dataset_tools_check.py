@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,16 +12,7 @@ from PIL import Image
 
 from library.tools.dataset.check import CheckOptions, check_dataset
 from library.tools.dataset.phash import _dct_matrix, dhash, hamming, hash_picture, near_duplicate_pairs
-from tests.tools_dataset.helpers import textured
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def doctor(*argv) -> int:
-    spec = importlib.util.spec_from_file_location("check_tool", ROOT / "tools" / "check_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main([str(a) for a in argv])
+from tests.tools_dataset.helpers import doctor, textured
 
 
 @pytest.fixture

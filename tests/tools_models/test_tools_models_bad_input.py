@@ -14,7 +14,8 @@ import torch
 from library.errors import ConfigError, ModelLoadError
 from library.tools.models.lora_file import read_lora
 from library.tools.models.resize_lora import check_resize_options
-from tests.tools_models.helpers import load_tool, one_error_line as _error, sd_scripts_lora
+from tests.tools_models.helpers import load_tool, sd_scripts_lora
+from tests.tools_models.helpers import one_error_line as _error
 
 inspect_cli = load_tool("inspect_lora")
 resize_cli = load_tool("resize_lora")

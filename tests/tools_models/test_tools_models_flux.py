@@ -12,7 +12,8 @@ import torch
 
 from library.errors import ModelLoadError
 from tests.tools_models import flux_helpers as fh
-from tests.tools_models.helpers import load_tool, one_error_line as _error, sd_scripts_lora
+from tests.tools_models.helpers import load_tool, sd_scripts_lora
+from tests.tools_models.helpers import one_error_line as _error
 
 merge_cli = load_tool("merge_lora")
 extract_cli = load_tool("extract_lora_from_models")
