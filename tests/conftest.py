@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw
 
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
+from fast_tier_limit import pytest_runtest_makereport, pytest_sessionstart  # noqa: E402,F401 - the fast tier's limit
+
 
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):

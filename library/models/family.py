@@ -88,6 +88,10 @@ class ModelFamily(ABC):
     default_prediction_type: str = "epsilon"
     #: the largest bucket side a run uses when ``max_bucket_reso`` is not set
     default_max_bucket_reso: int = 1024
+    #: whether a single .safetensors file of this family is read into memory of its own (each tensor copied
+    #: once, no memory map left behind: the SD families convert every tensor to float32 anyway) rather than
+    #: mapped (FLUX: 24 GB of bf16 a host may not hold twice; mapped pages can be dropped under pressure)
+    single_file_in_memory: bool = True
     v2: bool = False
     description: str = ""
     #: whether train_db.py trains the text encoder(s) when train_text_encoder is not set

@@ -203,6 +203,7 @@ class FluxFamily(ModelFamily):
     default_prediction_type = "flow"
     latent_cache_suffix = "flux"
     trains_text_encoder_by_default = False
+    single_file_in_memory = False
     lora_unet_markers = ("double_blocks_", "single_blocks_")
     accepted_options = FlowMatchingObjective.OPTIONS | {
         *FILE_OPTIONS, "model_type", "t5xxl_max_token_length", "apply_t5_attn_mask", "guidance_scale",

@@ -65,15 +65,22 @@ def load_base_model(
 
 
 def _own_aligned_storage(module: torch.nn.Module) -> None:
-    """Give every parameter/buffer its own freshly allocated storage.
+    """Give every parameter/buffer that shares or misaligns its storage a freshly allocated copy.
 
-    Weights read from safetensors can sit at unaligned addresses inside one file buffer; BLAS then
-    takes other code paths and results differ in the last bits between sources. Fresh copies make
-    the same weights give bit-identical outputs whatever the source, and detach them from the file.
+    Weights read from a mapped safetensors file sit at unaligned addresses inside one file buffer; BLAS then
+    takes other code paths and results differ in the last bits between sources. Fresh copies make the same
+    weights give bit-identical outputs whatever the source, and detach them from the file. Tensors that own
+    aligned memory already (read into memory, or converted) are left as they are: no transient second copy.
     """
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
-            tensor.data = tensor.data.clone()
+            data = tensor.data
+            storage = data.untyped_storage()
+            # torch's own allocations are resizable; views of a mapped file or of a bytes buffer are not
+            owned = (storage.resizable() and storage.data_ptr() == data.data_ptr() and data.data_ptr() % 64 == 0
+                     and storage.nbytes() == data.numel() * data.element_size() and data.is_contiguous())
+            if not owned:
+                tensor.data = data.clone()
 
 
 def _check_v2_hint(v2: bool | None, family: str, name: str) -> None:
@@ -210,7 +217,8 @@ def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -
         raise ModelLoadError(
             f"{path} is not a model file: expected a diffusers folder or one of {', '.join(SINGLE_FILE_SUFFIXES)}."
         )
-    state, metadata = load_state_dict_file(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    in_memory = path.suffix.lower() == ".safetensors" and _reads_into_memory(path)
+    state, metadata = load_state_dict_file(path, allow_unsafe_pickle=allow_unsafe_pickle, in_memory=in_memory)
     family = family_of_single_file(state)
     if family is None and not any(k.startswith("model.diffusion_model.") for k in state):
         kind = "safetensors" if path.suffix.lower() == ".safetensors" else "checkpoint"
@@ -222,3 +230,19 @@ def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -
                              f"({', '.join(f.name for f in all_families())}).")
     parts = family.load_single_file(state, metadata, str(path), components=components)
     return parts, family.name, path.name
+
+
+def _reads_into_memory(path: Path) -> bool:
+    """Whether the family a .safetensors file's header shows (keys and shapes, as meta tensors) reads single
+    files into memory of their own (:attr:`ModelFamily.single_file_in_memory`); an unreadable header: no (the
+    real read reports it)."""
+    from library.util.safetensors_io import DTYPES, read_header
+
+    try:
+        header = read_header(path)
+        shapes = {k: torch.empty(v["shape"], dtype=DTYPES.get(v["dtype"], torch.uint8), device="meta")
+                  for k, v in header.items() if k != "__metadata__"}
+    except (ModelLoadError, KeyError, TypeError, ValueError, RuntimeError):
+        return False
+    family = family_of_single_file(shapes)
+    return family is not None and family.single_file_in_memory

@@ -17,20 +17,25 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def load_state_dict_file(
-    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False
+    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False, in_memory: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load ``(state_dict, metadata)`` from a ``.safetensors`` or pickle (``.ckpt/.pt/.pth/.bin``) file.
 
     Pickles are read with ``torch.load(weights_only=True)``; one that needs more than tensors and
     plain containers is refused unless ``allow_unsafe_pickle`` (then ``weights_only=False``, which
     can run code from the file). A top-level ``"state_dict"`` entry is unwrapped. Pickles have no
-    metadata (empty dict).
+    metadata (empty dict). ``in_memory``: a .safetensors file's tensors are read into memory of their own
+    (aligned, no memory map left behind) instead of being views of the mapped file.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"Model file {path} does not exist (or is not a file). Check the path.")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
+        if in_memory:
+            from library.util.safetensors_io import read_tensors
+
+            return read_tensors(path)
         return _load_safetensors(path)
     if suffix in PICKLE_SUFFIXES:
         return _load_pickle(path, allow_unsafe_pickle), {}

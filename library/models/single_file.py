@@ -13,8 +13,13 @@ from library.util.atomic import atomic_path
 
 
 def _load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> None:
-    """Load ``state`` into ``module``; missing or unexpected keys raise ModelLoadError."""
-    result = module.load_state_dict(state, strict=False)
+    """Make ``state``'s tensors (cast to float32 one at a time, so the file's copy of each is freed as it goes)
+    the parameters of ``module``, built on the meta device; missing or unexpected keys raise ModelLoadError."""
+    for key, value in state.items():
+        if value.is_floating_point() and value.dtype != torch.float32:
+            state[key] = value.to(torch.float32)
+        del value
+    result = module.load_state_dict(state, strict=False, assign=True)
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(
             f"{source}: the {what} weights do not match the model built from its config: "
@@ -27,7 +32,12 @@ def _load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
 def modules_from_single_file(
     state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None, source: str = "single file"
 ) -> tuple[dict, dict]:
-    """Return ({"unet", "vae", "text_encoder"} float32 modules, configs) from a loaded single file."""
+    """Return ({"unet", "vae", "text_encoder"} float32 modules, configs) from a loaded single file.
+
+    Consumes ``state_dict`` (it is emptied): the modules are built without weights (meta device) and take its
+    tensors as their parameters, so the model exists once in memory, never beside a second copy.
+    """
+    from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -35,10 +45,12 @@ def modules_from_single_file(
         unet_sd, vae_sd, te_sd, configs = split_single_file(state_dict, metadata)
     except ModelLoadError as error:
         raise ModelLoadError(f"{source}: {error}") from error
+    state_dict.clear()  # the parts' dicts hold the tensors now; each is freed once converted
     try:
-        unet = UNet2DConditionModel(**configs["unet"])
-        vae = AutoencoderKL(**configs["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        with init_empty_weights():  # parameters on the meta device, buffers real
+            unet = UNet2DConditionModel(**configs["unet"])
+            vae = AutoencoderKL(**configs["vae"])
+            text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
     except (TypeError, ValueError) as error:
         raise ModelLoadError(f"{source}: could not build the model from its config ({error}).") from error
     _load_exact(unet, unet_sd, "UNet", source)

@@ -78,8 +78,14 @@ class NetworkModule(nn.Module, abc.ABC):
         out = self._org_forward(x, *args, **kwargs)
         if self._skip_delta():
             return out
-        delta = self.delta_forward(x)
-        return out + (delta * self.multiplier).to(out.dtype)
+        delta, factor = self.delta_and_factor(x)
+        # one fused op: out + delta · factor · multiplier (no separate products on activation-sized tensors)
+        return torch.add(out, delta.to(out.dtype), alpha=factor * self.multiplier)
+
+    def delta_and_factor(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The added output as (tensor, scalar factor) with ``delta_forward(x) == tensor * factor``, so the
+        factor can be applied inside the final addition; modules that cannot split it return factor 1."""
+        return self.delta_forward(x), 1.0
 
     def on_weights_loaded(self) -> None:
         """Hook called after weights (and buffers such as alpha) were copied in from a file."""

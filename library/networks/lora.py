@@ -83,6 +83,11 @@ class LoRAModule(NetworkModule):
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         """up(down(x)) · alpha / dim with train-mode dropouts; x is (B, …, in) or (B, in, H, W)."""
+        delta, factor = self.delta_and_factor(x)
+        return delta * factor
+
+    def delta_and_factor(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(up(down(x)), alpha / dim · the rank-dropout rescale): :meth:`delta_forward` without its scaling."""
         weight_dtype = self.lora_down.weight.dtype
         lx = self.lora_down(x if x.dtype == weight_dtype else x.to(weight_dtype))
         scale = self.scale
@@ -96,7 +101,7 @@ class LoRAModule(NetworkModule):
                 mask = mask[:, None, :]
             lx = lx * mask.to(lx.dtype)
             scale = scale / (1.0 - self.rank_dropout)
-        return self.lora_up(lx) * scale
+        return self.lora_up(lx), scale
 
     def delta_weight(self) -> torch.Tensor:
         return lora_delta_weight(self.lora_down.weight, self.lora_up.weight, self.scale)

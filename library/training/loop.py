@@ -196,14 +196,18 @@ def run_training(config, target) -> Path | None:
     if config.cache_latents or config.cache_latents_to_disk or prepared:
         from library.data.latent_cache import cache_latents
 
+        started, encoded = time.perf_counter(), 0
         with torch.no_grad():
             for data in (dataset, validation_set):
                 if data is not None:
-                    cache_latents(data, lambda px: model.encode_images(px.to(accelerator.device)).cpu(),
-                                  to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size,
-                                  suffix=model.adapter.latent_cache_suffix)
+                    encoded += cache_latents(data, lambda px: model.encode_images(px.to(accelerator.device)).cpu(),
+                                             to_disk=config.cache_latents_to_disk, batch_size=config.vae_batch_size,
+                                             suffix=model.adapter.latent_cache_suffix)
+        EventLog(accelerator.is_main_process).emit("latents_cached", encoded=encoded,
+                                                   seconds=time.perf_counter() - started)
     if config.cache_text_encoder_outputs or config.cache_text_encoder_outputs_to_disk:
         _cache_text(model, config, target, dataset, validation_set)
+    release_cached_parts(model, config, target, [d for d in (dataset, validation_set) if d is not None])
     target.attach(model, config)
     optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
                                                       config.use_lion_optimizer)
@@ -289,6 +293,25 @@ def _cache_text(model, config, target, dataset, validation_set) -> None:
         encoder.to("cpu")
 
 
+def release_cached_parts(model, config, target, datasets) -> list[str]:
+    """Free the parts a run no longer needs once their outputs are cached: the VAE when every picture's
+    latents are, the text encoders when the captions' outputs are (and they are not trained). Only for
+    targets whose saved result does not hold the base model, and not when samples are rendered. The parts
+    stay in the model on the meta device (their structure, no memory). Returns the freed parts' names."""
+    if target.saves_base_model or config.sample_prompts:
+        return []
+    freed = []
+    if datasets and all(getattr(d, "latents_cached", False) for d in datasets):
+        freed.append("vae")
+    if model.extras.get("text_cache") is not None and not target.trains_text_encoder:
+        freed += list(model.text_parts)
+    for name in freed:
+        model.parts[name].to("meta")
+    if freed:
+        logger.info("freed %s: their outputs are cached and this run needs them no more", ", ".join(freed))
+    return freed
+
+
 def init_trackers(accelerator, config) -> None:
     """TensorBoard and/or Weights & Biases (imported only when chosen) under the run's name."""
     name = config.log_tracker_name or ("network_train" if config.trainer == "network" else "dreambooth")
@@ -347,7 +370,8 @@ class TrainLoop:
             final = self._save(lambda: self.saver.save_final(epoch, self.position, stopped=self.stop.requested))
         finally:
             self.stop.uninstall()
-        self.events.emit("done", path=str(final), step=self.position.step)
+        peak = torch.cuda.max_memory_allocated() if acc.device.type == "cuda" else None  # for bench/run.py
+        self.events.emit("done", path=str(final), step=self.position.step, cuda_peak_bytes=peak)
         return final if acc.is_main_process else None
 
     def _run_epochs(self, progress: Progress) -> int:
@@ -376,6 +400,7 @@ class TrainLoop:
 
     def _save(self, action):
         """A save, never cut short by a stop signal (the stop takes effect after it)."""
+        self.events.phase("saving", self.position.step)
         with self.stop.during_save():
             return self._with_eval(action, average=False)
 
@@ -473,6 +498,7 @@ class TrainLoop:
                                   f"loss/validation/{kind}_divergence": value - self.running.mean}, step=at)
 
     def _sample(self, epoch: int | None) -> None:
+        self.events.phase("sampling", self.position.step)
         paths = self._with_eval(lambda: self.sampler.run(self.position.step, epoch))
         if paths and self.saver.first_sample is None:
             self.saver.first_sample = paths[0]

@@ -24,6 +24,8 @@ SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16"
 class LoRATarget(BaseTarget):
     """Creates the network named by ``network_module`` and saves it in the LoRA file contract."""
 
+    saves_base_model = False
+
     def __init__(self, config):
         self.network_type = get_network_type(config.network_module)
         self.args = self.network_type.parse_args(config.network_args)

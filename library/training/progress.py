@@ -39,7 +39,7 @@ class EventLog:
     Events: {"event": "start", "total": N, "epochs": E}, {"event": "step", "step", "total", "epoch",
     "epochs", "loss", "avg_loss", "lr", "it_s", "eta_s"}, {"event": "sample", "paths": [...]},
     {"event": "validation", "step", "loss", "kind"}, {"event": "saved", "path"}, {"event": "stopped", "step"},
-    {"event": "done", "path"}; each with "time".
+    {"event": "phase", "phase": "sampling" | "saving", "step"}, {"event": "done", "path"}; each with "time".
     """
 
     def __init__(self, enabled: bool):
@@ -52,6 +52,11 @@ class EventLog:
         record = {"event": event, "time": time.time(), **fields}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def phase(self, name: str, step: int) -> None:
+        """Say that work without steps begins (``"sampling"``, ``"saving"``), so a front end shows it rather
+        than an ETA that has run out; the next step, sample or done event ends it."""
+        self.emit("phase", phase=name, step=step)
 
 
 class Progress:

@@ -49,6 +49,10 @@ class BaseTarget:
     """No-op defaults for the optional hooks of ``TrainTarget``."""
 
     float32_components: tuple[str, ...] = ()
+    #: whether the saved result holds the base model's frozen parts (a fine-tune's checkpoint does); when not,
+    #: a run that caches latents and text-encoder outputs frees the VAE and the text encoders once they are
+    #: cached (unless it renders samples), so they do not stay beside the denoiser for the whole run
+    saves_base_model: bool = True
 
     def on_model_loaded(self, model, config) -> None:
         """Called once the base model is loaded, before it is placed (its family is known from here on)."""

@@ -12,6 +12,7 @@ one computed here. The legacy hash does not equal the raw 64 KiB of the final fi
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -158,3 +159,75 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"Cannot load the safetensors file {path}: {exc}. Check that it exists and is a complete "
             ".safetensors file (a download or copy may have been cut short, or it is another kind of file)."
         ) from exc
+
+
+#: safetensors dtype names -> torch dtypes (the ones torch has).
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file, each tensor read into its own freshly allocated (aligned)
+    memory with ``readinto``: no memory map stays behind, so the file's pages never count as the process's
+    memory, and the tensors need no copy to be independent of the file (``safe_open`` hands out unaligned views
+    of a mapped file). Raises ModelLoadError for a damaged file (bad header, offsets outside the data, sizes
+    that do not match the shapes, unknown dtypes)."""
+    path = Path(path)
+
+    def bad(why: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"Could not read {path} as safetensors ({why}). The file may be truncated or not a safetensors "
+            "file; download it again."
+        )
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise bad("shorter than 8 bytes")
+            n = struct.unpack("<Q", head)[0]
+            if n > min(100 * 1024 * 1024, size - 8):
+                raise bad(f"header length {n} is implausible for a file of {size} bytes")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise bad(f"its header is not JSON: {error}") from None
+            if not isinstance(header, dict):
+                raise bad("its header is not a JSON object")
+            metadata = header.pop("__metadata__", None) or {}
+            if not isinstance(metadata, dict):
+                raise bad("__metadata__ is not an object")
+            data_start, data_size = 8 + n, size - 8 - n
+            entries = []
+            for key, entry in header.items():
+                try:
+                    dtype = DTYPES[entry["dtype"]]
+                    shape = [int(s) for s in entry["shape"]]
+                    begin, end = (int(o) for o in entry["data_offsets"])
+                except (KeyError, TypeError, ValueError):
+                    raise bad(f"tensor {key!r} has an unknown dtype or a bad shape/offsets entry") from None
+                numel = 1
+                for s in shape:
+                    numel *= s
+                itemsize = torch.empty((), dtype=dtype).element_size()
+                if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size or end - begin != numel * itemsize:
+                    raise bad(f"tensor {key!r}: offsets {begin}..{end} do not hold {shape} {entry['dtype']} "
+                              f"inside {data_size} data bytes")
+                entries.append((begin, key, dtype, shape, end - begin))
+            tensors = {}
+            for begin, key, dtype, shape, nbytes in sorted(entries):
+                buffer = torch.empty(nbytes, dtype=torch.uint8)
+                if nbytes:
+                    f.seek(data_start + begin)
+                    # the tensor's own memory as a writable buffer (not through numpy, which would pin it)
+                    target = (ctypes.c_char * nbytes).from_address(buffer.data_ptr())
+                    if f.readinto(target) != nbytes:
+                        raise bad(f"tensor {key!r} is cut short")
+                tensors[key] = buffer.view(dtype).reshape(shape)
+    except OSError as error:
+        raise bad(str(error)) from error
+    return {k: tensors[k] for k in header}, {str(k): str(v) for k, v in metadata.items()}

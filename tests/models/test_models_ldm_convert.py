@@ -140,8 +140,8 @@ def test_openclip_24_layers_all_loaded():
 def test_foreign_file_without_metadata_loads_equal(tiny_files, family):
     state, metadata = load_state_dict_file(tiny_files[family]["single"])
     assert metadata["sdtrain.family"] == family
-    with_meta, configs = modules_from_single_file(state, metadata)
-    without, inferred = modules_from_single_file(state, {})
+    with_meta, configs = modules_from_single_file(dict(state), metadata)  # it consumes the dict
+    without, inferred = modules_from_single_file(dict(state), {})
     assert configs["inferred"] is False and inferred["inferred"] is True
     for name in ("unet", "vae", "text_encoder"):
         _assert_same(with_meta[name].state_dict(), without[name].state_dict())

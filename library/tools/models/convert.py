@@ -289,7 +289,8 @@ def check_complete(state: dict[str, torch.Tensor], metadata: dict[str, str], sou
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
-            family.load_single_file(state, metadata, str(source), components={})
+            shapes = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+            family.load_single_file(shapes, metadata, str(source), components={})  # consumes its dict
     except (NotImplementedError, RuntimeError) as error:  # an operation the meta device lacks: no check then
         logger.debug("could not check the keys of %s on the meta device: %s", source, error)
 

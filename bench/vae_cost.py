@@ -1,0 +1,68 @@
+"""The VAE encoder's own cost: pictures already decoded and resized in memory, encoded in batches; seconds per
+picture. A worker run by ``bench/run.py`` (prints one JSON line); the trainer's latent caching is compared
+with it.
+
+    python bench/vae_cost.py MODEL.safetensors TRAIN_DIR --resolution 256 --batch_size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def load_vae(path: str):
+    from diffusers import AutoencoderKL
+    from safetensors import safe_open
+
+    from library.models.ldm_convert import vae_from_ldm
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+                            down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, sample_size=512)
+    prefix = "first_stage_model."
+    with safe_open(path, framework="pt") as f:
+        ldm = {k[len(prefix):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
+    vae.load_state_dict(vae_from_ldm(ldm, dict(vae.config)), assign=True, strict=True)
+    return vae.eval().requires_grad_(False)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("train_dir")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch_size", type=int, default=1)
+    args = p.parse_args()
+    import numpy as np
+    from PIL import Image
+
+    vae = load_vae(args.model).to(args.device)
+    files = sorted(Path(args.train_dir).rglob("*.jpg"))
+    pixels = []
+    for f in files:
+        img = Image.open(f).convert("RGB").resize((args.resolution, args.resolution), Image.LANCZOS)
+        pixels.append((torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1).to(args.device))
+    with torch.no_grad():
+        vae.encode(pixels[0][None]).latent_dist.sample()  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(pixels), args.batch_size):
+            vae.encode(torch.stack(pixels[i:i + args.batch_size])).latent_dist.sample()
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    print(json.dumps({"images": len(pixels), "seconds": seconds, "s_per_image": seconds / len(pixels)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
