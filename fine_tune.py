@@ -6,11 +6,9 @@ clean_captions_and_tags.py), latents from tools/prepare_buckets_latents.py when 
 text encoder is trained only with ``--train_text_encoder``. Options: --help; configs: --config_file.
 """
 
-import sys
-
-from library.cli import run_trainer
+from library.cli import exit_now, run_trainer
 from library.config.options_finetune import FINE_TUNE_DEFAULTS
 from library.training.db_target import DreamBoothTarget
 
 if __name__ == "__main__":
-    sys.exit(run_trainer("db", DreamBoothTarget, defaults=FINE_TUNE_DEFAULTS))
+    exit_now(run_trainer("db", DreamBoothTarget, defaults=FINE_TUNE_DEFAULTS))

@@ -2,10 +2,8 @@
 models (the transformer is trained; the file saved is the transformer in BFL's layout), so
 ``accelerate launch flux_train.py --config_file …`` keeps working."""
 
-import sys
-
-from library.cli import run_trainer
+from library.cli import exit_now, run_trainer
 from library.training.db_target import DreamBoothTarget
 
 if __name__ == "__main__":
-    sys.exit(run_trainer("db", DreamBoothTarget, family="flux"))
+    exit_now(run_trainer("db", DreamBoothTarget, family="flux"))

@@ -2,10 +2,8 @@
 models (sd-scripts' script refuses others too), so ``accelerate launch flux_train_network.py --config_file …``
 keeps working."""
 
-import sys
-
-from library.cli import run_trainer
+from library.cli import exit_now, run_trainer
 from library.training.lora_target import LoRATarget
 
 if __name__ == "__main__":
-    sys.exit(run_trainer("network", LoRATarget, family="flux"))
+    exit_now(run_trainer("network", LoRATarget, family="flux"))

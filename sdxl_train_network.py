@@ -1,10 +1,8 @@
 """sd-scripts' name for SDXL LoRA training: the same trainer as ``train_network.py`` restricted to SDXL base
 models (sd-scripts' script refuses others too), so ``accelerate launch sdxl_train_network.py --config_file …`` keeps working."""
 
-import sys
-
-from library.cli import run_trainer
+from library.cli import exit_now, run_trainer
 from library.training.lora_target import LoRATarget
 
 if __name__ == "__main__":
-    sys.exit(run_trainer("network", LoRATarget, family="sdxl"))
+    exit_now(run_trainer("network", LoRATarget, family="sdxl"))

@@ -3,10 +3,8 @@
 Options: --help; configs: --config_file. Writes a single-file checkpoint or a diffusers folder.
 """
 
-import sys
-
-from library.cli import run_trainer
+from library.cli import exit_now, run_trainer
 from library.training.db_target import DreamBoothTarget
 
 if __name__ == "__main__":
-    sys.exit(run_trainer("db", DreamBoothTarget))
+    exit_now(run_trainer("db", DreamBoothTarget))

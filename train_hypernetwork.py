@@ -2,10 +2,8 @@
 ``network_module = "networks.hypernetwork"`` as the default (network_args layer_structure, activation_func, …).
 Options: --help; configs: --config_file."""
 
-import sys
-
-from library.cli import run_trainer
+from library.cli import exit_now, run_trainer
 from library.training.lora_target import LoRATarget
 
 if __name__ == "__main__":
-    sys.exit(run_trainer("network", LoRATarget, defaults={"network_module": "networks.hypernetwork"}))
+    exit_now(run_trainer("network", LoRATarget, defaults={"network_module": "networks.hypernetwork"}))

@@ -4,10 +4,8 @@ Options: --help; configs: --config_file. Writes an embedding the webui, ComfyUI 
 ``emb_params``; SDXL: ``clip_l`` + ``clip_g``; ``save_model_as = "pt"``: the webui's .pt layout).
 """
 
-import sys
-
-from library.cli import run_trainer
+from library.cli import exit_now, run_trainer
 from library.training.ti_target import TextualInversionTarget
 
 if __name__ == "__main__":
-    sys.exit(run_trainer("ti", TextualInversionTarget))
+    exit_now(run_trainer("ti", TextualInversionTarget))

@@ -68,6 +68,7 @@ class MemoryPoller:
     def __init__(self, pid: int, interval: float = 0.02):
         self.pid, self.interval = pid, interval
         self.peak_rss = self.peak_pss = 0
+        self.peak_time = 0.0  # when the sampled RSS peaked (time.time())
         self.peak_workers = 0  # the most processes seen at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -76,7 +77,9 @@ class MemoryPoller:
         tick = 0
         while not self._stop.is_set():
             pids = _tree(self.pid)
-            self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in pids))
+            rss = sum(_rss(p) for p in pids)
+            if rss > self.peak_rss:
+                self.peak_rss, self.peak_time = rss, time.time()
             if tick % 10 == 0:  # PSS every 10th sample
                 self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in pids))
             self.peak_workers = max(self.peak_workers, len(pids))
@@ -100,6 +103,7 @@ class ProcessResult:
     wall_s: float
     peak_rss: int  # bytes: max of the sampled tree sum and the kernel's peak RSS of the main process
     peak_pss: int
+    peak_time: float = 0.0  # when the sampled peak was seen (time.time())
     events: list[dict] = field(default_factory=list)
     output: dict | None = None  # the JSON a worker script printed as its last line
     log: str = ""
@@ -108,6 +112,17 @@ class ProcessResult:
         """Seconds between consecutive step events (the first step's own time is not included)."""
         times = [e["time"] for e in self.events if e.get("event") == "step"]
         return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+    def peak_phase(self) -> str:
+        """Where the sampled memory peak fell: before the loop ("loading and caching"), in training, or after
+        the last step ("saving")."""
+        start, done = self.first("start"), self.first("done")
+        steps = [e["time"] for e in self.events if e.get("event") == "step"]
+        if start is None or self.peak_time < start["time"]:
+            return "loading and caching"
+        if steps and self.peak_time > steps[-1] or done and self.peak_time > done["time"]:
+            return "saving"
+        return "training"
 
     def first(self, event: str) -> dict | None:
         return next((e for e in self.events if e.get("event") == event), None)
@@ -158,6 +173,7 @@ def run_measured(argv: list[str], cwd: Path, env: dict | None = None, timeout: f
             output = None
     return ProcessResult(
         argv=argv, returncode=proc.returncode, launched=launched, wall_s=wall,
-        peak_rss=max(poller.peak_rss, usage.ru_maxrss * 1024), peak_pss=poller.peak_pss, events=events,
+        peak_rss=max(poller.peak_rss, usage.ru_maxrss * 1024), peak_pss=poller.peak_pss,
+        peak_time=poller.peak_time, events=events,
         output=output, log=text,
     )

@@ -89,9 +89,13 @@ class Bench:
         return result.peak_rss
 
     def steps(self, result: ProcessResult, warmup: int) -> float:
-        """Median seconds per step, leaving out the first ``warmup`` steps."""
+        """Median seconds per step, leaving out the first ``warmup`` steps; a one-step run (--quick's
+        DreamBooth rows) counts its only step, from the loop's start to its end."""
         gaps = result.step_times()[max(0, warmup - 1):]
-        return statistics.median(gaps) if gaps else float("nan")
+        if gaps:
+            return statistics.median(gaps)
+        start, step = result.first("start"), result.first("step")
+        return step["time"] - start["time"] if start and step else float("nan")
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -116,6 +120,7 @@ class Bench:
         base = self.add(Row("floor: UNet forward + backward", f["step_s"], 1.0, self.peak(floor), floor.peak_pss, 1.0,
                             {"gflop_per_step": f["flops"] / 1e9, "achieved_gflops": f["achieved_gflops"],
                              "matmul_gflops": f["matmul_gflops"]}))
+        self.floor = base
         vae = self.worker("vae_cost.py", model, str(train_dir), "--resolution", str(res), "--batch_size", "4",
                           *device).output
 
@@ -126,11 +131,12 @@ class Bench:
             result = self.train(folder, "network", options)
             step = self.steps(result, warm)
             peak = self.peak(result)
-            return result, self.add(Row(name, step, step / base.step_s, peak, result.peak_pss, peak / base.peak_rss))
+            return result, self.add(Row(name, step, step / base.step_s, peak, result.peak_pss, peak / base.peak_rss,
+                                        {"peak in": result.peak_phase()}))
 
         cold, row = lora("LoRA dim 16, AdamW")
         cached = cold.first("latents_cached") or {}
-        first = cold.first("step")
+        first = cold.first("start")  # the loop begins: model loaded, latents and captions cached
         encode_s = cached.get("seconds", float("nan"))
         launch_first = first["time"] - cold.launched
         row.extra.update(launch_to_first_step_s=launch_first, caching_s=encode_s,
@@ -139,7 +145,7 @@ class Bench:
                                extra={"vae_encoder_s_per_picture": vae["s_per_image"]}))
         caching.ratio = caching.step_s / vae["s_per_image"]
         reused, gc_row = lora("LoRA dim 16, AdamW, gradient checkpointing", gradient_checkpointing=True)
-        reused_first = reused.first("step")["time"] - reused.launched
+        reused_first = reused.first("start")["time"] - reused.launched
         gc_row.extra["launch_to_first_step_s (disk cache reused)"] = reused_first
         self.targets += [
             Target("sd15 LoRA step / floor", row.ratio, 1.03),
@@ -163,7 +169,7 @@ class Bench:
         """Full UNet fine-tunes: the optimizers' memory, and whether loader workers add any (threads here: no
         forked copy of the model). One measured step in --quick: the peak is reached at the first
         optimizer step, when its state is allocated."""
-        steps = warm + (1 if self.quick else 3)
+        steps = 1 if self.quick else warm + 3
         adafactor = {"optimizer_type": "AdaFactor", "fused_backward_pass": True,
                      "optimizer_args": ["relative_step=False", "scale_parameter=False", "warmup_init=False"]}
         rows = {}
@@ -177,9 +183,9 @@ class Bench:
             options = db_config(model, train_dir, self.work / f"db_{key}", steps, res, cache_latents_to_disk=True,
                                 vae_batch_size=4, **extra)
             result = self.train(f"db_{key}", "db", options)
-            step, peak, floor = self.steps(result, warm), self.peak(result), self.rows[0]
+            step, peak, floor = self.steps(result, warm), self.peak(result), self.floor
             rows[key] = self.add(Row(name, step, step / floor.step_s, peak, result.peak_pss,
-                                     peak / floor.peak_rss))
+                                     peak / floor.peak_rss, {"peak in": result.peak_phase()}))
         self.targets += [
             Target("DreamBooth AdamW8bit peak / AdamW fp32 peak", rows["8bit"].peak_rss / rows["adamw"].peak_rss,
                    0.65),
@@ -195,7 +201,7 @@ class Bench:
         options["network_dim"] = 8
         result = self.train("tiny", "network", options)
         step = self.steps(result, 5)
-        first = result.first("step")["time"] - result.launched
+        first = result.first("start")["time"] - result.launched
         self.add(Row("tiny: LoRA step", step, peak_rss=result.peak_rss, peak_pss=result.peak_pss,
                      extra={"launch_to_first_step_s": first, "steps_per_s": 1 / step}))
         self.targets += [

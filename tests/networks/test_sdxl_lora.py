@@ -218,6 +218,7 @@ INDEPENDENT_PAIRS = {
 }
 
 
+@pytest.mark.slow  # a training run: longer than the fast tier's limit
 def test_diffusers_loads_our_sdxl_locon_with_the_same_effect(tiny_sdxl_files, tmp_path):
     pytest.importorskip("peft", reason="diffusers needs peft for load_lora_weights")
     from diffusers import StableDiffusionXLPipeline

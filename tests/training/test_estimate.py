@@ -53,6 +53,7 @@ def real_step(config, batch_size: int, width: int, height: int) -> tuple[int, in
     return memory.peak, grads, flops.get_total_flops()
 
 
+@pytest.mark.slow  # a training run: longer than the fast tier's limit
 def test_meta_trace_matches_a_real_cpu_step(tiny_dataset, tmp_path):
     config = lora_config(tiny_dataset, tmp_path, resolution=96, train_batch_size=2, cache_latents=True)
     est = estimate(config)
@@ -168,6 +169,7 @@ def test_trace_counts_fused_attention_not_the_score_matrix():
     assert trace.flops >= 3 * 4 * 2 * 8 * 4096 * 4096 * 40
 
 
+@pytest.mark.slow  # a training run: longer than the fast tier's limit
 def test_cli_prints_the_estimate_and_writes_nothing(tiny_dataset, tmp_path, capsys):
     options = base_options(tiny_dataset, tmp_path / "out", max_train_steps=10, seed=None)  # no seed: drawn
     assert train(tmp_path, options, extra_argv=["--estimate"]) == 0

@@ -56,6 +56,7 @@ def test_dataset_config_takes_validation_keys_and_checks_them(tiny_dataset, tmp_
         build_datasets(dataset_file(1.0))
 
 
+@pytest.mark.slow  # a training run: longer than the fast tier's limit
 def test_validating_does_not_change_training_and_is_logged(tiny_dataset, tmp_path, monkeypatch):
     # without validation (none due: every 1000 epochs) and with validation after every step
     quiet = options(tiny_dataset, tmp_path / "quiet", validate_every_n_epochs=1000, max_train_steps=6,
