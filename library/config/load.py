@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import toml
 
+from library.config.i18n import group_description, group_title, text
+from library.config.i18n.cli_help import HELP_LANG_FLAG, SchemaHelpFormatter, help_lang_from_argv, option_help
 from library.config.known_elsewhere import SD_SCRIPTS_NAMES
 from library.config.options import SCHEMA
-from library.config.schema import Option, Schema
+from library.config.schema import Group, Option, Schema
 from library.config.values import coerce, is_off_value
 from library.errors import ConfigError
 
@@ -59,24 +63,38 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"command line: {message}. Run with --help to list the options.")
 
 
-def build_parser(trainer: str, description: str = "", schema: Schema = SCHEMA) -> argparse.ArgumentParser:
-    """argparse flags for every option of ``trainer``; unset flags are absent from the namespace."""
-    parser = _Parser(description=description, argument_default=argparse.SUPPRESS)
-    groups = {g.key: parser.add_argument_group(g.title, g.description) for g in schema.groups}
+def build_parser(
+    trainer: str, description: str = "", schema: Schema = SCHEMA, lang: str = "en"
+) -> argparse.ArgumentParser:
+    """argparse flags for every option of ``trainer``; unset flags are absent from the namespace.
+
+    ``lang``: the language of ``--help`` (see ``library.config.i18n.cli_help``); the help lists each
+    option's choices and default."""
+    formatter = functools.partial(SchemaHelpFormatter, lang=lang)
+    parser = _Parser(description=description, argument_default=argparse.SUPPRESS, formatter_class=formatter)
+    groups = {g.key: parser.add_argument_group(*_group_texts(g, lang)) for g in schema.groups}
     for opt in schema.for_trainer(trainer):
         group = groups[opt.group]
         flag = f"--{opt.name}"
-        helptext = opt.help.replace("%", "%%")
+        helptext = option_help(opt, lang)
         if opt.kind == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=helptext)
+            action = group.add_argument(flag, action=argparse.BooleanOptionalAction, help=helptext)
         elif opt.kind in ("strs", "float_or_floats"):
-            group.add_argument(flag, nargs="*", metavar="VALUE", help=helptext)
+            action = group.add_argument(flag, nargs="*", metavar="VALUE", help=helptext)
         else:
-            group.add_argument(flag, metavar=opt.kind.upper(), help=helptext)
+            action = group.add_argument(flag, metavar=opt.kind.upper(), help=helptext)
+        action.schema_option = opt  # read by SchemaHelpFormatter when --help prints
+    parser.add_argument(HELP_LANG_FLAG, metavar="LANG", help=text("cli.help_lang", lang))
     for alias, name in schema.aliases.items():
         if name in schema and trainer in schema[name].trainers:
             parser.add_argument(f"--{alias}", dest=name, help=argparse.SUPPRESS)
     return parser
+
+
+def _group_texts(group: Group, lang: str) -> tuple[str, str]:
+    if lang == "en":
+        return group.title, group.description
+    return group_title(group.key, lang), group_description(group.key, lang)
 
 
 def read_toml(path: str | Path, trainer: str, schema: Schema = SCHEMA) -> dict[str, Any]:
@@ -162,13 +180,15 @@ def _check_names(values: dict[str, Any], trainer: str, where: str, schema: Schem
 
 def parse_config(argv: Sequence[str] | None, trainer: str, schema: Schema = SCHEMA) -> Config:
     """Parse the command line (and the TOML it names) into a validated ``Config``."""
-    parser = build_parser(trainer, schema=schema)
-    namespace, unknown = parser.parse_known_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(trainer, schema=schema, lang=help_lang_from_argv(args))
+    namespace, unknown = parser.parse_known_args(args)
     if unknown:
         flags = [u[2:].split("=")[0] for u in unknown if u.startswith("--")]
         _check_names(dict.fromkeys(flags or unknown, True), trainer, "command line", schema)
         raise ConfigError(f"command line: unexpected argument(s) {' '.join(unknown)!r}.")
     cli = vars(namespace)
+    cli.pop("help_lang", None)
     file_values: dict[str, Any] = {}
     if cli.get("config_file"):
         file_values = read_toml(cli["config_file"], trainer, schema)

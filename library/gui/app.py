@@ -14,10 +14,12 @@ from urllib.parse import urlparse
 import gradio as gr
 from starlette.middleware import Middleware
 
+from library.config.i18n import normalize_lang
 from library.gui import configs
 from library.gui.guard import bind
+from library.gui.job_api import JobService, api_mount
 from library.gui.jobs import JobRunner
-from library.gui.run_queue import TrainingQueue, start_worker
+from library.gui.run_queue import ROW_HEADERS, TrainingQueue, job_row, start_worker
 from library.gui.security import GuiPolicy, HostCheckMiddleware, HostPolicy, exposed, start_refusal
 from library.gui.tools_tabs import captioning_tab, dataset_tab, tools_tab
 from library.gui.training_tab import panel_values, training_tab
@@ -35,6 +37,8 @@ class GuiContext:
     state_dir: Path
     launcher: str = "python"
     paths: GuiPolicy = field(default_factory=GuiPolicy)
+    #: the page's language (``--lang``); None: English, re-worded on load in the browser's language
+    lang: str | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -44,29 +48,66 @@ class GuiContext:
             self.runner,
             lambda trainer, path: configs.config_command(trainer, path, self.launcher),
         )
+        #: the job API's functions (library/gui/job_api.py); the Queue tab calls them too
+        self.jobs = JobService(self.queue, self.paths)
+
+
+def queue_rows(ctx: GuiContext) -> list[list]:
+    """The Queue table: the job API's list (GET /api/v1/jobs), one row per job."""
+    return [job_row(job) for job in ctx.jobs.jobs()]
+
+
+def queue_stop(ctx: GuiContext, number: str) -> str:
+    """The Stop button: POST /api/v1/jobs/{n}/stop's function (a ``UserError`` is shown by ``bind``)."""
+    return ctx.jobs.stop(number)["message"]
+
+
+def queue_submit(ctx: GuiContext, file, trainer: str, label: str) -> str:
+    """The upload's Add button: POST /api/v1/jobs's function, on the uploaded TOML."""
+    if not file:
+        return "❌ choose a TOML config file to add first."
+    try:
+        text = Path(file).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return f"❌ {Path(file).name} is not UTF-8 text ({exc}); save it as UTF-8."
+    return f"added to the queue as entry {ctx.jobs.submit(trainer, text, label)['number']}"
 
 
 def queue_tab(ctx: GuiContext) -> gr.Dataframe:
     gr.Markdown(
         "Queued runs start one after another; a failed run does not stop the queue. The queue is "
-        f"kept in `{ctx.queue.root}` and survives a restart."
+        f"kept in `{ctx.queue.root}` and survives a restart. The same queue can be driven over HTTP: "
+        "see docs/job_api.md."
     )
     table = gr.Dataframe(
-        headers=["#", "label", "trainer", "state", "exit code", "output"],
+        headers=ROW_HEADERS,
         interactive=False,
         elem_id="queue-table",
-        value=ctx.queue.rows(),
+        value=queue_rows(ctx),
     )
     with gr.Row():
-        number = gr.Textbox(label="Entry #", scale=1)
+        number = gr.Textbox(label="Entry #", scale=1, elem_id="queue-number")
         cancel = gr.Button("Stop or remove entry", scale=1, elem_id="queue-cancel")
+    with gr.Accordion("Add a TOML config file", open=False):
+        with gr.Row():
+            upload = gr.File(label="Config (.toml)", file_types=[".toml"], type="filepath", scale=2)
+            trainer = gr.Dropdown(choices=sorted(configs.SCRIPTS), value="network", label="Trainer", scale=1)
+            label = gr.Textbox(label="Label (optional)", scale=1)
+            add = gr.Button("Add to queue", scale=1, elem_id="queue-add")
     message = gr.Markdown("", elem_id="queue-message")
     bind(
         cancel.click,
-        lambda n: (ctx.queue.cancel(n.strip()), ctx.queue.rows()),
+        lambda n: (queue_stop(ctx, n), queue_rows(ctx)),
         [number],
         [message, table],
         api_name="queue_cancel",
+    )
+    bind(
+        add.click,
+        lambda f, t, lbl: (queue_submit(ctx, f, t, lbl), queue_rows(ctx)),
+        [upload, trainer, label],
+        [message, table],
+        api_name="queue_add",
     )
     return table
 
@@ -79,7 +120,9 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
         with gr.Tabs():
             for trainer, title in (("network", "LoRA"), ("db", "DreamBooth")):
                 with gr.Tab(title, id=trainer, elem_id=f"tab-{trainer}"):
-                    panels.append(training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths))
+                    panels.append(
+                        training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths, ctx.lang or "en")
+                    )
             with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
                 table = queue_tab(ctx)
             with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
@@ -93,10 +136,12 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
 
         def refresh():
             values = panel_values(ctx.runner.view())
-            return values * len(panels) + [ctx.queue.rows()]
+            return values * len(panels) + [queue_rows(ctx)]
 
         bind(timer.tick, refresh, None, outputs, show_progress="hidden")
         bind(app.load, refresh, None, outputs)
+        for panel in panels if ctx.lang is None else ():
+            panel.relabel(app.load)
     return app
 
 
@@ -128,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         "folder and --state_dir)",
     )
     p.add_argument("--inbrowser", action="store_true", help="open the page in the browser")
+    p.add_argument(
+        "--lang",
+        type=normalize_lang,
+        default=None,
+        metavar="en|zh-CN",
+        help="the training forms' language (default: the browser's, from its Accept-Language)",
+    )
     p.add_argument("--state_dir", default="output/gui", help="where the job and queue files live")
     p.add_argument(
         "--launcher",
@@ -165,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = GuiPolicy.for_gui(
         exposed(args.listen, args.share), args.allowed_paths, [os.getcwd(), args.state_dir]
     )
-    ctx = GuiContext(Path(args.state_dir), args.launcher, paths)
+    ctx = GuiContext(Path(args.state_dir), args.launcher, paths, args.lang)
     start_worker(ctx.queue)
     app = build_app(ctx)
     app.queue(default_concurrency_limit=4)
@@ -177,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         auth=auth,
         inbrowser=args.inbrowser,
         footer_links=["settings"],
-        app_kwargs={"middleware": [Middleware(HostCheckMiddleware, policy=hosts)]},
+        app_kwargs={
+            "middleware": [Middleware(HostCheckMiddleware, policy=hosts)],
+            "routes": [api_mount(ctx.jobs, auth)],  # the job API, behind the same login
+        },
         prevent_thread_lock=True,
     )
     if app.share_url:  # the share tunnel forwards requests under its own name

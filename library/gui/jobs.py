@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -45,9 +46,37 @@ class RunView:
     returncode: int | None = None
     log_tail: str = ""
     command: list[str] = field(default_factory=list)
+    #: what the trainer does between steps ("sampling", "saving"; its ``phase`` events), or None
+    phase: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """Steps done as a fraction of the run (0..1), or None before the trainer said its length."""
+        return min(1.0, self.step / self.total) if self.total else None
+
+    def activity(self) -> str | None:
+        """What a running job does when that is not training steps ("rendering final samples", "saving",
+        "finishing" after the last step), else None: then the ETA says how long it still takes."""
+        if self.status != RUNNING:
+            return None
+        last = bool(self.total) and self.step >= self.total
+        if self.phase == "sampling":
+            return "rendering final samples" if last else "rendering samples"
+        if self.phase:
+            return PHASE_TEXT.get(self.phase, self.phase)
+        return "finishing" if last or self.output else None  # output: "done" came, the process ends
+
+    def eta_text(self) -> str:
+        """The ETA column: the activity when there is one, else "m:ss" while running, else ""."""
+        activity = self.activity()
+        if activity:
+            return activity
+        if self.eta_s is None or self.status != RUNNING:
+            return ""
+        return format_duration(self.eta_s)
 
     def summary(self) -> str:
-        """One line: status, step/total, epoch, it/s and ETA."""
+        """One line: status, step/total, epoch, it/s and ETA (or what the trainer does after its steps)."""
         parts = [self.status]
         if self.total:
             parts.append(f"step {self.step}/{self.total}")
@@ -55,13 +84,26 @@ class RunView:
             parts.append(f"epoch {self.epoch}/{self.epochs}")
         if self.it_s:
             parts.append(f"{self.it_s:.2f} it/s")
-        if self.eta_s is not None and self.status == RUNNING:
-            parts.append(f"ETA {int(self.eta_s) // 60}:{int(self.eta_s) % 60:02d}")
+        eta = self.eta_text()
+        if eta:
+            parts.append(eta if self.activity() else f"ETA {eta}")
         if self.returncode not in (None, 0):
             parts.append(f"exit code {self.returncode}")
         if self.output:
             parts.append(f"output {self.output}")
         return " · ".join(parts)
+
+
+#: how a ``phase`` event is shown (``sampling`` depends on whether the steps are over, see ``activity``)
+PHASE_TEXT = {"saving": "saving"}
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as "m:ss", or "h:mm:ss" from an hour on."""
+    total = max(0, int(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
@@ -89,28 +131,84 @@ def apply_events(view: RunView, events: list[dict[str, Any]]) -> RunView:
             view.step, view.total = ev["step"], ev.get("total", view.total)
             view.epoch, view.epochs = ev.get("epoch", view.epoch), ev.get("epochs", view.epochs)
             view.it_s, view.eta_s = ev.get("it_s"), ev.get("eta_s")
+            view.phase = None
             view.losses.append((ev["step"], ev.get("loss"), ev.get("avg_loss"), ev.get("lr")))
         elif kind == "validation":
             view.validation.append((ev.get("step", 0), ev.get("loss")))
+        elif kind == "phase":
+            view.phase = ev.get("phase")
         elif kind == "sample":
             view.samples.extend(ev.get("paths", []))
+            view.phase = None if view.phase == "sampling" else view.phase
         elif kind == "saved":
             view.saved.append(ev["path"])
         elif kind == "done":
-            view.output = ev.get("path")
+            view.output, view.phase = ev.get("path"), None
     return view
 
 
+def read_new_events(path: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The events written after byte ``offset`` and the offset to read on from (only complete lines: a
+    half-written last line is read next time)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    complete = data[: data.rfind(b"\n") + 1]
+    events = []
+    for line in complete.decode("utf-8", errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events, offset + len(complete)
+
+
+#: the end of a tqdm bar: "... [00:03<00:05, 2.10it/s, loss=0.12]" (elapsed, rate and postfix in brackets)
+_TQDM_BAR_END = re.compile(r"\[[^\[\]\r\n]*(?:it/s|s/it)[^\[\]\r\n]*\]")
+#: how far back ``tail`` reads at most (a long run's bar line alone can be megabytes of updates)
+TAIL_MAX_BYTES = 1024 * 1024
+
+
+def shown_lines(line: str) -> list[str]:
+    """One line of a log as a terminal shows it: tqdm's ``\\r`` updates collapsed to their last state, a
+    message a logger wrote while the bar was drawn (glued to its end) on a line of its own, and text
+    printed before a bar took the line kept."""
+    segments = line.split("\r")
+    kept = [seg for seg in segments[1:] if seg.strip()]
+    shown = [segments[0].rstrip()] if segments[0].strip() and kept else []
+    last = kept[-1] if kept else segments[0]
+    if not last.strip():
+        return shown
+    match = _TQDM_BAR_END.search(last)
+    if match and last[match.end() :].strip():
+        return [*shown, last[: match.end()].rstrip(), last[match.end() :].strip()]
+    return [*shown, last.rstrip()]
+
+
 def tail(path: str | Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a text file ("" when missing); tqdm's carriage returns become lines."""
+    """The newest ``lines`` lines of a log ("" when missing), as a terminal would show them (see
+    :func:`shown_lines`); reads back from the end, at most ``TAIL_MAX_BYTES``."""
     path = Path(path)
-    if not path.exists():
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
         return ""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 64 * 1024))
-        text = f.read().decode("utf-8", errors="replace").replace("\r", "\n")
-    return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+    window = 64 * 1024
+    while True:
+        start = max(0, size - window)
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read(size - start).decode("utf-8", errors="replace")
+        if start > 0:  # the first line is cut: drop it (or, in one huge line, its first segment)
+            cut = text.find("\n")
+            text = text[cut + 1 :] if cut >= 0 else text[text.find("\r") :] if "\r" in text else ""
+        shown = [out for ln in text.split("\n") for out in shown_lines(ln)]
+        if len(shown) >= lines or start == 0 or window >= TAIL_MAX_BYTES:
+            return "\n".join(shown[-lines:])
+        window *= 4
 
 
 def _alive(pid: int) -> bool:

@@ -14,6 +14,8 @@ from pathlib import Path
 import gradio as gr
 
 from library.errors import UserError
+from library.gui.caption_editor import caption_editor_section
+from library.gui.check_summary import check_summary_markdown
 from library.gui.configs import REPO_ROOT
 from library.gui.guard import bind
 from library.gui.security import GuiPolicy, check_safe_args, shell_command
@@ -322,12 +324,12 @@ def check_rows(source: str, reg: str, resolution, policy: GuiPolicy | None = Non
         report = check_dataset(source.strip(), reg.strip() or None, opts).to_json()
     except UserError as exc:
         return f"❌ {exc}", []
-    rows = [[f["severity"], f["code"], f["message"], "; ".join(f["paths"][:5])] for f in report["findings"]]
-    summary = (
-        f"**{'OK' if report['ok'] else 'problems found'}**: {report['errors']} errors, {report['warnings']} "
-        f"warnings. {report['summary']}"
-    )
-    return summary, rows
+    rows = []
+    for f in report["findings"]:
+        more = f"\n… and {len(f['paths']) - 5} more" if len(f["paths"]) > 5 else ""
+        paths = "\n".join(f["paths"][:5]) + more
+        rows.append([f["severity"], f["code"], f["message"], paths])
+    return check_summary_markdown(report), rows
 
 
 def tag_frequency_rows(folder: str, extension: str = ".txt") -> list[list]:
@@ -362,9 +364,12 @@ def tag_rows_checked(folder: str, extension: str, policy: GuiPolicy) -> tuple[st
 
 
 def captioning_tab(policy: GuiPolicy | None = None) -> None:
+    from library.gui.vlm_tab import vlm_captioning_section  # here: vlm_tab imports this module
+
     policy = policy or GuiPolicy()
     for spec in CAPTION_TOOLS:
         tool_form(spec, policy)
+    vlm_captioning_section(policy)
     with gr.Accordion("Tag frequencies", open=True):
         with gr.Row():
             folder = gr.Textbox(label="Image folder", elem_id="tags-folder", scale=3)
@@ -397,6 +402,8 @@ def dataset_tab(policy: GuiPolicy | None = None) -> None:
             elem_id="check-table",
             interactive=False,
             wrap=True,
+            column_widths=["9%", "14%", "45%", "32%"],
+            max_height=640,
         )
         bind(
             button.click,
@@ -405,6 +412,7 @@ def dataset_tab(policy: GuiPolicy | None = None) -> None:
             [summary, table],
             api_name="check_dataset",
         )
+    caption_editor_section(policy)
     for spec in DATASET_TOOLS:
         tool_form(spec, policy)
 

@@ -805,6 +805,39 @@ def tool_cases(b: Builder) -> None:
     finetune_metadata_cases(b)
     kohya_import_cases(b)
     hash_model_cases(b)
+    vlm_caption_cases(b)
+
+
+def vlm_caption_cases(b: Builder) -> None:
+    """tools/caption_images_vlm.py: every argument checked before a model loads or a request is sent."""
+    tool = "tools/caption_images_vlm.py"
+    api = ["--backend", "openai", "--api_base", "http://127.0.0.1:9/v1", "--model", "m"]
+    for case_id, argv, words, files in [
+        ("tool-vlm-missing-folder", ["{box}/none"], ("none", "does not exist"), ()),
+        ("tool-vlm-folder-is-file", ["{box}/a_file"], ("a_file", "is a file"), (("a_file", "text", "x"),)),
+        ("tool-vlm-bad-backend", ["{box}/data", "--backend", "gpt9"], ("--backend", "gpt9", "florence2"), DATASET),
+        ("tool-vlm-batch-zero", ["{box}/data", "--batch_size", "0"], ("--batch_size",), DATASET),
+        ("tool-vlm-tokens-zero", ["{box}/data", "--max_new_tokens", "0"], ("--max_new_tokens",), DATASET),
+        ("tool-vlm-bad-task", ["{box}/data", "--task", "<OD>"], ("--task", "<CAPTION>"), DATASET),
+        ("tool-vlm-bad-style", ["{box}/data", "--prompt_style", "poem"], ("--prompt_style",), DATASET),
+        ("tool-vlm-bad-length", ["{box}/data", "--caption_length", "epic"], ("--caption_length",), DATASET),
+        ("tool-vlm-bad-dtype", ["{box}/data", "--dtype", "fp4"], ("--dtype",), DATASET),
+        ("tool-vlm-temperature-nan", ["{box}/data", "--temperature", "nan"], ("--temperature",), DATASET),
+        ("tool-vlm-caption-ext-escape", ["{box}/data", "--caption_extension", "../x"], ("caption_extension",),
+         DATASET),
+        ("tool-vlm-model-folder-missing", ["{box}/data", "--model_id", "{box}/no_model"], ("no_model",), DATASET),
+        ("tool-vlm-api-no-base", ["{box}/data", "--backend", "openai", "--model", "m"], ("--api_base",), DATASET),
+        ("tool-vlm-api-bad-base", ["{box}/data", "--backend", "openai", "--api_base", "localhost:8000", "--model",
+                                   "m"], ("--api_base", "http"), DATASET),
+        ("tool-vlm-api-no-model", ["{box}/data", "--backend", "openai", "--api_base", "http://h/v1"], ("--model",),
+         DATASET),
+        ("tool-vlm-api-key-env-unset", ["{box}/data", *api, "--api_key_env", "SDTRAIN_CORPUS_NO_SUCH_KEY"],
+         ("SDTRAIN_CORPUS_NO_SUCH_KEY", "not set"), DATASET),
+        ("tool-vlm-api-key-on-command-line", ["{box}/data", *api, "--api_key_env", "sk-live-1234"],
+         ("NAME of an environment variable",), DATASET),
+        ("tool-vlm-api-timeout-zero", ["{box}/data", *api, "--timeout", "0"], ("--timeout",), DATASET),
+    ]:
+        b.add(case_id, "tools", tool, argv, "error", words, files, quick=True)
 
 
 def hash_model_cases(b: Builder) -> None:

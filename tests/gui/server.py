@@ -66,7 +66,12 @@ class GuiServer:
         self.proc = subprocess.Popen(
             argv, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        self.startup_s = wait_served(self.url, 120)
+        try:
+            self.startup_s = wait_served(self.url, 120)
+        except TimeoutError as exc:  # end the process (nobody else will) and say why it did not answer
+            self.close()
+            log = (cwd / f"gui-{self.port}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise TimeoutError(f"{exc}; gui.py's log ends with:\n{log}") from None
 
     def close(self) -> None:
         try:
