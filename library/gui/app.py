@@ -14,7 +14,6 @@ from urllib.parse import urlparse
 import gradio as gr
 from starlette.middleware import Middleware
 
-from library.config.i18n import normalize_lang
 from library.gui import configs
 from library.gui.guard import bind
 from library.gui.job_api import JobService, api_mount
@@ -37,8 +36,6 @@ class GuiContext:
     state_dir: Path
     launcher: str = "python"
     paths: GuiPolicy = field(default_factory=GuiPolicy)
-    #: the page's language (``--lang``); None: English, re-worded on load in the browser's language
-    lang: str | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -120,9 +117,7 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
         with gr.Tabs():
             for trainer, title in (("network", "LoRA"), ("db", "DreamBooth")):
                 with gr.Tab(title, id=trainer, elem_id=f"tab-{trainer}"):
-                    panels.append(
-                        training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths, ctx.lang or "en")
-                    )
+                    panels.append(training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths))
             with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
                 table = queue_tab(ctx)
             with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
@@ -140,8 +135,6 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
 
         bind(timer.tick, refresh, None, outputs, show_progress="hidden")
         bind(app.load, refresh, None, outputs)
-        for panel in panels if ctx.lang is None else ():
-            panel.relabel(app.load)
     return app
 
 
@@ -173,13 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
         "folder and --state_dir)",
     )
     p.add_argument("--inbrowser", action="store_true", help="open the page in the browser")
-    p.add_argument(
-        "--lang",
-        type=normalize_lang,
-        default=None,
-        metavar="en|zh-CN",
-        help="the training forms' language (default: the browser's, from its Accept-Language)",
-    )
     p.add_argument("--state_dir", default="output/gui", help="where the job and queue files live")
     p.add_argument(
         "--launcher",
@@ -217,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = GuiPolicy.for_gui(
         exposed(args.listen, args.share), args.allowed_paths, [os.getcwd(), args.state_dir]
     )
-    ctx = GuiContext(Path(args.state_dir), args.launcher, paths, args.lang)
+    ctx = GuiContext(Path(args.state_dir), args.launcher, paths)
     start_worker(ctx.queue)
     app = build_app(ctx)
     app.queue(default_concurrency_limit=4)
