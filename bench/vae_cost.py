@@ -22,12 +22,11 @@ def load_vae(path: str):
     from diffusers import AutoencoderKL
     from safetensors import safe_open
 
+    from bench.workloads import sd15_vae_config
     from library.models.ldm_convert import vae_from_ldm
 
     with torch.device("meta"):
-        vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
-                            down_block_types=["DownEncoderBlock2D"] * 4,
-                            up_block_types=["UpDecoderBlock2D"] * 4, sample_size=512)
+        vae = AutoencoderKL(**sd15_vae_config())
     prefix = "first_stage_model."
     with safe_open(path, framework="pt") as f:
         ldm = {k[len(prefix):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}

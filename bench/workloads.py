@@ -24,6 +24,13 @@ def sd15_unet_config() -> dict:
     return {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8}
 
 
+def sd15_vae_config() -> dict:
+    """The SD VAE: channels 128/256/512/512, 2 layers per block, 4 latent channels."""
+    return {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "latent_channels": 4,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "sample_size": 512}
+
+
 def sd15_model(root: Path) -> Path:
     """An SD1.5-architecture single file (UNet 860M, CLIP ViT-L/14 text encoder, the SD VAE) with seeded random
     weights, saved in fp16 as most shared SD1.5 checkpoints are (about 2 GB)."""
@@ -38,9 +45,7 @@ def sd15_model(root: Path) -> Path:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**sd15_unet_config())
-    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
-                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                        sample_size=512)
+    vae = AutoencoderKL(**sd15_vae_config())
     text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                 num_attention_heads=12, projection_dim=768,
                                                 hidden_act="quick_gelu"))

@@ -15,13 +15,14 @@ trainer's and the tools' picture listing, and keeps every version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from library.data.folders import IMAGE_EXTENSIONS
 from library.errors import UserError
+from library.tools.dataset.edit import TagEdit
 from library.tools.dataset.files import (
     backup_file,
     backup_root,
@@ -36,7 +37,6 @@ from library.util.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-TagEdit = Callable[[list[str]], list[str]]
 #: undo steps kept (older ones are dropped)
 UNDO_LIMIT = 200
 
