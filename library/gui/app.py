@@ -14,7 +14,9 @@ from urllib.parse import urlparse
 import gradio as gr
 from starlette.middleware import Middleware
 
+from library.config.i18n import DEFAULT_LANG, normalize_lang
 from library.gui import configs
+from library.gui.form_language import request_lang
 from library.gui.guard import bind
 from library.gui.job_api import JobService, api_mount
 from library.gui.jobs import JobRunner
@@ -36,6 +38,8 @@ class GuiContext:
     state_dir: Path
     launcher: str = "python"
     paths: GuiPolicy = field(default_factory=GuiPolicy)
+    #: the page's language (``--lang``); None: English, re-worded on load in the browser's language
+    lang: str | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
@@ -117,7 +121,9 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
         with gr.Tabs():
             for trainer, title in (("network", "LoRA"), ("db", "DreamBooth")):
                 with gr.Tab(title, id=trainer, elem_id=f"tab-{trainer}"):
-                    panels.append(training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths))
+                    panels.append(
+                        training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths, ctx.lang or "en")
+                    )
             with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
                 table = queue_tab(ctx)
             with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
@@ -134,8 +140,20 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
             return values * len(panels) + [queue_rows(ctx)]
 
         bind(timer.tick, refresh, None, outputs, show_progress="hidden")
-        bind(app.load, refresh, None, outputs)
+        bind(app.load, refresh, None, outputs, show_progress="hidden")
+        if ctx.lang is None:
+            follow_browser_language(app, panels)
     return app
+
+
+def follow_browser_language(app: gr.Blocks, panels: list) -> None:
+    """Without ``--lang`` the page is built in English; a browser that asks for another catalogue language
+    (``Accept-Language``) gets its labels re-worded on load. The language goes through a state whose change
+    event does the re-wording, so an English browser costs nothing (no change, no event)."""
+    page_lang = gr.State(DEFAULT_LANG)
+    for panel in panels:
+        panel.relabel(page_lang)
+    bind(app.load, request_lang, None, [page_lang], show_progress="hidden")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         "folder and --state_dir)",
     )
     p.add_argument("--inbrowser", action="store_true", help="open the page in the browser")
+    p.add_argument(
+        "--lang",
+        type=normalize_lang,
+        default=None,
+        metavar="en|zh-CN",
+        help="the training forms' language (default: the browser's, from its Accept-Language)",
+    )
     p.add_argument("--state_dir", default="output/gui", help="where the job and queue files live")
     p.add_argument(
         "--launcher",
@@ -203,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = GuiPolicy.for_gui(
         exposed(args.listen, args.share), args.allowed_paths, [os.getcwd(), args.state_dir]
     )
-    ctx = GuiContext(Path(args.state_dir), args.launcher, paths)
+    ctx = GuiContext(Path(args.state_dir), args.launcher, paths, args.lang)
     start_worker(ctx.queue)
     app = build_app(ctx)
     app.queue(default_concurrency_limit=4)

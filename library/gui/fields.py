@@ -110,7 +110,9 @@ def from_field(opt: Option, value: Any) -> Any:
     if opt.kind == "bool":
         return bool(value)
     if opt.kind == "strs":
-        return [line.strip() for line in str(value or "").splitlines() if line.strip()]
+        items = [line.strip() for line in str(value or "").splitlines() if line.strip()]
+        # an empty box is the option's default "unset" (None), not an empty list the CLI never writes
+        return items if items or opt.default is not None else None
     if value is None:
         return None
     if isinstance(value, str):

@@ -4,7 +4,6 @@ validation, Start / Stop / Add to queue, and the live run panel (progress, loss 
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -14,61 +13,44 @@ from typing import Any
 
 import gradio as gr
 
-from library.config.options import SCHEMA
-from library.config.schema import Option
 from library.data.images import load_image
 from library.errors import DatasetError, UserError
 from library.gui import configs
-from library.gui.family_hint import (
-    FamilyHint,
-    assumed_family,
-    family_groups,
-    family_hint,
-    family_notes,
-    file_options,
-    form_visibility,
-    short_name,
+from library.gui.fields import field_values, form_options
+from library.gui.form_build import (
+    MODEL_OPTION,
+    PATH_KINDS,
+    BuiltForm,
+    build_form,
+    form_fields,
+    make_component,
 )
-from library.gui.fields import (
-    common_and_advanced,
-    field_spec,
-    field_values,
-    form_options,
-    from_field,
-    to_field,
-)
+from library.gui.form_family import family_markdown, family_updates, follow_model_family, is_set
+from library.gui.form_language import Labels, ui
+from library.gui.form_prompts import write_prompts
 from library.gui.guard import bind, error_text
 from library.gui.jobs import JobRunner, RunView
 from library.gui.kohya_convert import with_launch_args
 from library.gui.run_queue import TrainingQueue
 from library.gui.security import GuiPolicy, shell_command
 
+#: re-exported: the form's builders live in form_build / form_family (tests and callers import them here)
+__all__ = [
+    "MODEL_OPTION",
+    "BuiltForm",
+    "TrainingForm",
+    "family_markdown",
+    "family_updates",
+    "follow_model_family",
+    "form_fields",
+    "is_set",
+    "make_component",
+    "training_tab",
+]
+
 logger = logging.getLogger(__name__)
 
 TITLES = {"network": "LoRA", "db": "DreamBooth"}
-MODEL_OPTION = SCHEMA["pretrained_model_name_or_path"]
-PATH_KINDS = ("path", "dir", "file")
-
-
-def make_component(trainer: str, opt: Option, visible: bool = True) -> gr.components.Component:
-    """The gradio field for one option, entirely from its declaration."""
-    spec = field_spec(opt)
-    common = {
-        "label": opt.name,
-        "info": spec.info,
-        "elem_id": f"{trainer}-{opt.name}",
-        "value": to_field(opt, opt.default),
-        "visible": visible,
-    }
-    if spec.widget == "checkbox":
-        return gr.Checkbox(**common)
-    if spec.widget == "dropdown":
-        return gr.Dropdown(choices=list(spec.choices), allow_custom_value=spec.custom_values, **common)
-    if spec.widget == "number":
-        return gr.Number(precision=0 if opt.kind == "int" else None, **common)
-    if spec.widget == "lines":
-        return gr.Textbox(lines=3, placeholder="one key=value per line", **common)
-    return gr.Textbox(lines=1, max_lines=1, **common)
 
 
 @dataclass
@@ -80,9 +62,17 @@ class RunPanel:
     lr_plot: gr.LinePlot
     samples: gr.Gallery
     log: gr.Textbox
+    #: every worded component of the tab (form, buttons, panel)
+    labels: Labels | None = None
 
     def outputs(self) -> list:
         return [self.status, self.loss_plot, self.lr_plot, self.samples, self.log]
+
+    def relabel(self, lang_state) -> None:
+        """When ``lang_state`` (the page's language, a ``gr.State``) changes, re-word the tab in it."""
+        if self.labels is None:
+            return
+        bind(lang_state.change, self.labels.updates, [lang_state], self.labels.components(), show_progress="hidden")
 
 
 def loss_frame(view: RunView):
@@ -197,6 +187,8 @@ class TrainingForm:
     policy: GuiPolicy = field(default_factory=GuiPolicy)
     #: ``accelerate launch`` arguments of the last kohya_ss import (its accelerate fields); a load clears them
     launch_args: list[str] = field(default_factory=list)
+    #: the language of the messages (the page's ``--lang``)
+    lang: str = "en"
 
     def __post_init__(self) -> None:
         options = form_options(self.trainer)
@@ -220,11 +212,11 @@ class TrainingForm:
             configs.validate(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
-        return "✅ the config is valid"
+        return ui("msg.valid", self.lang)
 
     def save(self, path: str, *values) -> str:
         if not path or not path.strip():
-            return "❌ give a file name to save to (e.g. configs/my_lora.toml)."
+            return ui("msg.save_needs_path", self.lang)
         try:
             self.policy.check(path.strip())
             written, error = configs.save_config(self.trainer, self._fields(values), path.strip())
@@ -232,7 +224,9 @@ class TrainingForm:
             return f"❌ {exc}"
         except OSError as exc:
             return error_text(exc)
-        return f"saved {written}" + (f" — note, it does not validate yet: {error}" if error else "")
+        if error:
+            return ui("msg.saved_invalid", self.lang, path=written, error=error)
+        return ui("msg.saved", self.lang, path=written)
 
     def load(self, path: str) -> list:
         try:
@@ -247,13 +241,13 @@ class TrainingForm:
         except UserError as exc:
             return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
         self.launch_args = []
-        return [f"loaded {path.strip()}", *self._ordered(fields)]
+        return [ui("msg.loaded", self.lang, path=path.strip()), *self._ordered(fields)]
 
     def load_preset(self, name: str) -> list:
         if not name:
-            return ["❌ pick a preset first", *[gr.skip() for _ in self.names]]
+            return [ui("msg.pick_preset", self.lang), *[gr.skip() for _ in self.names]]
         if name not in configs.list_presets(self.trainer):
-            return [f"❌ there is no preset {name!r} for this trainer", *[gr.skip() for _ in self.names]]
+            return [ui("msg.no_preset", self.lang, name=name), *[gr.skip() for _ in self.names]]
         return self._read(str(configs.preset_path(name)))
 
     def import_kohya(self, path: str) -> list:
@@ -287,7 +281,7 @@ class TrainingForm:
 
     def start(self, *values) -> str:
         if self.runner.busy():
-            return "❌ a run is already going (one run at a time): stop it or add this config to the queue."
+            return ui("msg.busy", self.lang)
         try:
             path = configs.write_run_config(self.trainer, self._checked(values))
         except UserError as exc:
@@ -295,12 +289,10 @@ class TrainingForm:
         command = configs.config_command(self.trainer, path, self.launcher)
         command = with_launch_args(command, self.launch_args)
         self.runner.start(command, label=f"{TITLES[self.trainer]} {path.stem}", cwd=os.getcwd())
-        return f"started: {shell_command(command)}"
+        return ui("msg.started", self.lang, command=shell_command(command))
 
     def stop(self) -> str:
-        return (
-            "stopping: the trainer finishes the step and saves" if self.runner.stop() else "no run is going"
-        )
+        return ui("msg.stopping" if self.runner.stop() else "msg.no_run", self.lang)
 
     def enqueue(self, *values) -> str:
         try:
@@ -308,201 +300,183 @@ class TrainingForm:
         except UserError as exc:
             return f"❌ {exc}"
         number = self.queue.add(self.trainer, configs.effective_toml(config), label=config.output_name or "")
-        return f"added to the queue as entry {number}"
+        return ui("msg.queued", self.lang, number=number)
 
 
-def config_bar(form: TrainingForm, fields: list, message: gr.Markdown) -> None:
-    """Preset, load/save/save-as and kohya_ss import controls, wired to ``form``."""
-    t = form.trainer
+def _button(labels: Labels, key: str, elem_id: str, **kwargs) -> gr.Button:
+    return labels.value(gr.Button(ui(key, labels.lang), elem_id=elem_id, **kwargs), key)
+
+
+def _message(elem_id: str) -> gr.Markdown:
+    return gr.Markdown("", elem_id=elem_id, elem_classes=["sd-message"])
+
+
+@dataclass
+class PromptStep:
+    """Writes the sample-prompt text box to its file before an action (Save, Start …) reads the form."""
+
+    form: TrainingForm
+    built: BuiltForm
+
+    def active(self) -> bool:
+        return self.built.prompts is not None and "output_dir" in self.built.by_name
+
+    def chain(self, event, config_path=None):
+        """``event`` preceded by the prompt writing; returns the event to hang the action on (``.then``)."""
+        if not self.active():
+            return event
+        by_name = self.built.by_name
+        inputs = [self.built.prompts, by_name["output_dir"], by_name["sample_prompts"]]
+        inputs += [config_path] if config_path is not None else []
+        outputs = [self.built.prompts_message, by_name["sample_prompts"]]
+        return bind(event, self.write, inputs, outputs, show_progress="hidden").then
+
+    def write(self, text: str, output_dir: str, current: str, config_path: str = "") -> list:
+        path = write_prompts(text, output_dir, current, config_path, self.form.policy.check)
+        if path is None:
+            return [gr.skip(), gr.skip()]
+        return [ui("gui.msg.prompts_written", self.form.lang, path=path), str(path)]
+
+    def show(self, path: str) -> str:
+        """The text of the prompt file a loaded config names, for the box (empty when it cannot be shown)."""
+        from library.gui.form_prompts import current_text
+
+        try:
+            self.form.policy.check(path)
+        except UserError:
+            return ""
+        return current_text(path) or ""
+
+    def follow_file(self) -> None:
+        if self.active():
+            sample = self.built.by_name["sample_prompts"]
+            bind(sample.change, self.show, [sample], [self.built.prompts], show_progress="hidden")
+
+
+def config_bar(form: TrainingForm, fields: list, labels: Labels, prompts: PromptStep) -> None:
+    """Preset, load/save/save-as and kohya_ss import controls, wired to ``form``; each row shows its
+    messages right below it. The preset list starts empty (nothing is loaded yet)."""
+    t, lang = form.trainer, labels.lang
     with gr.Row():
-        preset = gr.Dropdown(choices=configs.preset_choices(t), label="Preset", elem_id=f"{t}-preset", scale=2)
-        preset_btn = gr.Button("Load preset", elem_id=f"{t}-load-preset", scale=1)
+        preset = gr.Dropdown(
+            choices=configs.preset_choices(t),
+            value=None,
+            label=ui("label.preset", lang),
+            elem_id=f"{t}-preset",
+            scale=2,
+        )
+        labels.label(preset, "label.preset")
+        preset_btn = _button(labels, "button.load_preset", f"{t}-load-preset", scale=1)
+    preset_msg = _message(f"{t}-preset-message")
     with gr.Row():
         path = gr.Textbox(
-            label="Config file", placeholder="configs/my_run.toml", elem_id=f"{t}-config-path", scale=3
+            label=ui("label.config_file", lang),
+            placeholder="configs/my_run.toml",
+            elem_id=f"{t}-config-path",
+            scale=3,
         )
-        load_btn = gr.Button("Load", elem_id=f"{t}-load", scale=1)
-        save_btn = gr.Button("Save", elem_id=f"{t}-save", scale=1)
+        labels.label(path, "label.config_file")
+        load_btn = _button(labels, "button.load", f"{t}-load", scale=1)
+        save_btn = _button(labels, "button.save", f"{t}-save", scale=1)
+    config_msg = _message(f"{t}-config-message")
     with gr.Row():
         save_as = gr.Textbox(
-            label="Save as", placeholder="configs/copy.toml", elem_id=f"{t}-save-as-path", scale=3
+            label=ui("label.save_as", lang),
+            placeholder="configs/copy.toml",
+            elem_id=f"{t}-save-as-path",
+            scale=3,
         )
-        save_as_btn = gr.Button("Save as", elem_id=f"{t}-save-as", scale=1)
-    with gr.Accordion("Import a kohya_ss GUI config (.json)", open=False):
+        labels.label(save_as, "label.save_as")
+        save_as_btn = _button(labels, "button.save_as", f"{t}-save-as", scale=1)
+    save_as_msg = _message(f"{t}-save-as-message")
+    with labels.label(gr.Accordion(ui("accordion.kohya_import", lang), open=False), "accordion.kohya_import"):
         with gr.Row():
-            kohya_path = gr.Textbox(label="kohya_ss JSON file", elem_id=f"{t}-kohya-path", scale=3)
-            kohya_btn = gr.Button("Import", elem_id=f"{t}-kohya-import", scale=1)
-    bind(preset_btn.click, form.load_preset, [preset], [message, *fields], api_name=f"{t}_load_preset")
-    bind(load_btn.click, form.load, [path], [message, *fields], api_name=f"{t}_load")
-    bind(save_btn.click, form.save, [path, *fields], [message], api_name=f"{t}_save")
-    saved_as = bind(save_as_btn.click, form.save, [save_as, *fields], [message], api_name=f"{t}_save_as")
-    bind(saved_as.then, lambda p: p, [save_as], [path])
-    bind(kohya_btn.click, form.import_kohya, [kohya_path], [message, *fields], api_name=f"{t}_import_kohya")
-
-
-def form_fields(trainer: str) -> list:
-    """All fields: the common options first (open), then one group per model family for the options only
-    that family takes (FLUX's files and flow-matching options; shown only for it), then "Advanced" with one
-    accordion per schema group. The model field shows its detected family below it; options some families
-    refuse are hidden for those families."""
-    made: dict[str, Any] = {}
-    common, advanced = common_and_advanced(trainer)
-    names = [o.name for o in form_options(trainer)]
-    hint = family_hint(MODEL_OPTION.default)
-    shown = form_visibility(hint.family, names)
-    groups = family_groups(names)
-    grouped = {n for _, members in groups for n in members}
-    family_text = None
-
-    def add(opt: Option) -> None:
-        nonlocal family_text
-        made[opt.name] = make_component(trainer, opt, visible=shown.get(opt.name, True))
-        if opt.name == MODEL_OPTION.name:
-            family_text = gr.Markdown(family_markdown(hint), elem_id=f"{trainer}-model-family")
-
-    with gr.Accordion("Common options", open=True):
-        for opt in common:
-            if opt.name not in grouped:
-                add(opt)
-    boxes = {}
-    for family, members in groups:
-        with gr.Accordion(
-            f"{short_name(family)} options",
-            open=True,
-            visible=any(shown[n] for n in members),
-            elem_id=f"{trainer}-family-{family.name}",
-        ) as box:
-            gr.Markdown(
-                f"Options only {family.description} models take; shown when the base model is "
-                f"{short_name(family)} (the trainer refuses them for other families)."
+            kohya_path = labels.label(
+                gr.Textbox(label=ui("label.kohya_path", lang), elem_id=f"{t}-kohya-path", scale=3),
+                "label.kohya_path",
             )
-            for name in members:
-                add(SCHEMA[name])
-        boxes[box] = members
-    with gr.Accordion("Advanced", open=False):
-        titles = {g.key: g for g in SCHEMA.groups}
-        for key, opts in advanced.items():
-            opts = [o for o in opts if o.name not in grouped]
-            if not opts:
-                continue
-            with gr.Accordion(titles[key].title, open=False):
-                gr.Markdown(titles[key].description)
-                for opt in opts:
-                    add(opt)
-    if family_text is not None:
-        follow_model_family(made[MODEL_OPTION.name], family_text, {n: made[n] for n in shown}, boxes)
-    return [made[o.name] for o in form_options(trainer)]
+            kohya_btn = _button(labels, "button.import", f"{t}-kohya-import", scale=1)
+        kohya_msg = _message(f"{t}-kohya-message")
+    bind(preset_btn.click, form.load_preset, [preset], [preset_msg, *fields], api_name=f"{t}_load_preset")
+    bind(load_btn.click, form.load, [path], [config_msg, *fields], api_name=f"{t}_load")
+    then = prompts.chain(save_btn.click, path)
+    bind(then, form.save, [path, *fields], [config_msg], api_name=f"{t}_save")
+    then = prompts.chain(save_as_btn.click, save_as)
+    saved_as = bind(then, form.save, [save_as, *fields], [save_as_msg], api_name=f"{t}_save_as")
+    bind(saved_as.then, lambda p: p, [save_as], [path])
+    bind(kohya_btn.click, form.import_kohya, [kohya_path], [kohya_msg, *fields], api_name=f"{t}_import_kohya")
 
 
-def family_markdown(hint: FamilyHint, notes: list[str] | tuple = ()) -> str:
-    """The family line, then one line per note (what else the family needs, what is hidden)."""
-    if not hint.text:
-        return ""
-    return "  \n".join([f"Model family: {hint.text}", *notes])
-
-
-def is_set(opt: Option, raw: Any) -> bool:
-    """Whether a field's raw value turns ``opt`` on, as the trainer's family check counts it: not unset,
-    empty, false, 0 or the default (an invalid value counts as set: it is shown, and Validate names it)."""
-    from library.config.values import coerce
-
-    try:
-        value = coerce(opt, raw)
-    except Exception:  # noqa: BLE001 - any value the schema refuses
-        return True
-    off = value is None or value is False or value == 0 or value == ""
-    return not off and value != coerce(opt, opt.default)
-
-
-def family_updates(
-    source: str | None, options: dict[str, Option], values: list, groups: list[list[str]] | tuple = ()
-) -> list:
-    """The family line and, per family-dependent option (``values``: their fields, in ``options`` order), its
-    visibility for the model ``source``; then, per family group (its option names, all among ``options``),
-    whether the group shows (when any of its options does).
-
-    When the model cannot be told (a placeholder path) but the config sets one family's own options (a FLUX
-    preset's clip_l), the form is shown for that family."""
-    hint = family_hint(source)
-    raw = {name: from_field(opt, value) for (name, opt), value in zip(options.items(), values, strict=True)}
-    changed = [name for name, value in raw.items() if is_set(options[name], value)]
-    family = hint.family or assumed_family(changed)
-    shown = form_visibility(family, list(options), changed)
-    notes = family_notes(hint, list(options), raw, changed)
-    return [
-        family_markdown(hint, notes),
-        *[gr.update(visible=shown[n]) for n in options],
-        *[gr.update(visible=any(shown[n] for n in members)) for members in groups],
-    ]
-
-
-def follow_model_family(
-    model: gr.components.Component,
-    text: gr.Markdown,
-    options: dict[str, Any],
-    boxes: dict[Any, list[str]] | None = None,
-) -> None:
-    """Re-detect the family whenever the model field changes (typing, Load, preset, kohya_ss import) or one
-    of the families' separate-file fields does (the line says which are still missing); ``boxes``: the
-    family groups (accordion -> its option names)."""
-    boxes = boxes or {}
-    opts = {name: SCHEMA[name] for name in options}
-    groups = list(boxes.values())
-    files = {n for family, _ in family_groups(list(options)) for n in file_options(family) if n in options}
-    bind(
-        functools.partial(gr.on, [model.change, *(options[n].change for n in sorted(files))]),
-        lambda source, *values: family_updates(source, opts, list(values), groups),
-        [model, *options.values()],
-        [text, *options.values(), *boxes],
-        show_progress="hidden",
-        trigger_mode="always_last",
-    )
-
-
-def run_panel(trainer: str) -> RunPanel:
+def run_panel(trainer: str, labels: Labels) -> RunPanel:
+    lang = labels.lang
     status = gr.Markdown("idle", elem_id=f"{trainer}-run-status")
     with gr.Row():
         loss = gr.LinePlot(
-            x="step", y="value", color="series", title="Loss", elem_id=f"{trainer}-loss-plot", height=260
+            x="step",
+            y="value",
+            color="series",
+            title=ui("plot.loss", lang),
+            elem_id=f"{trainer}-loss-plot",
+            height=260,
         )
-        lr = gr.LinePlot(x="step", y="lr", title="Learning rate", elem_id=f"{trainer}-lr-plot", height=260)
-    samples = gr.Gallery(label="Newest samples", columns=6, height=200, elem_id=f"{trainer}-samples")
-    log = gr.Textbox(
-        label="Log (last lines)", lines=8, max_lines=8, elem_id=f"{trainer}-log", autoscroll=True
+        lr = gr.LinePlot(
+            x="step", y="lr", title=ui("plot.lr", lang), elem_id=f"{trainer}-lr-plot", height=260
+        )
+    samples = labels.label(
+        gr.Gallery(label=ui("label.samples", lang), columns=6, height=200, elem_id=f"{trainer}-samples"),
+        "label.samples",
     )
-    return RunPanel(status, loss, lr, samples, log)
+    log = labels.label(
+        gr.Textbox(
+            label=ui("label.log", lang), lines=8, max_lines=8, elem_id=f"{trainer}-log", autoscroll=True
+        ),
+        "label.log",
+    )
+    return RunPanel(status, loss, lr, samples, log, labels)
+
+
+#: the action row: (name, text key, button variant, handler attribute, output: "message" or "command")
+ACTIONS = (
+    ("validate", "button.validate", "secondary", "validate", "message"),
+    ("command", "button.command", "secondary", "command", "command"),
+    ("estimate", "button.estimate", "secondary", "estimate", "command"),
+    ("start", "button.start", "primary", "start", "message"),
+    ("stop", "button.stop", "stop", "stop", "message"),
+    ("enqueue", "button.enqueue", "secondary", "enqueue", "message"),
+)
 
 
 def training_tab(
-    trainer: str, runner: JobRunner, queue: TrainingQueue, launcher: str, policy: GuiPolicy | None = None
+    trainer: str,
+    runner: JobRunner,
+    queue: TrainingQueue,
+    launcher: str,
+    policy: GuiPolicy | None = None,
+    lang: str = "en",
 ) -> RunPanel:
-    """Build the tab's content (call inside ``gr.Tab``); returns its run panel for the page timer."""
-    form = TrainingForm(trainer, runner, queue, launcher, policy=policy or GuiPolicy())
-    message = gr.Markdown("", elem_id=f"{trainer}-message")
+    """Build the tab's content (call inside ``gr.Tab``) with its words in ``lang``; returns its run panel
+    for the page timer (and for re-labelling in the browser's language, :meth:`RunPanel.relabel`)."""
+    form = TrainingForm(trainer, runner, queue, launcher, policy=policy or GuiPolicy(), lang=lang)
     bar = gr.Column()
-    fields = form_fields(trainer)
+    built = build_form(trainer, lang, form.policy)
+    labels = built.labels
+    prompts = PromptStep(form, built)
     with bar:
-        config_bar(form, fields, message)
+        config_bar(form, built.fields, labels, prompts)
     with gr.Row():
         buttons = {
-            name: gr.Button(label, elem_id=f"{trainer}-{name}", variant=variant)
-            for name, label, variant in (
-                ("validate", "Validate", "secondary"),
-                ("command", "Print command", "secondary"),
-                ("estimate", "Estimate memory and time", "secondary"),
-                ("start", "Start", "primary"),
-                ("stop", "Stop", "stop"),
-                ("enqueue", "Add to queue", "secondary"),
-            )
+            name: _button(labels, key, f"{trainer}-{name}", variant=variant)
+            for name, key, variant, _, _ in ACTIONS
         }
-    command = gr.Textbox(label="Command or estimate", lines=4, elem_id=f"{trainer}-command")
-    for name, handler, inputs, output in (
-        ("validate", form.validate, fields, message),
-        ("command", form.command, fields, command),
-        ("estimate", form.estimate, fields, command),
-        ("start", form.start, fields, message),
-        ("stop", form.stop, None, message),
-        ("enqueue", form.enqueue, fields, message),
-    ):
-        bind(buttons[name].click, handler, inputs, [output], api_name=f"{trainer}_{name}")
-    return run_panel(trainer)
+    message = _message(f"{trainer}-message")
+    command = labels.label(
+        gr.Textbox(label=ui("label.command_output", lang), lines=4, elem_id=f"{trainer}-command"),
+        "label.command_output",
+    )
+    outputs = {"message": message, "command": command}
+    for name, _, _, attr, output in ACTIONS:
+        inputs = None if name == "stop" else built.fields
+        event = buttons[name].click if name == "stop" else prompts.chain(buttons[name].click)
+        bind(event, getattr(form, attr), inputs, [outputs[output]], api_name=f"{trainer}_{name}")
+    prompts.follow_file()
+    return run_panel(trainer, labels)

@@ -62,7 +62,7 @@ def fill_quickstart(page, root: Path, out: str, epochs: int) -> None:
     while field(page, "network-max_train_epochs").input_value() != "3" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert field(page, "network-max_train_epochs").input_value() == "3"  # the preset's value is shown
-    assert "quickstart" in page.inner_text("#network-message")
+    assert "quickstart" in page.inner_text("#network-preset-message")
     set_field(page, "network-train_data_dir", root / "data" / "train")
     set_field(page, "network-reg_data_dir", root / "data" / "reg")
     set_field(page, "network-output_dir", root / out)

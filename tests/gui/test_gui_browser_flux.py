@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, GuiServer, field, need_browser, set_field
-from tests.gui.test_gui_browser_sdxl import family_line, open_accordion, shown, wait_until
+from tests.gui.test_gui_browser_sdxl import family_line, open_folds, shown, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -41,6 +41,7 @@ def page(workspace):
 
 
 def test_a_flux_preset_shows_the_flux_group(page, workspace):
+    open_folds(page, "network-section-noise_loss", "network-section-performance")
     assert not shown(page, "network-family-flux") and shown(page, "network-noise_offset")
     page.locator("#network-preset input").first.click()
     labels = page.locator("li[role='option']").all_inner_texts()
@@ -53,8 +54,6 @@ def test_a_flux_preset_shows_the_flux_group(page, workspace):
     assert field(page, "network-blocks_to_swap").input_value() == "16"
     assert field(page, "network-clip_l").input_value() == "models/clip_l.safetensors"
     assert shown(page, "network-timestep_sampling") and not shown(page, "network-noise_offset")
-    open_accordion(page, "network", "Advanced")
-    open_accordion(page, "network", "Noise and loss")
     assert not shown(page, "network-min_snr_gamma")
     # a real FLUX transformer file: the line says which separate files are still missing
     set_field(page, "network-pretrained_model_name_or_path", workspace / "flux1-dev.safetensors")

@@ -37,6 +37,15 @@ def open_accordion(page, tab: str, title: str) -> None:
         button.click()
 
 
+def open_folds(page, *elem_ids: str) -> None:
+    """Open the form's accordions by element id, outermost first (``network-section-performance``,
+    ``network-more-performance``, ``network-no-effect``); a no-op for those already open."""
+    for elem_id in elem_ids:
+        button = page.locator(f"#{elem_id} button.label-wrap").first
+        if "open" not in (button.get_attribute("class") or ""):
+            button.click()
+
+
 def wait_until(check, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,8 +66,7 @@ def family_line(page, tab: str) -> str:
 
 
 def test_sdxl_options_follow_the_typed_model(page):
-    open_accordion(page, "network", "Advanced")
-    open_accordion(page, "network", "Model")
+    open_folds(page, "network-no-effect")  # no_half_vae: accepted for sd-scripts configs, no effect here
     assert not shown(page, "network-no_half_vae")
     set_field(page, "network-pretrained_model_name_or_path", "builtin:tiny-sdxl")
     assert wait_until(lambda: "SDXL — Stable Diffusion XL" in family_line(page, "network")), family_line(
@@ -74,8 +82,7 @@ def test_sdxl_options_follow_the_typed_model(page):
 
 
 def test_an_sdxl_preset_shows_the_sdxl_options(page):
-    open_accordion(page, "network", "Advanced")
-    open_accordion(page, "network", "Dataset")
+    open_folds(page, "network-section-performance", "network-more-performance")
     set_field(page, "network-pretrained_model_name_or_path", "builtin:tiny")
     assert wait_until(lambda: not shown(page, "network-cache_text_encoder_outputs"))
     choose(page, "network-preset", "sdxl_quickstart")
@@ -93,8 +100,7 @@ def test_an_sdxl_preset_shows_the_sdxl_options(page):
 def test_dreambooth_shows_the_text_encoder_rates_for_sdxl(page):
     page.get_by_role("tab", name="DreamBooth").click()
     page.wait_for_selector("#db-start")
-    open_accordion(page, "db", "Advanced")
-    open_accordion(page, "db", "Training")
+    open_folds(page, "db-section-optimizer", "db-more-optimizer")
     assert not shown(page, "db-learning_rate_te1")
     set_field(page, "db-pretrained_model_name_or_path", "builtin:tiny-sdxl")
     assert wait_until(lambda: "SDXL" in family_line(page, "db")), family_line(page, "db")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from library.config.i18n import label as i18n_label
 from library.gui import configs
 from library.gui.app import GuiContext, build_app
 from library.gui.guard import GUARDED
@@ -25,6 +26,8 @@ from tests.gui.server import GuiServer
 pytestmark = pytest.mark.slow  # starts a GUI process / a trainer, builds the whole page
 
 REPO = Path(__file__).resolve().parents[2]
+#: the field's label (the endpoints' parameters are named by it): the catalogue's, not the option name
+DATASET_CONFIG = i18n_label("dataset_config", "en")
 USER, PASSWORD = "trainer", "s3cret-pass"
 
 
@@ -117,13 +120,13 @@ def test_dataset_config_paths_outside_allowed_paths_are_refused(listening):
     for path, image_dir in ((bad, outside / "pics"), (good, work / "pics")):
         path.write_text(f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{image_dir}'\n", encoding="utf-8")
     for api in ("/network_validate", "/network_command", "/network_start", "/network_enqueue"):
-        field = params[api]["dataset_config"]
+        field = params[api][DATASET_CONFIG]
         shown = client.predict(api_name=api, **{field: str(bad)})
         assert shown.startswith(f"❌ image_dir in '{bad}': '{outside / 'pics'}' is outside"), (api, shown)
     summary, _ = client.predict(str(bad), "", 512, api_name="/check_dataset")
     assert summary.startswith("❌ image_dir in") and "is outside" in summary
     shown = client.predict(
-        api_name="/network_validate", **{params["/network_validate"]["dataset_config"]: str(good)}
+        api_name="/network_validate", **{params["/network_validate"][DATASET_CONFIG]: str(good)}
     )
     assert "is outside" not in shown, shown
 

@@ -205,5 +205,6 @@ def test_widgets_follow_the_schema():
     assert field_spec(SCHEMA["network_args"]).widget == "lines"
     assert field_spec(SCHEMA["resolution"]).widget == "text"
     comp = make_component("network", SCHEMA["learning_rate"])
-    assert comp.label == "learning_rate" and comp.info == SCHEMA["learning_rate"].help
+    # the label is the catalogue's; the option name stays visible as the hint in front of the help
+    assert comp.label == "Learning rate" and comp.info == f"learning_rate · {SCHEMA['learning_rate'].help}"
     assert comp.value == 1e-4

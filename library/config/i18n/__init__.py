@@ -30,6 +30,8 @@ except ModuleNotFoundError:  # Python 3.10: the toml package the project require
     tomllib = None
 
 LANGUAGES = ("en", "zh-CN")
+#: the language of a page built without --lang and of a setting we cannot read
+DEFAULT_LANG = "en"
 
 _DIR = Path(__file__).resolve().parent
 #: language code -> file-name suffix (a hyphen is awkward in file names).
