@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 
 from library.config.i18n import DEFAULT_LANG, normalize_lang
 from library.gui import configs
-from library.gui.form_language import request_lang
+from library.gui.form_language import request_lang, ui
 from library.gui.guard import bind
 from library.gui.job_api import JobService, api_mount
 from library.gui.jobs import JobRunner
@@ -116,21 +116,22 @@ def queue_tab(ctx: GuiContext) -> gr.Dataframe:
 def build_app(ctx: GuiContext) -> gr.Blocks:
     """The whole page."""
     with gr.Blocks(title="SD LoRA / DreamBooth trainer", analytics_enabled=False) as app:
-        gr.Markdown("## Stable Diffusion LoRA / DreamBooth training")
+        lang = ctx.lang or DEFAULT_LANG
+        gr.Markdown(f"## {ui('app.heading', lang)}")
         panels = []
         with gr.Tabs():
-            for trainer, title in (("network", "LoRA"), ("db", "DreamBooth")):
-                with gr.Tab(title, id=trainer, elem_id=f"tab-{trainer}"):
+            for trainer, key in (("network", "tab.lora"), ("db", "tab.dreambooth")):
+                with gr.Tab(ui(key, lang), id=trainer, elem_id=f"tab-{trainer}"):
                     panels.append(
-                        training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths, ctx.lang or "en")
+                        training_tab(trainer, ctx.runner, ctx.queue, ctx.launcher, ctx.paths, ctx.lang)
                     )
-            with gr.Tab("Queue", id="queue", elem_id="tab-queue"):
+            with gr.Tab(ui("tab.queue", lang), id="queue", elem_id="tab-queue"):
                 table = queue_tab(ctx)
-            with gr.Tab("Captioning", id="captioning", elem_id="tab-captioning"):
+            with gr.Tab(ui("tab.captioning", lang), id="captioning", elem_id="tab-captioning"):
                 captioning_tab(ctx.paths)
-            with gr.Tab("Dataset", id="dataset", elem_id="tab-dataset"):
+            with gr.Tab(ui("tab.dataset", lang), id="dataset", elem_id="tab-dataset"):
                 dataset_tab(ctx.paths)
-            with gr.Tab("Tools", id="tools", elem_id="tab-tools"):
+            with gr.Tab(ui("tab.tools", lang), id="tools", elem_id="tab-tools"):
                 tools_tab(ctx.paths)
         timer = gr.Timer(1.0)
         outputs = [c for p in panels for c in p.outputs()] + [table]

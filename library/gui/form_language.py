@@ -98,6 +98,21 @@ def request_lang(request: gr.Request | None) -> str:
     return i18n.normalize_lang(headers.get("accept-language"))
 
 
+def message_lang(fixed: str | None) -> str:
+    """The language of a handler's message: ``fixed`` (the GUI's ``--lang``) when given, else the one the
+    browser of the event being handled asks for (gradio keeps the event's request in its ``LocalContext``
+    while the handler runs; English outside an event, e.g. a handler called from a test)."""
+    if fixed:
+        return fixed
+    try:
+        from gradio.context import LocalContext
+
+        request = LocalContext.request.get(None)
+    except (ImportError, AttributeError, LookupError):
+        request = None
+    return request_lang(request)
+
+
 def search_script(index: list[dict], folds: list[str]) -> str:
     """The search box's browser code: the rule of :func:`library.gui.form_layout.matches` over ``index``
     (:func:`~library.gui.form_layout.search_index`); fields that do not match are hidden, the accordions

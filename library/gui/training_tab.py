@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from library.config.i18n import DEFAULT_LANG
 from library.data.images import load_image
 from library.errors import DatasetError, UserError
 from library.gui import configs
@@ -26,7 +27,7 @@ from library.gui.form_build import (
     make_component,
 )
 from library.gui.form_family import family_markdown, family_updates, follow_model_family, is_set
-from library.gui.form_language import Labels, ui
+from library.gui.form_language import Labels, message_lang, ui
 from library.gui.form_prompts import write_prompts
 from library.gui.guard import bind, error_text
 from library.gui.jobs import JobRunner, RunView
@@ -187,13 +188,18 @@ class TrainingForm:
     policy: GuiPolicy = field(default_factory=GuiPolicy)
     #: ``accelerate launch`` arguments of the last kohya_ss import (its accelerate fields); a load clears them
     launch_args: list[str] = field(default_factory=list)
-    #: the language of the messages (the page's ``--lang``)
-    lang: str = "en"
+    #: the language of the messages: the GUI's ``--lang``; None: each browser's own (``Accept-Language``)
+    lang: str | None = None
 
     def __post_init__(self) -> None:
         options = form_options(self.trainer)
         self.names = [o.name for o in options]
         self.path_names = [o.name for o in options if o.kind in PATH_KINDS]
+
+    @property
+    def msg_lang(self) -> str:
+        """The language of the message being made (see :func:`message_lang`)."""
+        return message_lang(self.lang)
 
     def _fields(self, values) -> dict[str, Any]:
         return dict(zip(self.names, values, strict=True))
@@ -212,11 +218,11 @@ class TrainingForm:
             configs.validate(self.trainer, self._checked(values))
         except UserError as exc:
             return f"❌ {exc}"
-        return ui("msg.valid", self.lang)
+        return ui("msg.valid", self.msg_lang)
 
     def save(self, path: str, *values) -> str:
         if not path or not path.strip():
-            return ui("msg.save_needs_path", self.lang)
+            return ui("msg.save_needs_path", self.msg_lang)
         try:
             self.policy.check(path.strip())
             written, error = configs.save_config(self.trainer, self._fields(values), path.strip())
@@ -225,8 +231,8 @@ class TrainingForm:
         except OSError as exc:
             return error_text(exc)
         if error:
-            return ui("msg.saved_invalid", self.lang, path=written, error=error)
-        return ui("msg.saved", self.lang, path=written)
+            return ui("msg.saved_invalid", self.msg_lang, path=written, error=error)
+        return ui("msg.saved", self.msg_lang, path=written)
 
     def load(self, path: str) -> list:
         try:
@@ -241,13 +247,13 @@ class TrainingForm:
         except UserError as exc:
             return [f"❌ {exc}", *[gr.skip() for _ in self.names]]
         self.launch_args = []
-        return [ui("msg.loaded", self.lang, path=path.strip()), *self._ordered(fields)]
+        return [ui("msg.loaded", self.msg_lang, path=path.strip()), *self._ordered(fields)]
 
     def load_preset(self, name: str) -> list:
         if not name:
-            return [ui("msg.pick_preset", self.lang), *[gr.skip() for _ in self.names]]
+            return [ui("msg.pick_preset", self.msg_lang), *[gr.skip() for _ in self.names]]
         if name not in configs.list_presets(self.trainer):
-            return [ui("msg.no_preset", self.lang, name=name), *[gr.skip() for _ in self.names]]
+            return [ui("msg.no_preset", self.msg_lang, name=name), *[gr.skip() for _ in self.names]]
         return self._read(str(configs.preset_path(name)))
 
     def import_kohya(self, path: str) -> list:
@@ -281,7 +287,7 @@ class TrainingForm:
 
     def start(self, *values) -> str:
         if self.runner.busy():
-            return ui("msg.busy", self.lang)
+            return ui("msg.busy", self.msg_lang)
         try:
             path = configs.write_run_config(self.trainer, self._checked(values))
         except UserError as exc:
@@ -289,10 +295,10 @@ class TrainingForm:
         command = configs.config_command(self.trainer, path, self.launcher)
         command = with_launch_args(command, self.launch_args)
         self.runner.start(command, label=f"{TITLES[self.trainer]} {path.stem}", cwd=os.getcwd())
-        return ui("msg.started", self.lang, command=shell_command(command))
+        return ui("msg.started", self.msg_lang, command=shell_command(command))
 
     def stop(self) -> str:
-        return ui("msg.stopping" if self.runner.stop() else "msg.no_run", self.lang)
+        return ui("msg.stopping" if self.runner.stop() else "msg.no_run", self.msg_lang)
 
     def enqueue(self, *values) -> str:
         try:
@@ -300,7 +306,7 @@ class TrainingForm:
         except UserError as exc:
             return f"❌ {exc}"
         number = self.queue.add(self.trainer, configs.effective_toml(config), label=config.output_name or "")
-        return ui("msg.queued", self.lang, number=number)
+        return ui("msg.queued", self.msg_lang, number=number)
 
 
 def _button(labels: Labels, key: str, elem_id: str, **kwargs) -> gr.Button:
@@ -335,7 +341,7 @@ class PromptStep:
         path = write_prompts(text, output_dir, current, config_path, self.form.policy.check)
         if path is None:
             return [gr.skip(), gr.skip()]
-        return [ui("gui.msg.prompts_written", self.form.lang, path=path), str(path)]
+        return [ui("gui.msg.prompts_written", self.form.msg_lang, path=path), str(path)]
 
     def show(self, path: str) -> str:
         """The text of the prompt file a loaded config names, for the box (empty when it cannot be shown)."""
@@ -452,13 +458,14 @@ def training_tab(
     queue: TrainingQueue,
     launcher: str,
     policy: GuiPolicy | None = None,
-    lang: str = "en",
+    lang: str | None = None,
 ) -> RunPanel:
-    """Build the tab's content (call inside ``gr.Tab``) with its words in ``lang``; returns its run panel
-    for the page timer (and for re-labelling in the browser's language, :meth:`RunPanel.relabel`)."""
+    """Build the tab's content (call inside ``gr.Tab``) with its words in ``lang`` (None: English, and the
+    messages in each browser's language); returns its run panel for the page timer (and for re-labelling in
+    the browser's language, :meth:`RunPanel.relabel`)."""
     form = TrainingForm(trainer, runner, queue, launcher, policy=policy or GuiPolicy(), lang=lang)
     bar = gr.Column()
-    built = build_form(trainer, lang, form.policy)
+    built = build_form(trainer, lang or DEFAULT_LANG, form.policy)
     labels = built.labels
     prompts = PromptStep(form, built)
     with bar:

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from library.config.i18n import has_cjk
+from library.config.i18n import text as catalogue_text
 from library.config.load import read_toml
 from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, REPO, GuiServer, choose, field, need_browser, set_field
 from tests.gui.test_gui_browser_sdxl import family_line, open_folds, shown, wait_until
@@ -84,6 +85,7 @@ def test_lang_flag_gives_chinese_labels_with_option_names(browser, zh_server):
     assert has_cjk(text) and "pretrained_model_name_or_path" in text, text
     assert has_cjk(page.inner_text("#network-start")), page.inner_text("#network-start")
     assert page.locator("#network-preset input").first.input_value() == ""  # nothing loaded yet
+    assert page.get_by_role("tab", name=catalogue_text("tab.queue", "zh-CN")).count() == 1  # the tab titles too
     screenshot(page, "lora_tab_zh.png")
     page.context.close()
 
@@ -93,7 +95,14 @@ def test_a_chinese_browser_gets_chinese_labels(browser, servers):
     assert wait_until(lambda: has_cjk(field_text(page, "pretrained_model_name_or_path")))
     assert "pretrained_model_name_or_path" in field_text(page, "pretrained_model_name_or_path")
     assert wait_until(lambda: has_cjk(page.inner_text("#network-start")))
+    # the messages follow the browser too (nothing runs, so Stop says so)
+    page.click("#network-stop")
+    assert wait_until(lambda: catalogue_text("msg.no_run", "zh-CN") in page.inner_text("#network-message"))
     page.context.close()
+    english = open_page(browser, servers["plain"].url)
+    english.click("#network-stop")
+    assert wait_until(lambda: catalogue_text("msg.no_run", "en") in english.inner_text("#network-message"))
+    english.context.close()
 
 
 def test_the_model_family_decides_the_options(browser, servers, tiny_model_files, tiny_sdxl_files):
