@@ -33,6 +33,7 @@ DEPENDS_ON: dict[str, tuple[str, tuple[Any, ...]]] = {
     "lr_scheduler_timescale": ("lr_scheduler", ("inverse_sqrt",)),
     "lr_scheduler_min_lr_ratio": ("lr_scheduler", ("cosine_with_min_lr", "warmup_stable_decay")),
     "lr_decay_steps": ("lr_scheduler", ("warmup_stable_decay",)),
+    "fused_backward_pass": ("optimizer_type", ("AdaFactor",)),  # sd-scripts' flag takes AdaFactor only
     "huber_schedule": ("loss_type", ("huber", "smooth_l1")),
     "huber_c": ("loss_type", ("huber", "smooth_l1")),
     "huber_scale": ("loss_type", ("huber", "smooth_l1")),

@@ -107,6 +107,8 @@ def test_dependent_options_follow_their_controller():
     assert not applies("lr_scheduler_num_cycles", "constant")
     assert applies("huber_c", "huber") and not applies("huber_c", "l2")
     assert applies("zero_stage", True) and not applies("zero_stage", False)
+    assert applies("fused_backward_pass", "adafactor") and not applies("fused_backward_pass", "AdamW8bit")
+    assert dependents([o.name for o in form_options("db")])["optimizer_type"] == ["fused_backward_pass"]
     names = [o.name for o in form_options("network")]
     assert dependents(names)["loss_type"] == ["huber_schedule", "huber_c", "huber_scale"]
 
