@@ -132,6 +132,9 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
         if config.output_config:
             write_output_config(config)
             return 0
+        from library.util.lean_imports import skip_diffusers_bitsandbytes
+
+        skip_diffusers_bitsandbytes()  # a second of start-up the trainers never use
         if config.estimate:
             from library.training.estimate import estimate_run
 

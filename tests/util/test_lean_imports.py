@@ -1,0 +1,45 @@
+"""A trainer's start does not import bitsandbytes through diffusers; the 8-bit optimizers still work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROBE = """
+import json, sys
+from library.util.lean_imports import skip_diffusers_bitsandbytes
+done = skip_diffusers_bitsandbytes()
+from diffusers import AutoencoderKL, UNet2DConditionModel  # the model code a trainer loads
+import importlib.util
+quantizer = sys.modules["diffusers.quantizers.bitsandbytes.utils"]
+out = {"done": done, "diffusers_took_bnb": hasattr(quantizer, "bnb"), "again": skip_diffusers_bitsandbytes(),
+       # peft (a test requirement, not a user's) imports bitsandbytes itself
+       "bnb_loaded": "bitsandbytes" in sys.modules, "peft": importlib.util.find_spec("peft") is not None}
+import torch
+from library.training.optimizers import build_optimizer
+p = torch.nn.Parameter(torch.zeros(4096))
+p.grad = torch.ones(4096)
+opt = build_optimizer([{"params": [p]}], "AdamW8bit", 1e-2, [])
+opt.step()
+out["bnb_optimizer"] = type(opt).__module__
+out["moved"] = float(p.detach().abs().sum()) > 0
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and diffusers
+def test_diffusers_models_load_without_bitsandbytes_and_8bit_adam_still_works():
+    pytest.importorskip("bitsandbytes")
+    run = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["done"] and not out["diffusers_took_bnb"] and not out["again"] and out["moved"]
+    if not out["peft"]:  # a user's install (requirements.txt): nothing imports bitsandbytes before the optimizer
+        assert not out["bnb_loaded"]
+    assert out["bnb_optimizer"].startswith("bitsandbytes")
