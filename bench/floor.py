@@ -23,7 +23,14 @@ import torch  # noqa: E402
 
 
 def load_unet(path: str):
+    """The frozen UNet of ``path`` (an SD1.5-layout single file) or of the built-in tiny model (``builtin:tiny``:
+    its seeded random weights, as the trainer builds them)."""
     from diffusers import UNet2DConditionModel
+
+    if path.startswith("builtin:"):
+        from library.models.tiny import BUILTIN_NAMES, tiny_components
+
+        return tiny_components(BUILTIN_NAMES[path])["unet"].float().eval().requires_grad_(False)
     from safetensors import safe_open
 
     from bench.workloads import sd15_unet_config
@@ -66,7 +73,7 @@ def main() -> int:
     side = args.resolution // 8
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, side, side, generator=gen).to(args.device).requires_grad_(True)
-    context = torch.randn(1, 77, 768, generator=gen).to(args.device)
+    context = torch.randn(1, 77, unet.config.cross_attention_dim, generator=gen).to(args.device)
     timestep = torch.tensor([500], device=args.device)
     cuda = args.device.startswith("cuda")
 

@@ -204,6 +204,10 @@ class Bench:
         first = result.first("start")["time"] - result.launched
         self.add(Row("tiny: LoRA step", step, peak_rss=result.peak_rss, peak_pss=result.peak_pss,
                      extra={"launch_to_first_step_s": first, "steps_per_s": 1 / step}))
+        floor = self.worker("floor.py", "builtin:tiny", "--resolution", "128", "--steps", "40" if self.quick else "120",
+                            "--warmup", "5").output
+        self.add(Row("tiny: floor (its UNet forward + backward)", floor["step_s"], 1.0,
+                     extra={"LoRA step / this floor": step / floor["step_s"]}))
         self.targets += [
             Target("tiny: launch -> first step", first, 6.0, "s"),
             Target("tiny: median step", step, 0.6 * SDSCRIPTS_TINY_STEP_S, "s"),
