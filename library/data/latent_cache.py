@@ -20,6 +20,7 @@ from library.data.buckets import Size, cover_size, crop_origin
 from library.data.dataset import ItemRef, TrainDataset
 from library.errors import DatasetError
 from library.util.atomic import atomic_path
+from library.util.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +111,8 @@ def _centre_crop_ltrb(dataset: TrainDataset, ref: ItemRef) -> tuple[int, int, in
     return left, top, left + item.bucket[0], top + item.bucket[1]
 
 
-def _encode_group(
-    dataset: TrainDataset, refs: list[ItemRef], encode_fn: EncodeFn, to_disk: bool, suffix: str
-) -> None:
-    """Encode images that share one bucket; store the latents in the items (and on disk)."""
+def _load_group(dataset: TrainDataset, refs: list[ItemRef]) -> tuple[list[bool], torch.Tensor, list[tuple[int, int]]]:
+    """The pixels of images that share one bucket (a flipped copy after each ``flip_aug`` one) and their crops."""
     need_flip = [dataset.subset_of(r).flip_aug for r in refs]
     pixels, crops = [], []
     for ref, flip in zip(refs, need_flip, strict=True):
@@ -122,8 +121,17 @@ def _encode_group(
         crops.append(crop)
         if flip:
             pixels.append(torch.flip(tensor, dims=[-1]))
+    return need_flip, torch.stack(pixels), crops
+
+
+def _encode_group(
+    dataset: TrainDataset, refs: list[ItemRef], loaded, encode_fn: EncodeFn, to_disk: bool, suffix: str
+) -> None:
+    """Encode one group's pixels (``loaded``: :func:`_load_group`'s result); store the latents in the items
+    (and on disk)."""
+    need_flip, pixels, crops = loaded
     with torch.no_grad():
-        latents = encode_fn(torch.stack(pixels)).detach().float().cpu()
+        latents = encode_fn(pixels).detach().float().cpu()
     k = 0
     for ref, flip, (left, top) in zip(refs, need_flip, crops, strict=True):
         item = dataset.items[ref]
@@ -178,12 +186,13 @@ def cache_latents(
             dataset.latent_crops[ref] = cached.crop_ltrb[:2]
         else:
             todo.setdefault(item.bucket, []).append(ref)
-    encoded = 0
     step = max(1, batch_size)
-    for _, refs in sorted(todo.items()):
-        for i in range(0, len(refs), step):
-            _encode_group(dataset, refs[i : i + step], encode_fn, to_disk, suffix)
-        encoded += len(refs)
+    groups = [refs[i : i + step] for _, refs in sorted(todo.items()) for i in range(0, len(refs), step)]
+    # the next groups' pictures are decoded and resized in threads while the VAE encodes this one
+    loads = prefetch(((lambda g=group: _load_group(dataset, g)) for group in groups), workers=1, depth=2)
+    for group, loaded in zip(groups, loads, strict=True):
+        _encode_group(dataset, group, loaded, encode_fn, to_disk, suffix)
+    encoded = sum(len(g) for g in groups)
     dataset.latents_cached = True
     logger.info(
         "Latents cached: %d encoded, %d reused.",

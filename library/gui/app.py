@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import gradio as gr
 from starlette.middleware import Middleware
 
-from library.config.i18n import DEFAULT_LANG, normalize_lang
+from library.config.i18n import DEFAULT_LANG, normalize_lang, translate
 from library.gui import configs
 from library.gui.form_language import request_lang, ui
 from library.gui.guard import bind
@@ -75,11 +75,8 @@ def queue_submit(ctx: GuiContext, file, trainer: str, label: str) -> str:
 
 
 def queue_tab(ctx: GuiContext) -> gr.Dataframe:
-    gr.Markdown(
-        "Queued runs start one after another; a failed run does not stop the queue. The queue is "
-        f"kept in `{ctx.queue.root}` and survives a restart. The same queue can be driven over HTTP: "
-        "see docs/job_api.md."
-    )
+    lang = ctx.lang or DEFAULT_LANG
+    gr.Markdown(f"{ui('queue.intro', lang, folder=ctx.queue.root)} HTTP: docs/job_api.md.")
     table = gr.Dataframe(
         headers=ROW_HEADERS,
         interactive=False,
@@ -87,14 +84,14 @@ def queue_tab(ctx: GuiContext) -> gr.Dataframe:
         value=queue_rows(ctx),
     )
     with gr.Row():
-        number = gr.Textbox(label="Entry #", scale=1, elem_id="queue-number")
-        cancel = gr.Button("Stop or remove entry", scale=1, elem_id="queue-cancel")
-    with gr.Accordion("Add a TOML config file", open=False):
+        number = gr.Textbox(label=translate("Entry #", lang), scale=1, elem_id="queue-number")
+        cancel = gr.Button(translate("Stop or remove entry", lang), scale=1, elem_id="queue-cancel")
+    with gr.Accordion(translate("Add a TOML config file", lang), open=False):
         with gr.Row():
-            upload = gr.File(label="Config (.toml)", file_types=[".toml"], type="filepath", scale=2)
-            trainer = gr.Dropdown(choices=sorted(configs.SCRIPTS), value="network", label="Trainer", scale=1)
-            label = gr.Textbox(label="Label (optional)", scale=1)
-            add = gr.Button("Add to queue", scale=1, elem_id="queue-add")
+            upload = gr.File(label=translate("Config (.toml)", lang), file_types=[".toml"], type="filepath", scale=2)
+            trainer = gr.Dropdown(choices=sorted(configs.SCRIPTS), value="network", label=translate("Trainer", lang), scale=1)
+            label = gr.Textbox(label=translate("Label (optional)", lang), scale=1)
+            add = gr.Button(translate("Add to queue", lang), scale=1, elem_id="queue-add")
     message = gr.Markdown("", elem_id="queue-message")
     bind(
         cancel.click,
@@ -128,11 +125,11 @@ def build_app(ctx: GuiContext) -> gr.Blocks:
             with gr.Tab(ui("tab.queue", lang), id="queue", elem_id="tab-queue"):
                 table = queue_tab(ctx)
             with gr.Tab(ui("tab.captioning", lang), id="captioning", elem_id="tab-captioning"):
-                captioning_tab(ctx.paths)
+                captioning_tab(ctx.paths, lang)
             with gr.Tab(ui("tab.dataset", lang), id="dataset", elem_id="tab-dataset"):
-                dataset_tab(ctx.paths)
+                dataset_tab(ctx.paths, lang)
             with gr.Tab(ui("tab.tools", lang), id="tools", elem_id="tab-tools"):
-                tools_tab(ctx.paths)
+                tools_tab(ctx.paths, lang)
         timer = gr.Timer(1.0)
         outputs = [c for p in panels for c in p.outputs()] + [table]
 

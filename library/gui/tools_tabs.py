@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from library.config.i18n import translate
 from library.errors import UserError
 from library.gui.caption_editor import caption_editor_section
 from library.gui.check_summary import check_summary_markdown
@@ -291,18 +292,18 @@ MODEL_TOOLS = (
 )
 
 
-def tool_form(spec: ToolSpec, policy: GuiPolicy | None = None) -> None:
+def tool_form(spec: ToolSpec, policy: GuiPolicy | None = None, lang: str = "en") -> None:
     """An accordion with the tool's fields, extra arguments, a Run button and the output."""
-    with gr.Accordion(spec.title, open=False):
+    with gr.Accordion(translate(spec.title, lang), open=False):
         fields = [
-            gr.Checkbox(label=a.label)
+            gr.Checkbox(label=translate(a.label, lang))
             if a.switch
-            else gr.Textbox(label=a.label, lines=3 if a.many else 1, elem_id=f"tool-{spec.key}-{i}")
+            else gr.Textbox(label=translate(a.label, lang), lines=3 if a.many else 1, elem_id=f"tool-{spec.key}-{i}")
             for i, a in enumerate(spec.args)
         ]
-        extra = gr.Textbox(label="Extra arguments (one per line, e.g. --batch_size then 4)", lines=2)
-        button = gr.Button("Run", elem_id=f"tool-{spec.key}-run")
-        output = gr.Textbox(label="Output", lines=10, elem_id=f"tool-{spec.key}-output")
+        extra = gr.Textbox(label=translate("Extra arguments (one per line, e.g. --batch_size then 4)", lang), lines=2)
+        button = gr.Button(translate("Run", lang), elem_id=f"tool-{spec.key}-run")
+        output = gr.Textbox(label=translate("Output", lang), lines=10, elem_id=f"tool-{spec.key}-output")
 
         def run(*values, progress=gr.Progress()):  # noqa: B008 - gradio injects the progress tracker
             progress(0.0, desc=f"running {spec.script}")
@@ -363,18 +364,18 @@ def tag_rows_checked(folder: str, extension: str, policy: GuiPolicy) -> tuple[st
     return f"{len(rows)} tags", rows
 
 
-def captioning_tab(policy: GuiPolicy | None = None) -> None:
+def captioning_tab(policy: GuiPolicy | None = None, lang: str = "en") -> None:
     from library.gui.vlm_tab import vlm_captioning_section  # here: vlm_tab imports this module
 
     policy = policy or GuiPolicy()
     for spec in CAPTION_TOOLS:
-        tool_form(spec, policy)
+        tool_form(spec, policy, lang)
     vlm_captioning_section(policy)
-    with gr.Accordion("Tag frequencies", open=True):
+    with gr.Accordion(translate("Tag frequencies", lang), open=True):
         with gr.Row():
-            folder = gr.Textbox(label="Image folder", elem_id="tags-folder", scale=3)
-            ext = gr.Textbox(label="Caption extension", value=".txt", scale=1)
-        button = gr.Button("Count tags", elem_id="tags-run")
+            folder = gr.Textbox(label=translate("Image folder", lang), elem_id="tags-folder", scale=3)
+            ext = gr.Textbox(label=translate("Caption extension", lang), value=".txt", scale=1)
+        button = gr.Button(translate("Count tags", lang), elem_id="tags-run")
         message = gr.Markdown(elem_id="tags-message")
         table = gr.Dataframe(headers=["tag", "count"], elem_id="tags-table", interactive=False)
         bind(
@@ -386,16 +387,16 @@ def captioning_tab(policy: GuiPolicy | None = None) -> None:
         )
 
 
-def dataset_tab(policy: GuiPolicy | None = None) -> None:
+def dataset_tab(policy: GuiPolicy | None = None, lang: str = "en") -> None:
     policy = policy or GuiPolicy()
-    with gr.Accordion("Dataset check", open=True):
+    with gr.Accordion(translate("Dataset check", lang), open=True):
         with gr.Row():
             source = gr.Textbox(
-                label="train_data_dir, dataset TOML or config TOML", elem_id="check-source", scale=3
+                label=translate("train_data_dir, dataset TOML or config TOML", lang), elem_id="check-source", scale=3
             )
-            reg = gr.Textbox(label="reg_data_dir (optional)", elem_id="check-reg", scale=2)
-            reso = gr.Number(label="resolution", value=512, precision=0, scale=1)
-        button = gr.Button("Check", elem_id="check-run")
+            reg = gr.Textbox(label=translate("reg_data_dir (optional)", lang), elem_id="check-reg", scale=2)
+            reso = gr.Number(label=translate("resolution", lang), value=512, precision=0, scale=1)
+        button = gr.Button(translate("Check", lang), elem_id="check-run")
         summary = gr.Markdown(elem_id="check-summary")
         table = gr.Dataframe(
             headers=["severity", "code", "message", "files"],
@@ -414,18 +415,18 @@ def dataset_tab(policy: GuiPolicy | None = None) -> None:
         )
     caption_editor_section(policy)
     for spec in DATASET_TOOLS:
-        tool_form(spec, policy)
+        tool_form(spec, policy, lang)
 
 
-def tools_tab(policy: GuiPolicy | None = None) -> None:
+def tools_tab(policy: GuiPolicy | None = None, lang: str = "en") -> None:
     policy = policy or GuiPolicy()
-    with gr.Accordion("Inspect / verify a LoRA", open=True):
+    with gr.Accordion(translate("Inspect / verify a LoRA", lang), open=True):
         with gr.Row():
-            path = gr.Textbox(label="LoRA file", elem_id="inspect-path", scale=3)
-            base = gr.Textbox(label="Base model to check against (optional)", scale=2)
-        button = gr.Button("Inspect", elem_id="inspect-run")
-        out = gr.Textbox(label="Report", lines=14, elem_id="inspect-output")
+            path = gr.Textbox(label=translate("LoRA file", lang), elem_id="inspect-path", scale=3)
+            base = gr.Textbox(label=translate("Base model to check against (optional)", lang), scale=2)
+        button = gr.Button(translate("Inspect", lang), elem_id="inspect-run")
+        out = gr.Textbox(label=translate("Report", lang), lines=14, elem_id="inspect-output")
         inspect = lambda p, b: inspect_text(p, b, policy)  # noqa: E731
         bind(button.click, inspect, [path, base], [out], api_name="inspect_lora")
     for spec in MODEL_TOOLS:
-        tool_form(spec, policy)
+        tool_form(spec, policy, lang)

@@ -26,7 +26,6 @@ from library.training import state
 from library.training.checkpointing import Saver, remove_leftovers
 from library.training.data_setup import build_datasets
 from library.training.metadata import RunFacts, training_metadata
-from library.training.prefetch import prefetch
 from library.training.progress import EventLog, Progress, RunningLoss
 from library.training.sampling.runner import SampleRunner
 from library.training.schedulers import build_scheduler, resolve_steps, scheduler_options
@@ -43,6 +42,7 @@ from library.training.setup import (
 from library.training.step import StepSettings, diffusion_loss
 from library.training.validation import Validator
 from library.util.host_memory import give_back_free_memory
+from library.util.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 

@@ -121,3 +121,32 @@ def test_corrupt_cache_file_is_reencoded(tree, caplog):
 def test_cache_rejects_random_pixel_augmentations(tree, option):
     with pytest.raises(DatasetError, match="cache_latents"):
         cache_latents(build(tree, **{option: True}), FakeVae(), to_disk=False)
+
+
+def test_the_next_pictures_are_decoded_while_the_vae_encodes(tmp_path):
+    """While the VAE encodes one batch, the pictures of the next are loaded (in a thread), not after it."""
+    import time
+
+    make_concept(tmp_path / "train" / "1_a", [(64, 64)] * 6)
+    ds = build(tmp_path, enable_bucket=False)
+    real_load = ds.load_pixels
+    started: list[int] = []  # refs whose loading began, in order
+    overlapped = []
+
+    def load_pixels(ref, *args):
+        started.append(ref)
+        return real_load(ref, *args)
+
+    def vae(pixels):
+        seen = len(started)  # this batch's pictures and any loaded ahead
+        deadline = time.monotonic() + 10
+        while len(started) <= seen and len(started) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a serial loader would load nothing more until this call returns
+        overlapped.append(len(started) > 2 * (len(overlapped) + 1))
+        return F.avg_pool2d(pixels, 8)
+
+    ds.load_pixels = load_pixels
+    assert cache_latents(ds, vae, to_disk=False, batch_size=2) == 6
+    assert overlapped[:2] == [True, True]  # the next batch was being loaded during the first two encodes
+    for ref, item in enumerate(ds.items):
+        torch.testing.assert_close(item.latents, F.avg_pool2d(real_load(ref, None, False)[0][None], 8)[0])

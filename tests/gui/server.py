@@ -31,10 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_served(url: str, timeout: float = 60.0) -> float:
-    """Seconds until ``url`` answers 200 (raises after ``timeout``)."""
+def wait_served(url: str, timeout: float = 60.0, alive=lambda: True) -> float:
+    """Seconds until ``url`` answers 200 (raises after ``timeout``, or as soon as ``alive()`` is False)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
+        if not alive():
+            raise ChildProcessError(f"the server for {url} exited before answering")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -48,30 +50,48 @@ def wait_served(url: str, timeout: float = 60.0) -> float:
 class GuiServer:
     """``python gui.py`` in ``cwd`` with its own state folder; ``close()`` ends its process group."""
 
+    #: gui.py exits at start when gradio's own launch check (a HEAD within 3 s) times out on a busy machine:
+    #: a server that exits before answering is started again, this many times in all
+    ATTEMPTS = 3
+
     def __init__(self, cwd: Path, state_dir: Path | None = None, extra: list[str] | None = None):
+        self.cwd, self.state_dir, self.extra = cwd, state_dir or cwd / "gui_state", list(extra or [])
+        for attempt in range(1, self.ATTEMPTS + 1):
+            try:
+                self._start()
+                return
+            except ChildProcessError:
+                self.log.close()
+                if attempt == self.ATTEMPTS:
+                    raise TimeoutError(f"gui.py exited at start {attempt} times; its log ends with:\n"
+                                       f"{self._log_tail()}") from None
+
+    def _start(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = open(cwd / f"gui-{self.port}.log", "wb")
+        self.log = open(self.cwd / f"gui-{self.port}.log", "wb")
         argv = [
             sys.executable,
             str(REPO / "gui.py"),
             "--port",
             str(self.port),
             "--state_dir",
-            str(state_dir or cwd / "gui_state"),
-            *(extra or []),
+            str(self.state_dir),
+            *self.extra,
         ]
         env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO)}
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            argv, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         try:
-            self.startup_s = wait_served(self.url, 120)
+            self.startup_s = wait_served(self.url, 120, alive=lambda: self.proc.poll() is None)
         except TimeoutError as exc:  # end the process (nobody else will) and say why it did not answer
             self.close()
-            log = (cwd / f"gui-{self.port}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
-            raise TimeoutError(f"{exc}; gui.py's log ends with:\n{log}") from None
+            raise TimeoutError(f"{exc}; gui.py's log ends with:\n{self._log_tail()}") from None
+
+    def _log_tail(self) -> str:
+        return (self.cwd / f"gui-{self.port}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
 
     def close(self) -> None:
         try:

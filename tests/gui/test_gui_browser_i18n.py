@@ -33,20 +33,12 @@ def browser():
         browser.close()
 
 
-def start_gui(cwd, state, extra=None) -> GuiServer:
-    """A GuiServer, tried twice: on a busy machine gradio's own start check (a HEAD within 3 s) may fail."""
-    try:
-        return GuiServer(cwd, state, extra)
-    except TimeoutError:
-        return GuiServer(cwd, state, extra)
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     """An English GUI (no --lang: it follows the browser)."""
     need_browser()
     root = tmp_path_factory.mktemp("gui_browser_i18n")
-    plain = start_gui(root, root / "state_plain")
+    plain = GuiServer(root, root / "state_plain")
     yield {"plain": plain, "root": root}
     plain.close()
 
@@ -55,7 +47,7 @@ def servers(tmp_path_factory):
 def zh_server(tmp_path):
     """A ``--lang zh-CN`` GUI, for one test (one server at a time keeps the start fast)."""
     need_browser()
-    server = start_gui(tmp_path, tmp_path / "state", ["--lang", "zh-CN"])
+    server = GuiServer(tmp_path, tmp_path / "state", ["--lang", "zh-CN"])
     yield server
     server.close()
 
@@ -85,7 +77,11 @@ def test_lang_flag_gives_chinese_labels_with_option_names(browser, zh_server):
     assert has_cjk(text) and "pretrained_model_name_or_path" in text, text
     assert has_cjk(page.inner_text("#network-start")), page.inner_text("#network-start")
     assert page.locator("#network-preset input").first.input_value() == ""  # nothing loaded yet
-    assert page.get_by_role("tab", name=catalogue_text("tab.queue", "zh-CN")).count() == 1  # the tab titles too
+    queue_tab = page.get_by_role("tab", name=catalogue_text("tab.queue", "zh-CN"))  # the tab titles too
+    queue_tab.click()
+    assert wait_until(lambda: catalogue_text("button.queue_cancel", "zh-CN") in page.inner_text("#queue-cancel"))
+    page.get_by_role("tab", name=catalogue_text("tab.tools", "zh-CN")).click()  # and the tool forms
+    assert wait_until(lambda: catalogue_text("accordion.inspect", "zh-CN") in page.inner_text("#tab-tools"))
     screenshot(page, "lora_tab_zh.png")
     page.context.close()
 

@@ -175,6 +175,26 @@ def text(key: str, lang: str = "en", **fields: Any) -> str:
     return template.format(**fields) if fields else template
 
 
+@cache
+def _keys_by_english() -> dict[str, str]:
+    """English UI text -> its first ``[text]`` key (the reverse of the English catalogue)."""
+    found: dict[str, str] = {}
+    for key, english in catalogue("en")["text"].items():
+        found.setdefault(english, key)
+    return found
+
+
+def translate(english: str, lang: str = "en") -> str:
+    """gettext's rule with the English text as the message id: the ``lang`` text of the catalogue key whose
+    English is ``english`` (for code that writes its words in English, e.g. the tool forms' argument labels);
+    ``english`` itself when the catalogue has no such text or no translation of it."""
+    lang = _lang(lang)
+    if lang == "en":
+        return english
+    key = _keys_by_english().get(english)
+    return catalogue(lang)["text"].get(key, english) if key else english
+
+
 def group_title(group_key: str, lang: str = "en") -> str:
     """The title of a schema group ("Noise and loss", "噪声与损失"): English is the schema's ``Group.title``."""
     return _group_text(group_key, "title", lang)

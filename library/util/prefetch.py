@@ -1,4 +1,4 @@
-"""Load batches in background threads while the model trains."""
+"""Run loading jobs (batches while the model trains, pictures while the VAE encodes) in background threads."""
 
 from __future__ import annotations
 
