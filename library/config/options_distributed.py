@@ -96,7 +96,7 @@ OPTIONS = [
 ]
 
 #: options that mean something only with ``deepspeed = true`` (``zero_stage`` has a default, so it is not here).
-_DEEPSPEED_ONLY = (
+DEEPSPEED_ONLY = (
     "offload_optimizer_device",
     "offload_optimizer_nvme_path",
     "offload_param_device",
@@ -124,7 +124,7 @@ def fsdp_launched() -> bool:
 def check_distributed_rules(config) -> None:
     """Rules of DeepSpeed / FSDP runs, before any model loads; raises ``ConfigError``."""
     if not config.deepspeed:
-        stray = [name for name in _DEEPSPEED_ONLY if getattr(config, name) not in (None, False, "none")]
+        stray = [name for name in DEEPSPEED_ONLY if getattr(config, name) not in (None, False, "none")]
         if stray:
             raise ConfigError(
                 f"{', '.join(stray)} {'is a DeepSpeed option' if len(stray) == 1 else 'are DeepSpeed options'}, but "

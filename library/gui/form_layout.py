@@ -16,6 +16,7 @@ from typing import Any
 
 from library.config import i18n
 from library.config.options import SCHEMA
+from library.config.options_distributed import DEEPSPEED_ONLY
 from library.config.schema import Option
 from library.gui.fields import field_spec, form_options
 
@@ -37,19 +38,7 @@ DEPENDS_ON: dict[str, tuple[str, tuple[Any, ...]]] = {
     "huber_schedule": ("loss_type", ("huber", "smooth_l1")),
     "huber_c": ("loss_type", ("huber", "smooth_l1")),
     "huber_scale": ("loss_type", ("huber", "smooth_l1")),
-    **{
-        name: ("deepspeed", (True,))
-        for name in (
-            "zero_stage",
-            "offload_optimizer_device",
-            "offload_optimizer_nvme_path",
-            "offload_param_device",
-            "offload_param_nvme_path",
-            "zero3_init_flag",
-            "zero3_save_16bit_model",
-            "fp16_master_weights_and_gradients",
-        )
-    },
+    **{name: ("deepspeed", (True,)) for name in ("zero_stage", *DEEPSPEED_ONLY)},
 }
 
 
