@@ -76,7 +76,7 @@ def queue_submit(ctx: GuiContext, file, trainer: str, label: str) -> str:
 
 def queue_tab(ctx: GuiContext) -> gr.Dataframe:
     lang = ctx.lang or DEFAULT_LANG
-    gr.Markdown(f"{ui('queue.intro', lang, folder=ctx.queue.root)} HTTP: docs/job_api.md.")
+    gr.Markdown(f"{ui('queue.intro', lang, folder=ctx.queue.root)} {ui('gui.queue.http', lang)}")
     table = gr.Dataframe(
         headers=ROW_HEADERS,
         interactive=False,
