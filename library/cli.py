@@ -132,9 +132,9 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
         if config.output_config:
             write_output_config(config)
             return 0
-        from library.util.lean_imports import skip_diffusers_bitsandbytes
+        from library.util.lean_imports import skip_diffusers_extras
 
-        skip_diffusers_bitsandbytes()  # a second of start-up the trainers never use
+        skip_diffusers_extras()  # two seconds of start-up the trainers never use
         if config.estimate:
             from library.training.estimate import estimate_run
 

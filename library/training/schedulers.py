@@ -1,4 +1,5 @@
-"""Learning-rate schedules by name (sd-scripts' ``lr_scheduler``), on transformers' / diffusers' schedules.
+"""Learning-rate schedules by name (sd-scripts' ``lr_scheduler``): transformers' curves (in :mod:`lr_curves`) and
+diffusers' piecewise constant one.
 
 Every schedule is a multiplier ``f(step)`` of each param group's own lr (so separate ``unet_lr`` /
 ``text_encoder_lr`` groups follow the same curve). One registry entry per name; a factory takes the
@@ -19,6 +20,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from library.errors import ConfigError
+from library.training import lr_curves
 from library.training.optimizers import is_schedule_free, parse_key_value_args, unwrap_optimizer
 from library.util.registry import Registry
 
@@ -54,13 +56,12 @@ def resolve_steps(value: int | float | str | None, total_steps: int) -> int:
 
 
 def _transformers(function: str, **spec_args: Callable[[ScheduleSpec], Any]) -> Callable:
-    """A factory calling ``transformers.optimization.<function>`` with arguments taken from the spec."""
+    """A factory calling ``lr_curves.<function>`` (transformers' curve of that name, see :mod:`lr_curves`) with
+    arguments taken from the spec."""
 
     def factory(optimizer, spec: ScheduleSpec):
-        from transformers import optimization
-
         kwargs = {name: pick(spec) for name, pick in spec_args.items()}
-        return getattr(optimization, function)(optimizer, **kwargs, **spec.extra)
+        return getattr(lr_curves, function)(optimizer, **kwargs, **spec.extra)
 
     return factory
 
@@ -265,7 +266,7 @@ def build_scheduler(
     )
     try:
         return entry.factory(inner, spec)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"lr_scheduler {entry.name!r} rejected lr_scheduler_args {list(scheduler_args)!r}: {exc}"
         ) from None

@@ -1,9 +1,14 @@
 """Start-up: keep diffusers from importing what this trainer never uses.
 
-diffusers imports bitsandbytes as soon as its model code loads, whenever bitsandbytes is installed, for its
-quantized model loading (``BitsAndBytesConfig``), which the trainers do not use: about 1 s of every start on 2
-cores (and a "Failed to load CPU gemm_4bit_forward from kernels-community" line on CPU). The trainers' own 8-bit
-optimizers import bitsandbytes themselves when chosen, so telling diffusers it is absent changes nothing else.
+diffusers imports two optional packages as soon as its model code loads, whenever they are installed:
+- bitsandbytes, for its quantized model loading (``BitsAndBytesConfig``): about 1 s of every start on 2 cores
+  (and a "Failed to load CPU gemm_4bit_forward from kernels-community" line on CPU). The trainers' own 8-bit
+  optimizers import bitsandbytes themselves when chosen.
+- peft, for its own LoRA adapters (``load_lora_weights``, layerwise casting of peft layers): about 1.2 s more
+  (peft imports bitsandbytes again). Our networks are our own modules and our LoRA files are read by our own
+  code, so the trainers never call into diffusers' peft integration.
+
+Telling diffusers both are absent changes nothing else in a trainer's process.
 """
 
 from __future__ import annotations
@@ -13,18 +18,24 @@ import sys
 
 logger = logging.getLogger(__name__)
 
+#: diffusers' availability flags that a trainer turns off (``diffusers.utils.import_utils``).
+SKIPPED = ("_bitsandbytes_available", "_peft_available")
 
-def skip_diffusers_bitsandbytes() -> bool:
-    """Before diffusers' model code is imported: mark bitsandbytes unavailable to diffusers. True when done;
-    False when diffusers' models are loaded already (nothing to gain) or its internals are not as expected."""
+
+def skip_diffusers_extras() -> bool:
+    """Before diffusers' model code is imported: mark bitsandbytes and peft unavailable to diffusers. True when
+    done; False when diffusers' models are loaded already (nothing to gain) or its internals are not as expected
+    (then nothing is changed)."""
     if "diffusers.models.modeling_utils" in sys.modules:
         return False
     try:
         import diffusers.utils.import_utils as import_utils
     except ImportError:
         return False
-    if not hasattr(import_utils, "_bitsandbytes_available"):
-        logger.debug("diffusers has no _bitsandbytes_available flag: left as it is")
+    missing = [flag for flag in SKIPPED if not hasattr(import_utils, flag)]
+    if missing:
+        logger.debug("diffusers has no %s flag: left as it is", ", ".join(missing))
         return False
-    import_utils._bitsandbytes_available = False
+    for flag in SKIPPED:
+        setattr(import_utils, flag, False)
     return True

@@ -1,4 +1,5 @@
-"""A trainer's start does not import bitsandbytes through diffusers; the 8-bit optimizers still work."""
+"""A trainer's start does not import bitsandbytes or peft through diffusers; its models and the 8-bit optimizers
+still work."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, sys
-from library.util.lean_imports import skip_diffusers_bitsandbytes
-done = skip_diffusers_bitsandbytes()
+from library.util.lean_imports import skip_diffusers_extras
+done = skip_diffusers_extras()
 from diffusers import AutoencoderKL, UNet2DConditionModel  # the model code a trainer loads
 import importlib.util
 quantizer = sys.modules["diffusers.quantizers.bitsandbytes.utils"]
-out = {"done": done, "diffusers_took_bnb": hasattr(quantizer, "bnb"), "again": skip_diffusers_bitsandbytes(),
-       # peft (a test requirement, not a user's) imports bitsandbytes itself
-       "bnb_loaded": "bitsandbytes" in sys.modules, "peft": importlib.util.find_spec("peft") is not None}
+out = {"done": done, "diffusers_took_bnb": hasattr(quantizer, "bnb"), "again": skip_diffusers_extras(),
+       "bnb_loaded": "bitsandbytes" in sys.modules, "peft_loaded": "peft" in sys.modules,
+       "peft_installed": importlib.util.find_spec("peft") is not None}
 import torch
+vae = AutoencoderKL(block_out_channels=[8], down_block_types=["DownEncoderBlock2D"],
+                    up_block_types=["UpDecoderBlock2D"], latent_channels=4, norm_num_groups=4)
+out["latent_shape"] = list(vae.encode(torch.zeros(1, 3, 16, 16)).latent_dist.mean.shape)
 from library.training.optimizers import build_optimizer
 p = torch.nn.Parameter(torch.zeros(4096))
 p.grad = torch.ones(4096)
@@ -34,12 +38,13 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch and diffusers
-def test_diffusers_models_load_without_bitsandbytes_and_8bit_adam_still_works():
+def test_diffusers_models_load_without_bitsandbytes_or_peft_and_8bit_adam_still_works():
     pytest.importorskip("bitsandbytes")
     run = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["done"] and not out["diffusers_took_bnb"] and not out["again"] and out["moved"]
-    if not out["peft"]:  # a user's install (requirements.txt): nothing imports bitsandbytes before the optimizer
-        assert not out["bnb_loaded"]
+    assert out["peft_installed"]  # a test requirement, so the probe shows that diffusers leaves it alone
+    assert not out["peft_loaded"] and not out["bnb_loaded"]  # nothing imports either before the optimizer
+    assert out["latent_shape"] == [1, 4, 16, 16]
     assert out["bnb_optimizer"].startswith("bitsandbytes")
