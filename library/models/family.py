@@ -259,6 +259,15 @@ class ModelFamily(ABC):
         return add_clip_tokens(model, tuple(self.embedding_keys), tokens, init_word)
 
     # --- the denoiser ---------------------------------------------------------------------------------
+    def compute_dtype(self, denoiser: torch.nn.Module) -> torch.dtype:
+        """The dtype the denoiser computes in: that of its first floating parameter wider than a byte, so
+        weights stored in fp8 (``fp8_base``) do not make it cast its inputs to fp8. A few parameters are
+        looked at, not the whole model (diffusers' ``.dtype`` walks every module, twice a step)."""
+        for param in denoiser.parameters():
+            if param.is_floating_point() and param.element_size() > 1:
+                return param.dtype
+        return torch.float32
+
     @abstractmethod
     def predict(self, model, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
                 batch: dict) -> torch.Tensor:

@@ -101,7 +101,8 @@ class SDFamily(ModelFamily):
     # --- the denoiser ---
     def predict(self, model, noisy, timesteps, cond, batch) -> torch.Tensor:
         unet = model.unet
-        return unet(noisy.to(unet.dtype), timesteps, cond.hidden.to(unet.dtype)).sample
+        dtype = self.compute_dtype(unet)
+        return unet(noisy.to(dtype), timesteps, cond.hidden.to(dtype)).sample
 
     # --- sampling and saving ---
     def pipeline_inputs(self, positive: Conditioning, negative: Conditioning) -> dict:

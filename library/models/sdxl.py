@@ -138,7 +138,7 @@ class SDXLFamily(ModelFamily):
     # --- the denoiser ---
     def predict(self, model, noisy, timesteps, cond, batch) -> torch.Tensor:
         unet = model.unet
-        dtype = unet.dtype
+        dtype = self.compute_dtype(unet)
         added = {"text_embeds": cond.pooled.to(dtype), "time_ids": size_time_ids(batch, noisy.device, dtype)}
         return unet(noisy.to(dtype), timesteps, cond.hidden.to(dtype), added_cond_kwargs=added).sample
 

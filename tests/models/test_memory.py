@@ -178,3 +178,33 @@ def test_move_except_leaves_the_kept_blocks_where_they_are():
     for i, block in enumerate(model.blocks):
         devices = {t.device.type for t in [*block.parameters(), *block.buffers()]}
         assert devices == ({"cpu"} if i == 1 else {"meta"}), i
+
+
+@pytest.mark.parametrize("family_name", ["sd1", "sdxl"])
+def test_an_fp8_stored_unet_gets_its_inputs_in_full_precision(family_name):
+    """fp8_base: the UNet's Linear/Conv weights are fp8, but its inputs (noisy latents, text states) must stay in
+    the compute dtype; diffusers' ``unet.dtype`` names the first parameter's (fp8) and rounded them to 3 bits."""
+    from types import SimpleNamespace
+
+    from library.models.family import Conditioning, get_model_family
+    from library.models.tiny import builtin_components
+
+    family = get_model_family(family_name)
+    unet = builtin_components(family_name)["unet"].float()
+    store_in_fp8(unet)
+    assert unet.conv_in.weight.dtype == torch.float8_e4m3fn  # what diffusers' unet.dtype would report
+    assert family.compute_dtype(unet) == torch.float32
+    seen = []
+    unet.conv_in.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+    width = unet.config.cross_attention_dim
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(1, 4, 8, 8, generator=g)
+    pooled = None
+    if family_name == "sdxl":
+        config = unet.config
+        pooled = torch.randn(1, config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim,
+                             generator=g)
+    batch = {"original_sizes_hw": [(64, 64)], "crop_top_lefts": [(0, 0)], "target_sizes_hw": [(64, 64)]}
+    out = family.predict(SimpleNamespace(unet=unet), noisy, torch.tensor([10]),
+                         Conditioning(torch.randn(1, 77, width, generator=g), pooled), batch)
+    assert seen == [torch.float32] and out.dtype == torch.float32 and bool(torch.isfinite(out).all())

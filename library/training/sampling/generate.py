@@ -71,7 +71,7 @@ def _pipeline(model, scheduler):
 def _conditioning(model, text: str, settings: SampleSettings):
     """The weighted conditioning of one prompt text (the webui's attention syntax)."""
     return model.encode_prompt([text], settings.clip_skip, settings.max_token_length,
-                               weighted=True).to(model.unet.dtype)
+                               weighted=True).to(model.adapter.compute_dtype(model.unet))
 
 
 def scheduled_conditionings(model, text: str, steps: int, settings: SampleSettings, cache: dict) -> list:
