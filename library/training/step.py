@@ -49,7 +49,7 @@ class StepSettings:
 
 def batch_latents(model, batch: dict, generator: torch.Generator) -> torch.Tensor:
     """Cached latents, or the VAE's encoding of the batch's pixels (no gradient)."""
-    device = model.unet.device
+    device = next(model.unet.parameters()).device  # not diffusers' .device: it walks every module each step
     if batch.get("latents") is not None:
         return batch["latents"].to(device)
     with torch.no_grad():
