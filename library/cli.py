@@ -132,6 +132,10 @@ def run_trainer(trainer: str, make_target: Callable, argv: Sequence[str] | None 
         if config.output_config:
             write_output_config(config)
             return 0
+        if not config.estimate and config.pretrained_model_name_or_path:
+            from library.models.loading import read_ahead
+
+            read_ahead(str(config.pretrained_model_name_or_path))  # the file is read while the rest imports
         from library.util.lean_imports import skip_diffusers_extras
 
         skip_diffusers_extras()  # two seconds of start-up the trainers never use

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -212,13 +215,66 @@ def describe_foreign_keys(state_dict: dict) -> str:
     return f"its keys start with {', '.join(prefixes) or '(no keys)'}"
 
 
+#: resolved path -> the Future of its read (:func:`read_ahead`), taken by the load that needs it
+_READ_AHEAD: dict[Path, Future] = {}
+
+
+def _read_in_memory(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    # the families that read single files into memory build float32 modules: cast as the file is read
+    return load_state_dict_file(path, in_memory=True, float_dtype=torch.float32)
+
+
+def read_ahead(source: str) -> bool:
+    """Start reading the base model's single file in a thread, so the read (which waits on the disk and the
+    float32 casts, both outside the GIL) overlaps the imports and dataset work before the model is built;
+    :func:`load_base_model` takes the result (or its error) where it would have read the file. Only for a
+    ``.safetensors`` file of a family that reads its files into memory (SD 1/2, SDXL; not FLUX's memory map).
+    True when started."""
+    path = Path(source).expanduser()
+    if source in _builtin_names() or path.suffix.lower() != ".safetensors" or not path.is_file():
+        return False
+    if not _reads_into_memory(path):
+        return False
+    key = path.resolve()
+    if key not in _READ_AHEAD:
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(_read_in_memory(path))
+            except BaseException as error:  # noqa: BLE001 - handed to the load, raised there
+                future.set_exception(error)
+            finally:
+                sys.setswitchinterval(interval)
+
+        # the reader needs the GIL briefly between tensors; the imports beside it hold it for the whole switch
+        # interval (5 ms) each time, which starved the read to twice its time: hand it over more often meanwhile
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0005))
+
+        threading.Thread(target=run, name="read-ahead", daemon=True).start()
+        _READ_AHEAD[key] = future
+    return True
+
+
+def _builtin_names() -> dict:
+    from library.models.tiny import BUILTIN_NAMES
+
+    return BUILTIN_NAMES
+
+
 def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -> tuple[dict, str, str]:
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ModelLoadError(
             f"{path} is not a model file: expected a diffusers folder or one of {', '.join(SINGLE_FILE_SUFFIXES)}."
         )
-    in_memory = path.suffix.lower() == ".safetensors" and _reads_into_memory(path)
-    state, metadata = load_state_dict_file(path, allow_unsafe_pickle=allow_unsafe_pickle, in_memory=in_memory)
+    pending = _READ_AHEAD.pop(path.resolve(), None)
+    if pending is not None:
+        state, metadata = pending.result()
+    elif path.suffix.lower() == ".safetensors" and _reads_into_memory(path):
+        state, metadata = _read_in_memory(path)
+    else:
+        state, metadata = load_state_dict_file(path, allow_unsafe_pickle=allow_unsafe_pickle)
     family = family_of_single_file(state)
     if family is None and not any(k.startswith("model.diffusion_model.") for k in state):
         kind = "safetensors" if path.suffix.lower() == ".safetensors" else "checkpoint"

@@ -17,7 +17,8 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 def load_state_dict_file(
-    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False, in_memory: bool = False
+    path: str | os.PathLike, *, allow_unsafe_pickle: bool = False, in_memory: bool = False,
+    float_dtype: torch.dtype | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load ``(state_dict, metadata)`` from a ``.safetensors`` or pickle (``.ckpt/.pt/.pth/.bin``) file.
 
@@ -25,7 +26,8 @@ def load_state_dict_file(
     plain containers is refused unless ``allow_unsafe_pickle`` (then ``weights_only=False``, which
     can run code from the file). A top-level ``"state_dict"`` entry is unwrapped. Pickles have no
     metadata (empty dict). ``in_memory``: a .safetensors file's tensors are read into memory of their own
-    (aligned, no memory map left behind) instead of being views of the mapped file.
+    (aligned, no memory map left behind) instead of being views of the mapped file; with ``float_dtype`` its
+    floating tensors are cast to that dtype as they are read (see :func:`read_tensors`).
     """
     path = Path(path)
     if not path.is_file():
@@ -35,7 +37,7 @@ def load_state_dict_file(
         if in_memory:
             from library.util.safetensors_io import read_tensors
 
-            return read_tensors(path)
+            return read_tensors(path, float_dtype)
         return _load_safetensors(path)
     if suffix in PICKLE_SUFFIXES:
         return _load_pickle(path, allow_unsafe_pickle), {}

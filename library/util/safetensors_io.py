@@ -169,12 +169,17 @@ DTYPES = {
 }
 
 
-def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_tensors(path: str | os.PathLike, float_dtype: torch.dtype | None = None,
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file, each tensor read into its own freshly allocated (aligned)
     memory with ``readinto``: no memory map stays behind, so the file's pages never count as the process's
     memory, and the tensors need no copy to be independent of the file (``safe_open`` hands out unaligned views
     of a mapped file). Raises ModelLoadError for a damaged file (bad header, offsets outside the data, sizes
-    that do not match the shapes, unknown dtypes)."""
+    that do not match the shapes, unknown dtypes).
+
+    ``float_dtype``: floating tensors of another dtype are cast to it as they are read (an fp16 checkpoint
+    loaded as fp32): each is read into a staging buffer that is reused, and cast from there, so the file's
+    dtype never takes memory of its own, and the next tensor is read while this one is cast."""
     path = Path(path)
 
     def bad(why: str) -> ModelLoadError:
@@ -218,16 +223,53 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                     raise bad(f"tensor {key!r}: offsets {begin}..{end} do not hold {shape} {entry['dtype']} "
                               f"inside {data_size} data bytes")
                 entries.append((begin, key, dtype, shape, end - begin))
-            tensors = {}
-            for begin, key, dtype, shape, nbytes in sorted(entries):
-                buffer = torch.empty(nbytes, dtype=torch.uint8)
-                if nbytes:
-                    f.seek(data_start + begin)
-                    # the tensor's own memory as a writable buffer (not through numpy, which would pin it)
-                    target = (ctypes.c_char * nbytes).from_address(buffer.data_ptr())
-                    if f.readinto(target) != nbytes:
-                        raise bad(f"tensor {key!r} is cut short")
-                tensors[key] = buffer.view(dtype).reshape(shape)
+            tensors = _read_entries(f, sorted(entries), data_start, float_dtype, bad)
     except OSError as error:
         raise bad(str(error)) from error
     return {k: tensors[k] for k in header}, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _casts(dtype: torch.dtype, float_dtype: torch.dtype | None) -> bool:
+    return float_dtype is not None and dtype.is_floating_point and dtype != float_dtype
+
+
+def _read_entries(f, entries: list, data_start: int, float_dtype: torch.dtype | None, bad) -> dict:
+    """The tensors of ``entries`` ((begin, key, dtype, shape, nbytes), in file order) read from ``f``. Without a
+    cast, each into its own memory; with one, into one of two staging buffers in turn, the next read (in a
+    thread: ``readinto`` and the cast both release the GIL) while the previous one is cast."""
+
+    def read_into(buffer: torch.Tensor, begin: int, key: str, nbytes: int) -> None:
+        if nbytes:
+            f.seek(data_start + begin)
+            # the tensor's own memory as a writable buffer (not through numpy, which would pin it)
+            target = (ctypes.c_char * nbytes).from_address(buffer.data_ptr())
+            if f.readinto(target) != nbytes:
+                raise bad(f"tensor {key!r} is cut short")
+
+    largest = max((n for _, _, dtype, _, n in entries if _casts(dtype, float_dtype)), default=0)
+    if not largest:
+        tensors = {}
+        for begin, key, dtype, shape, nbytes in entries:
+            buffer = torch.empty(nbytes, dtype=torch.uint8)
+            read_into(buffer, begin, key, nbytes)
+            tensors[key] = buffer.view(dtype).reshape(shape)
+        return tensors
+    from concurrent.futures import ThreadPoolExecutor
+
+    staging = [torch.empty(largest, dtype=torch.uint8), torch.empty(largest, dtype=torch.uint8)]
+    tensors: dict[str, torch.Tensor] = {}
+
+    def read(i: int) -> torch.Tensor:
+        begin, key, dtype, shape, nbytes = entries[i]
+        buffer = staging[i % 2][:nbytes] if _casts(dtype, float_dtype) else torch.empty(nbytes, dtype=torch.uint8)
+        read_into(buffer, begin, key, nbytes)
+        return buffer.view(dtype).reshape(shape)
+
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, 0)
+        for i, (_, key, dtype, _, _) in enumerate(entries):
+            tensor = pending.result()
+            if i + 1 < len(entries):
+                pending = reader.submit(read, i + 1)  # into the other staging buffer
+            tensors[key] = tensor.to(float_dtype) if _casts(dtype, float_dtype) else tensor
+    return tensors

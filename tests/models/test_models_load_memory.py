@@ -56,3 +56,38 @@ def test_views_of_a_mapped_file_get_storage_of_their_own_and_owned_tensors_stay(
     _own_aligned_storage(layer)
     assert _owned(layer.weight) and torch.equal(layer.weight, mapped)
     assert layer.bias.data_ptr() == before_bias or layer.bias.data_ptr() % 64 != 0
+
+
+def test_read_ahead_is_what_the_load_uses_and_only_for_in_memory_safetensors(tmp_path):
+    from library.models import loading
+
+    parts = tiny_components("sd1", 0)
+    path = save_single_file(tmp_path / "m.safetensors", parts["unet"], parts["vae"], parts["text_encoder"], "sd1",
+                            dtype=torch.float16)
+    ckpt = save_single_file(tmp_path / "m.ckpt", parts["unet"], parts["vae"], parts["text_encoder"], "sd1")
+    assert not loading.read_ahead("builtin:tiny") and not loading.read_ahead(str(ckpt))
+    assert not loading.read_ahead(str(tmp_path / "missing.safetensors"))
+    assert loading.read_ahead(str(path)) and path.resolve() in loading._READ_AHEAD
+    future = loading._READ_AHEAD[path.resolve()]
+    model = load_base_model(str(path))
+    assert future.done() and path.resolve() not in loading._READ_AHEAD  # taken by the load
+    direct = load_base_model(str(path))
+    for name, module in model.parts.items():
+        theirs = dict(direct.parts[name].named_parameters())
+        for pname, p in module.named_parameters():
+            assert p.dtype == torch.float32 and _owned(p) and torch.equal(p, theirs[pname]), (name, pname)
+
+
+def test_a_damaged_file_read_ahead_fails_at_the_load_with_the_usual_message(tmp_path):
+    import pytest
+
+    from library.errors import ModelLoadError
+    from library.models import loading
+
+    parts = tiny_components("sd1", 0)
+    path = save_single_file(tmp_path / "m.safetensors", parts["unet"], parts["vae"], parts["text_encoder"], "sd1")
+    path.write_bytes(path.read_bytes()[:-1000])
+    assert loading.read_ahead(str(path))
+    with pytest.raises(ModelLoadError, match=r"m\.safetensors.*(cut short|do not hold)"):
+        load_base_model(str(path))
+    assert path.resolve() not in loading._READ_AHEAD

@@ -79,3 +79,31 @@ def test_random_bytes_and_a_short_file_are_refused(tmp_path):
     not_json.write_bytes(struct.pack("<Q", 4) + b"{{{{")
     with pytest.raises(ModelLoadError, match="not JSON"):
         read_tensors(not_json)
+
+
+def test_floats_cast_as_read_equal_a_cast_after_and_other_dtypes_are_untouched(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    tensors = {"a16": torch.randn(300, 7, generator=g).half(), "big16": torch.randn(1000, 33, generator=g).half(),
+               "b16": torch.randn(5, generator=g).bfloat16(), "f32": torch.randn(4, generator=g),
+               "i64": torch.arange(6), "f8": torch.randn(9, generator=g).to(torch.float8_e4m3fn),
+               "empty16": torch.zeros(0, 2, dtype=torch.float16), "tail16": torch.randn(3, generator=g).half()}
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path))
+    plain, _ = read_tensors(path)
+    cast, _ = read_tensors(path, torch.float32)
+    assert list(cast) == list(plain)
+    for key, value in plain.items():
+        want = value.float() if value.is_floating_point() else value
+        assert cast[key].dtype == want.dtype and torch.equal(cast[key], want), key
+        if value.numel():
+            assert _owned(cast[key]), key  # not a view of the reused staging buffers
+    # two tensors read through the same staging buffer keep their own values
+    assert not torch.equal(cast["a16"][:3, :3], cast["big16"][:3, :3])
+
+
+def test_a_cut_short_file_is_refused_when_casting_too(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a": torch.randn(64, 64).half(), "b": torch.randn(64, 64).half()}, str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        read_tensors(path, torch.float32)
