@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from pathlib import Path
 
 from library.training import outputs, state
 from library.training.metadata import card_metadata, minimal
+from library.training.parking import parking_folder
 from library.util import atomic
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,9 @@ def remove_leftovers(output_dir: str | Path, name: str) -> None:
         state.remove_leftovers(output_dir, name)
         for folder in (Path(output_dir), Path(output_dir) / "sample"):
             atomic.remove_leftovers(folder)
+        parked = parking_folder(output_dir, name)
+        if parked.is_dir():
+            shutil.rmtree(parked)
     except OSError as error:
         logger.warning("could not remove the temporary files of earlier saves in %s: %s", output_dir, error)
 
@@ -37,6 +42,8 @@ class Saver:
         self.ext = target.file_ext
         #: the weights written to files (a moving average swaps itself in here); states keep the trained ones
         self.file_weights = contextlib.nullcontext
+        #: puts parts parked on disk back for a save (:mod:`library.training.parking`)
+        self.parked = contextlib.nullcontext
         #: the run's first sample image (the files' ``modelspec.thumbnail`` unless metadata_thumbnail is set)
         self.first_sample: Path | None = None
         #: the last trained file written and its step (None: none yet)
@@ -97,7 +104,7 @@ class Saver:
         meta.update(ss_epoch=str(epoch), ss_steps=str(step), ss_training_finished_at=str(time.time()))
         if self.config.no_metadata:
             meta = minimal(meta)
-        with self.file_weights():
+        with self.file_weights(), self.parked():
             self.target.save(path, self.config.save_precision, meta, self.config)
         logger.info("saved %s", path.name)
         self.last_saved = (path, step)

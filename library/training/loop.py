@@ -26,6 +26,7 @@ from library.training import state
 from library.training.checkpointing import Saver, remove_leftovers
 from library.training.data_setup import build_datasets
 from library.training.metadata import RunFacts, training_metadata
+from library.training.parking import ParkedParts, parking_folder
 from library.training.progress import EventLog, Progress, RunningLoss
 from library.training.sampling.runner import SampleRunner
 from library.training.schedulers import build_scheduler, resolve_steps, scheduler_options
@@ -208,7 +209,9 @@ def run_training(config, target) -> Path | None:
                                                    seconds=time.perf_counter() - started)
     if config.cache_text_encoder_outputs or config.cache_text_encoder_outputs_to_disk:
         _cache_text(model, config, target, dataset, validation_set)
-    release_cached_parts(model, config, target, [d for d in (dataset, validation_set) if d is not None])
+    parking = ParkedParts(model, parking_folder(config.output_dir, config.output_name)) \
+        if accelerator.is_main_process else None  # the main process saves; the others keep no copy on disk
+    release_cached_parts(model, config, target, [d for d in (dataset, validation_set) if d is not None], parking)
     give_back_free_memory()  # the freed parts, and what loading and caching freed (the file's fp16 copies)
     target.attach(model, config)
     optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
@@ -269,7 +272,13 @@ def run_training(config, target) -> Path | None:
                                          allow_unsafe_pickle=config.allow_unsafe_pickle,
                                          inexact=config.resume_inexact)
         target.on_step_end(loop.position.step)  # e.g. a text encoder whose training ended before the state
-    final = loop.run()
+    if parking is not None and parking.parts:
+        loop.saver.parked = parking.restored
+    try:
+        final = loop.run()
+    finally:
+        if parking is not None:
+            parking.discard()
     accelerator.end_training()
     return final
 
@@ -295,12 +304,13 @@ def _cache_text(model, config, target, dataset, validation_set) -> None:
         encoder.to("cpu")
 
 
-def release_cached_parts(model, config, target, datasets) -> list[str]:
+def release_cached_parts(model, config, target, datasets, parking: ParkedParts | None = None) -> list[str]:
     """Free the parts a run no longer needs once their outputs are cached: the VAE when every picture's
-    latents are, the text encoders when the captions' outputs are (and they are not trained). Only for
-    targets whose saved result does not hold the base model, and not when samples are rendered. The parts
-    stay in the model on the meta device (their structure, no memory). Returns the freed parts' names."""
-    if target.saves_base_model or config.sample_prompts:
+    latents are, the text encoders when the captions' outputs are (and they are not trained); not when
+    samples are rendered. The parts stay in the model on the meta device (their structure, no memory). A
+    target whose saved result holds the base model (a fine-tune's checkpoint) has them parked on disk instead,
+    in ``parking``, which puts them back around each save (none given: they stay). Returns the parts' names."""
+    if config.sample_prompts or (target.saves_base_model and parking is None):
         return []
     freed = []
     if datasets and all(getattr(d, "latents_cached", False) for d in datasets):
@@ -308,8 +318,11 @@ def release_cached_parts(model, config, target, datasets) -> list[str]:
     if model.extras.get("text_cache") is not None and not target.trains_text_encoder:
         freed += list(model.text_parts)
     for name in freed:
-        model.parts[name].to("meta")
-    if freed:
+        if target.saves_base_model:
+            parking.park(name)
+        else:
+            model.parts[name].to("meta")
+    if freed and not target.saves_base_model:
         logger.info("freed %s: their outputs are cached and this run needs them no more", ", ".join(freed))
     return freed
 

@@ -81,6 +81,12 @@ def _from_package(module: str, package: str, class_name: str, same_lr: bool = Fa
         cls = getattr(_import_optional(module, package), class_name)
         if same_lr:
             _check_same_lr(class_name, params, lr)
+        if package == "bitsandbytes":
+            params = [dict(g, params=list(g["params"])) if isinstance(g, dict) else g for g in params]
+            from library.training import bnb_cpu
+
+            if bnb_cpu.uses_cpu(params):
+                bnb_cpu.install()  # the 8-bit update slice by slice: no weight-sized temporaries
         return cls(params, lr=lr, **{**defaults, **kwargs})
 
     return factory

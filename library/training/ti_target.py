@@ -32,6 +32,8 @@ class TextualInversionTarget(BaseTarget):
 
     #: gradients flow through the (frozen) text encoders to the token's rows
     trains_text_encoder = True
+    #: its files hold the token's embedding rows only: a cached VAE is freed, not parked
+    saves_base_model = False
 
     def __init__(self, config):
         check_token_rules(config, required=True)

@@ -133,3 +133,24 @@ def test_full_bf16_trains_half_precision_weights(tmp_path, tiny_dataset):
     with safe_open(str(tmp_path / "out" / "bf16.safetensors"), "pt") as f:
         unet_key = "model.diffusion_model.out.2.weight"
         assert torch.equal(f.get_tensor(unet_key), target._model.unet.conv_out.weight.detach())
+
+
+def test_cached_frozen_parts_are_parked_between_saves_and_saved_unchanged(tmp_path, tiny_dataset):
+    """A fine-tune caching latents and text-encoder outputs keeps the VAE and the frozen text encoder on disk
+    between saves (not in memory); every checkpoint still holds them exactly, and no parking folder is left."""
+    opts = db_options(tiny_dataset, tmp_path / "out", max_train_steps=2, save_every_n_steps=1,
+                      train_text_encoder=False, cache_latents=True, cache_text_encoder_outputs=True,
+                      save_model_as="safetensors", save_precision="float")
+    code, target = train_db(tmp_path, opts)
+    assert code == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".toml")) == \
+        ["db-step00000001.safetensors", "db.safetensors"]
+    model = target._model
+    assert all(p.device.type == "meta" for part in ("vae", "text_encoder") for p in model.parts[part].parameters())
+    base = load_base_model("builtin:tiny")
+    for name in ("db-step00000001.safetensors", "db.safetensors"):
+        saved = load_base_model(str(out / name))
+        assert max_abs_diff(state_of(saved.text_encoder), state_of(base.text_encoder)) == 0
+        assert max_abs_diff(state_of(saved.vae), state_of(base.vae)) == 0
+        assert max_abs_diff(state_of(saved.unet), state_of(base.unet)) > 0
