@@ -1,4 +1,5 @@
-"""bitsandbytes' 8-bit optimizers on the CPU, without their whole-weight temporaries.
+"""bitsandbytes' 8-bit optimizers, leaner: on the CPU without their whole-weight temporaries, and on any device
+each weight's gradient freed as soon as it is applied.
 
 On the CPU, bitsandbytes' blockwise 8-bit update dequantizes a weight's two states to float32, computes the
 step with a few more float32 tensors of the weight's size, and quantizes the states back: five or six
@@ -71,6 +72,25 @@ def install() -> bool:
     if not hasattr(current, "sliced_original"):
         functional.optimizer_update_8bit_blockwise = chunked(current)
     return True
+
+
+def free_grads_as_applied(optimizer):
+    """Drop each weight's gradient as soon as ``optimizer`` (a bitsandbytes optimizer, which steps weight by
+    weight) has applied it, instead of all of them after the step: the loop sets them to None after every step
+    anyway, and nothing reads them in between. The step's peak is then the gradients alone, not gradients plus
+    the states it allocates at the first step (for an 8-bit AdamW of an SD1.5 UNet: 1.7 GB less). Returns
+    ``optimizer``; one whose stepping is not bitsandbytes' ``update_step`` per weight is left as it is."""
+    update = getattr(optimizer, "update_step", None)
+    if update is None or getattr(update, "frees_grads", False):
+        return optimizer
+
+    def update_then_free(group, p, gindex, pindex):
+        update(group, p, gindex, pindex)
+        p.grad = None
+
+    update_then_free.frees_grads = True
+    optimizer.update_step = update_then_free
+    return optimizer
 
 
 def uses_cpu(params) -> bool:

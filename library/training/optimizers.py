@@ -87,6 +87,7 @@ def _from_package(module: str, package: str, class_name: str, same_lr: bool = Fa
 
             if bnb_cpu.uses_cpu(params):
                 bnb_cpu.install()  # the 8-bit update slice by slice: no weight-sized temporaries
+            return bnb_cpu.free_grads_as_applied(cls(params, lr=lr, **{**defaults, **kwargs}))
         return cls(params, lr=lr, **{**defaults, **kwargs})
 
     return factory

@@ -69,9 +69,10 @@ class ParkedParts:
         logger.info("%s parked in %s until the saves (it is frozen and its outputs are cached)", name, path)
 
     def _load(self, name: str) -> None:
-        from safetensors.torch import load_file
+        from library.util.safetensors_io import read_tensors
 
-        tensors = load_file(str(self.folder / f"{name}.safetensors"), device="cpu")
+        # read into memory of their own: a memory map would count the file's pages too while it is read
+        tensors, _ = read_tensors(self.folder / f"{name}.safetensors")
         for key, names, requires_grad, device in self.parts[name]:
             tensor = tensors.pop(key).to(device)
             param = None  # one Parameter for all the names of a tied weight

@@ -75,3 +75,27 @@ def test_building_a_bitsandbytes_optimizer_on_cpu_installs_the_slices():
 
     build_optimizer([{"params": _params()}], "AdamW8bit", 1e-3, [])
     assert hasattr(functional.optimizer_update_8bit_blockwise, "sliced_original")
+
+
+def test_each_gradient_is_freed_once_applied_and_the_step_is_unchanged():
+    params = _params()
+    optimizer = build_optimizer([{"params": params}], "AdamW8bit", 1e-2, [])
+    reference_params = _params()
+    reference = bnb.optim.AdamW8bit([{"params": reference_params}], lr=1e-2)
+    seen = []
+    update = optimizer.update_step
+
+    def spy(group, p, gindex, pindex):  # the grads of the weights not yet stepped are still there
+        seen.append(sum(q.grad is not None for q in params))
+        update(group, p, gindex, pindex)
+
+    optimizer.update_step = spy
+    g = torch.Generator().manual_seed(3)
+    for p, q in zip(params, reference_params, strict=True):
+        p.grad = torch.randn(p.shape, generator=g)
+        q.grad = p.grad.clone()
+    optimizer.step()
+    reference.step()
+    assert seen == [5, 4, 3, 2, 1] and all(p.grad is None for p in params)
+    assert all(torch.equal(p, q) for p, q in zip(params, reference_params, strict=True))
+    assert all(q.grad is not None for q in reference_params)  # bitsandbytes' own keeps them
