@@ -231,7 +231,7 @@ def read_ahead(source: str) -> bool:
     ``.safetensors`` file of a family that reads its files into memory (SD 1/2, SDXL; not FLUX's memory map).
     True when started."""
     path = Path(source).expanduser()
-    if source in _builtin_names() or path.suffix.lower() != ".safetensors" or not path.is_file():
+    if path.suffix.lower() != ".safetensors" or not path.is_file():  # built-in names are neither
         return False
     if not _reads_into_memory(path):
         return False
@@ -255,12 +255,6 @@ def read_ahead(source: str) -> bool:
         threading.Thread(target=run, name="read-ahead", daemon=True).start()
         _READ_AHEAD[key] = future
     return True
-
-
-def _builtin_names() -> dict:
-    from library.models.tiny import BUILTIN_NAMES
-
-    return BUILTIN_NAMES
 
 
 def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -> tuple[dict, str, str]:
