@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import GIB, ProcessResult, run_measured  # noqa: E402
 from bench.workloads import REPO, cache_root, db_config, lora_config, pictures, sd15_model, write_config  # noqa: E402
+from library.util.host_memory import use_huge_pages  # noqa: E402
 
 #: sd-scripts on this kind of machine (2-core CPU), same model, data and arguments (issue 15's figures).
 SDSCRIPTS_TINY_STEP_S = 0.042
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(REPO / "output" / "bench" / "bench.json"), help="where the JSON goes")
     args = p.parse_args(argv)
     bench = Bench(args)
+    bench.facts["huge_pages"] = use_huge_pages()  # every worker inherits it, as the trainers set it themselves
     if args.family in (None, "tiny"):
         bench.tiny()
     if args.family in (None, "sd1"):

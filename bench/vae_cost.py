@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from library.util.host_memory import use_huge_pages  # noqa: E402
+
 
 def load_vae(path: str):
     from diffusers import AutoencoderKL
@@ -42,6 +44,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch_size", type=int, default=1)
     args = p.parse_args()
+    use_huge_pages()  # as the trainers do (library.cli): the same allocator on both sides of each ratio
     import numpy as np
     from PIL import Image
 

