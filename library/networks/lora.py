@@ -81,6 +81,25 @@ class LoRAModule(NetworkModule):
     def on_weights_loaded(self) -> None:
         self.scale = float(self.alpha) / self.lora_dim
 
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The base class's forward with the plain case (no dropouts, multiplier ≠ 0) calling the functional ops
+        itself: the same ops in the same order, so the same numbers, without the two sub-module calls (a tiny
+        model's step has 120 of these modules, and their Python cost was a fifth of its LoRA's)."""
+        org_forward = self._org_forward
+        if org_forward is None or self.multiplier == 0 or (
+                self.training and (self.dropout or self.rank_dropout or self.module_dropout)):
+            return super().forward(x, *args, **kwargs)
+        out = org_forward(x, *args, **kwargs)
+        down, up = self.lora_down.weight, self.lora_up.weight
+        if x.dtype != down.dtype:
+            x = x.to(down.dtype)
+        if self.is_conv:
+            conv = self.lora_down
+            delta = F.conv2d(F.conv2d(x, down, None, conv.stride, conv.padding, conv.dilation, conv.groups), up)
+        else:
+            delta = F.linear(F.linear(x, down), up)
+        return torch.add(out, delta.to(out.dtype), alpha=self.scale * self.multiplier)
+
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         """up(down(x)) · alpha / dim with train-mode dropouts; x is (B, …, in) or (B, in, H, W)."""
         delta, factor = self.delta_and_factor(x)
