@@ -112,10 +112,14 @@ class Bench:
         train_dir = pictures(self.root, 8 if self.quick else 16)
         for npz in train_dir.rglob("*.npz"):
             npz.unlink()
-        warm, measured = (1, 3) if self.quick else (2, 8)
+        warm, measured = (1, 4) if self.quick else (2, 8)
         device = ("--device", self.args.device)
-        floor = self.worker("floor.py", model, "--resolution", str(res), "--steps", str(measured),
-                            "--warmup", str(warm), *device)
+
+        def measure_floor():
+            return self.worker("floor.py", model, "--resolution", str(res), "--steps", str(measured),
+                               "--warmup", str(warm), *device)
+
+        floor = measure_floor()
         f = floor.output
         self.facts.update(matmul_gflops=f["matmul_gflops"], floor_flops=f["flops"])
         base = self.add(Row("floor: UNet forward + backward", f["step_s"], 1.0, self.peak(floor), floor.peak_pss, 1.0,
@@ -143,18 +147,20 @@ class Bench:
         row.extra.update(launch_to_first_step_s=launch_first, caching_s=encode_s,
                          caching_images=cached.get("encoded"))
         caching = self.add(Row("latent caching (per picture)", encode_s / max(1, cached.get("encoded") or 1),
-                               extra={"vae_encoder_s_per_picture": vae["s_per_image"]}))
+                               extra={"vae_encoder_s_per_picture": vae["s_per_image"],
+                                      "vae_encoder_warm_s_per_picture": vae["warm_s_per_image"]}))
         caching.ratio = caching.step_s / vae["s_per_image"]
+        # a shared machine's speed drifts by 10-20 % over minutes: the two rows held to ≤ 1.03x and ≤ 1.5x of the
+        # floor are each compared with the mean of the floors measured just before and just after them
+        between = measure_floor().output["step_s"]
         reused, gc_row = lora("LoRA dim 16, AdamW, gradient checkpointing", gradient_checkpointing=True)
         reused_first = reused.first("start")["time"] - reused.launched
-        # the floor again, now that the two rows held to ≤ 1.03x and ≤ 1.5x of it ran: a shared machine's speed
-        # drifts by 10-20 % over minutes, so the rows are compared with the mean of the floor before and after
-        again = self.worker("floor.py", model, "--resolution", str(res), "--steps", str(measured),
-                            "--warmup", str(warm), *device).output["step_s"]
-        base.extra.update(step_s_before=base.step_s, step_s_after=again)
-        base.step_s = (base.step_s + again) / 2
-        for r in (row, gc_row):
-            r.ratio = r.step_s / base.step_s
+        after = measure_floor().output["step_s"]
+        first_floor = base.step_s
+        row.ratio = row.step_s / ((first_floor + between) / 2)
+        gc_row.ratio = gc_row.step_s / ((between + after) / 2)
+        base.extra.update(step_s_first=first_floor, step_s_between=between, step_s_after=after)
+        base.step_s = (first_floor + between + after) / 3  # what the later rows' x floor divide by
         gc_row.extra["launch_to_first_step_s (disk cache reused)"] = reused_first
         self.targets += [
             Target("sd15 LoRA step / floor", row.ratio, 1.03),

@@ -91,9 +91,6 @@ def os_error_message(exc: OSError) -> str:
 def run_guarded(body: Callable[[], int | None], log_level: str = "INFO") -> int:
     """Run a command's body: a ``UserError`` prints one ``error:`` paragraph and returns its exit code (2),
     never a traceback; Ctrl-C returns 130. Shared by the trainers and every tool."""
-    from library.util.host_memory import use_huge_pages
-
-    use_huge_pages()  # before the first tensor: a fifth of a CPU step went to page faults without it
     setup_logging(log_level)
     try:
         return body() or 0
