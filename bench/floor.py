@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from library.util.host_memory import use_huge_pages  # noqa: E402
+import library  # noqa: E402,F401 - huge pages before the first tensor: the trainers' allocator on both sides of each ratio
 
 
 def load_unet(path: str):
@@ -67,7 +67,6 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--checkpointing", action="store_true")
     args = p.parse_args()
-    use_huge_pages()  # as the trainers do (library.cli): the same allocator on both sides of each ratio
     rate = matmul_gflops()
     unet = load_unet(args.model).to(args.device)
     if args.checkpointing:

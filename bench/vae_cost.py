@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from library.util.host_memory import use_huge_pages  # noqa: E402
+import library  # noqa: E402,F401 - huge pages before the first tensor: the trainers' allocator on both sides of each ratio
 
 
 def load_vae(path: str):
@@ -45,7 +45,6 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch_size", type=int, default=1)
     args = p.parse_args()
-    use_huge_pages()  # as the trainers do (library.cli): the same allocator on both sides of each ratio
     import numpy as np
     from PIL import Image
 

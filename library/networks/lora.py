@@ -84,7 +84,7 @@ class LoRAModule(NetworkModule):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """The base class's forward with the plain case (no dropouts, multiplier ≠ 0) calling the functional ops
         itself: the same ops in the same order, so the same numbers, without the two sub-module calls (a tiny
-        model's step has 120 of these modules, and their Python cost was a fifth of its LoRA's)."""
+        model's step has 120 of these modules; about a tenth of their Python cost)."""
         org_forward = self._org_forward
         if org_forward is None or self.multiplier == 0 or (
                 self.training and (self.dropout or self.rank_dropout or self.module_dropout)):

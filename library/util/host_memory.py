@@ -30,9 +30,8 @@ HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 def use_huge_pages() -> bool:
     """Have PyTorch's CPU allocator back tensors of 2 MiB and more with transparent huge pages (Linux; the
     kernel's ``transparent_hugepage`` setting must be ``madvise`` or ``always``, as distributions ship it).
-    ``import library`` calls it: before the process allocates its first tensor (PyTorch reads the variable
-    once, and importing the trainers' modules allocates some); child processes
-    inherit it. A user's own ``THP_MEM_ALLOC_ENABLE`` (``0`` turns it off) is kept. True when it is on.
+    ``import library`` calls it, before the process allocates its first tensor (PyTorch reads the variable
+    once, and importing the trainers' modules allocates some); child processes inherit it. A user's own ``THP_MEM_ALLOC_ENABLE`` (``0`` turns it off) is kept. True when it is on.
 
     Measured on 2 CPU cores: the SD1.5 UNet's forward + backward at 256 px 2.86 -> 2.30 s, the SD VAE's encode
     of 4 pictures 5.7 -> 4.4 s, minor page faults 3.6 M -> 0.45 M; peak memory unchanged."""
