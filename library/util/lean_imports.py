@@ -6,7 +6,9 @@ diffusers imports two optional packages as soon as its model code loads, wheneve
   optimizers import bitsandbytes themselves when chosen.
 - peft, for its own LoRA adapters (``load_lora_weights``, layerwise casting of peft layers): about 1.2 s more
   (peft imports bitsandbytes again). Our networks are our own modules and our LoRA files are read by our own
-  code, so the trainers never call into diffusers' peft integration.
+  code, so the trainers never call into diffusers' peft integration. diffusers decides ``USE_PEFT_BACKEND`` when
+  ``diffusers.utils`` is first imported, before the flag above can be turned off; left True, every model's first
+  forward (``apply_lora_scale``) imports peft: 2 s of the tiny model's first step on 2 cores.
 
 Telling diffusers both are absent changes nothing else in a trainer's process.
 """
@@ -38,4 +40,10 @@ def skip_diffusers_extras() -> bool:
         return False
     for flag in SKIPPED:
         setattr(import_utils, flag, False)
+    import diffusers.utils as utils
+    import diffusers.utils.constants as constants
+
+    # read at call time (``from . import USE_PEFT_BACKEND`` in diffusers' forward wrapper) and at the import of
+    # the model modules, which come after this
+    utils.USE_PEFT_BACKEND = constants.USE_PEFT_BACKEND = False
     return True

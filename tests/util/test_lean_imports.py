@@ -26,6 +26,12 @@ import torch
 vae = AutoencoderKL(block_out_channels=[8], down_block_types=["DownEncoderBlock2D"],
                     up_block_types=["UpDecoderBlock2D"], latent_channels=4, norm_num_groups=4)
 out["latent_shape"] = list(vae.encode(torch.zeros(1, 3, 16, 16)).latent_dist.mean.shape)
+unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                            cross_attention_dim=8, attention_head_dim=2,
+                            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+out["unet_shape"] = list(unet(torch.zeros(1, 4, 8, 8), 1, torch.zeros(1, 3, 8)).sample.shape)
+out["peft_after_forward"] = "peft" in sys.modules  # diffusers' forward wrapper imports it when it thinks it may
 from library.training.optimizers import build_optimizer
 p = torch.nn.Parameter(torch.zeros(4096))
 p.grad = torch.ones(4096)
@@ -47,4 +53,5 @@ def test_diffusers_models_load_without_bitsandbytes_or_peft_and_8bit_adam_still_
     assert out["peft_installed"]  # a test requirement, so the probe shows that diffusers leaves it alone
     assert not out["peft_loaded"] and not out["bnb_loaded"]  # nothing imports either before the optimizer
     assert out["latent_shape"] == [1, 4, 16, 16]
+    assert out["unet_shape"] == [1, 4, 8, 8] and not out["peft_after_forward"]
     assert out["bnb_optimizer"].startswith("bitsandbytes")
