@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,6 +29,29 @@ from library.gui.training_tab import panel_values, training_tab
 logger = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
+
+#: how long the launch check waits for the page to answer before gui.py gives up
+LAUNCH_CHECK_S = 120.0
+
+
+def patient_url_ok(url: str, wait_s: float = LAUNCH_CHECK_S, request_timeout: float = 10.0) -> bool:
+    """gradio's launch check (``gradio.networking.url_ok``), patient: gradio's own gives up after one HEAD
+    that takes over 3 s, and ``launch()`` then raises, so gui.py ended at start on a busy machine (a training
+    or a test suite running beside it) even though the page was being served. This one asks again until
+    ``wait_s`` has passed, with a longer timeout per request."""
+    import httpx
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            status = httpx.head(url, timeout=request_timeout, verify=False).status_code
+            if status in (200, 401, 301, 302, 303, 307, 308):  # the answers gradio's own check accepts
+                return True
+        except (httpx.TransportError, OSError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
 
 
 @dataclass
@@ -231,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(ctx)
     app.queue(default_concurrency_limit=4)
     hosts = HostPolicy.for_listen(args.listen, args.allowed_hosts)
+    from gradio import networking
+
+    networking.url_ok = patient_url_ok  # launch() looks it up on the module at call time
     app.launch(
         server_name=args.listen,
         server_port=args.port,

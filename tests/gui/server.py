@@ -50,8 +50,9 @@ def wait_served(url: str, timeout: float = 60.0, alive=lambda: True) -> float:
 class GuiServer:
     """``python gui.py`` in ``cwd`` with its own state folder; ``close()`` ends its process group."""
 
-    #: gui.py exits at start when gradio's own launch check (a HEAD within 3 s) times out on a busy machine:
-    #: a server that exits before answering is started again, this many times in all
+    #: a server that exits before answering is started again, this many times in all (gui.py used to exit at
+    #: start when gradio's launch check, one HEAD within 3 s, timed out on a busy machine; it now waits, see
+    #: ``library.gui.app.patient_url_ok``, so this is a second line of defence)
     ATTEMPTS = 3
 
     def __init__(self, cwd: Path, state_dir: Path | None = None, extra: list[str] | None = None):
