@@ -2,18 +2,23 @@
 the target, then ``fsync`` the folder, so that after a crash or power loss the name holds either the old
 complete file or the new complete one.
 
-Temporary names carry the writer's process id (``.<name>.<pid>-<random>.tmp``; a replaced folder is moved
-aside as ``.<name>.old-<pid>`` for the moment of the swap), so that :func:`remove_leftovers` can remove
+Temporary names carry the writer's process id (``.<name>.<pid>-<random>.tmp``; a folder is swapped with its
+replacement in one step on Linux, elsewhere moved aside as ``.<name>.old-<pid>`` for the moment of the
+swap), so that :func:`remove_leftovers` can remove
 what killed saves left behind without touching the saves of a process still running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,15 +163,57 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+_RENAME_EXCHANGE = 2  # renameat2's flag (Linux 3.15+, glibc 2.28+): swap two names in one step
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2``, or None where there is none (not Linux, an old libc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the entries ``a`` and ``b`` (same filesystem) in one step; False where the system or the
+    filesystem cannot (nothing is changed then)."""
+    func = _renameat2()
+    if func is None:
+        return False
+    if func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+        return False  # a filesystem or kernel without RENAME_EXCHANGE (EPERM: a seccomp filter)
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def replace_folder(written: Path, target: Path, synced: bool = False) -> None:
     """Put the complete folder ``written`` (beside ``target``) in place of ``target``, durably.
 
-    Its files are fsynced first (unless ``synced``: the caller did); an existing ``target`` is moved aside (``.<name>.old-<pid>``), the new
-    folder renamed into place, the folder entry fsynced, then the old one deleted. A crash between the two
-    renames leaves both complete folders, which :func:`remove_leftovers` puts back in order.
+    Its files are fsynced first (unless ``synced``: the caller did). When ``written`` has a temporary name
+    of :func:`atomic_folder` and the system can, the two folders are swapped in one step (``renameat2``'s
+    ``RENAME_EXCHANGE``): the name always holds one complete folder, and the old one, now under the
+    temporary name, is deleted (or, after a crash, removed by :func:`remove_leftovers`). Otherwise an
+    existing ``target`` is moved aside (``.<name>.old-<pid>``), the new folder renamed into place, the
+    folder entry fsynced, then the old one deleted; a crash between those two renames leaves no folder
+    under the name but both complete ones beside it, which :func:`remove_leftovers` puts back in order.
+    (Other temporary names, such as the training states' ``<state>.tmp``, take the two renames: their
+    own clean-up would take a complete old state under that name for a newer one.)
     """
     if not synced:
         fsync_tree(written)
+    if target.is_dir() and not target.is_symlink() and _TEMP_NAME.match(written.name) and exchange(written, target):
+        fsync_folder(target.parent)
+        shutil.rmtree(written, ignore_errors=True)  # the old folder, now under the temporary name
+        return
     old = None
     if target.exists() or target.is_symlink():
         if not target.is_dir():

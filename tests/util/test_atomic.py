@@ -77,11 +77,27 @@ def test_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeyp
     assert events[2][1] == str(tmp_path)
 
 
-def test_folder_files_are_synced_once_each_before_the_swap(tmp_path, monkeypatch):
+@pytest.mark.parametrize("one_step", [True, False], ids=["exchange", "two-renames"])
+def test_folder_files_are_synced_once_each_before_the_swap(tmp_path, monkeypatch, one_step):
+    """Linux swaps the folders in one step (renameat2's RENAME_EXCHANGE); elsewhere the old one is moved
+    aside and the new one renamed into place. Either way every file is synced before the name changes."""
+    import library.util.atomic as atomic
+
+    if one_step and atomic._renameat2() is None:
+        pytest.skip("no renameat2 on this system")
     target = tmp_path / "model"
     target.mkdir()
     (target / "old.txt").write_text("old")
     events = _record_fsyncs(monkeypatch)
+    real_exchange = atomic.exchange
+
+    def exchange(a, b):
+        if not one_step:
+            return False
+        events.append(("exchange", str(b)))
+        return real_exchange(a, b)
+
+    monkeypatch.setattr(atomic, "exchange", exchange)
     with atomic_folder(target) as tmp:
         (tmp / "unet").mkdir()
         (tmp / "unet" / "weights.bin").write_bytes(b"1")
@@ -89,12 +105,46 @@ def test_folder_files_are_synced_once_each_before_the_swap(tmp_path, monkeypatch
     synced = [Path(p) for kind, p in events if kind == "fsync"]
     files = [p.name for p in synced if p.name in ("index.json", "weights.bin")]
     assert sorted(files) == ["index.json", "weights.bin"]  # one fsync per file
-    replaces = [i for i, e in enumerate(events) if e[0] == "replace"]
-    assert [events[i][1] for i in replaces] == [str(tmp_path / f".model.old-{os.getpid()}"), str(target)]
-    assert all(e[0] == "fsync" for e in events[:replaces[0]])  # all data synced before any rename
-    assert ("fsync", str(tmp_path)) in events[replaces[-1]:]  # and the renames after them
+    renames = [i for i, e in enumerate(events) if e[0] in ("replace", "exchange")]
+    if one_step:
+        assert [events[i] for i in renames] == [("exchange", str(target))]
+    else:
+        assert [events[i][1] for i in renames] == [str(tmp_path / f".model.old-{os.getpid()}"), str(target)]
+    assert all(e[0] == "fsync" for e in events[:renames[0]])  # all data synced before any rename
+    assert ("fsync", str(tmp_path)) in events[renames[-1]:]  # and the renames after them
     assert (target / "index.json").read_text() == "{}" and not (target / "old.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_exchange_swaps_two_folders(tmp_path):
+    import library.util.atomic as atomic
+
+    if atomic._renameat2() is None:
+        pytest.skip("no renameat2 on this system")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from_a").write_text("a")
+    (b / "from_b").write_text("b")
+    assert atomic.exchange(a, b)
+    assert [p.name for p in a.iterdir()] == ["from_b"] and [p.name for p in b.iterdir()] == ["from_a"]
+    with pytest.raises(FileNotFoundError):
+        atomic.exchange(tmp_path / "missing", b)
+
+
+def test_state_folders_keep_the_two_renames(tmp_path, monkeypatch):
+    """A training state's ``<state>.tmp`` holding the old complete state would be taken for a newer one by
+    the state clean-up after a crash: such names are never swapped in one step."""
+    import library.util.atomic as atomic
+
+    calls = []
+    monkeypatch.setattr(atomic, "exchange", lambda a, b: calls.append(b) or True)
+    target, written = tmp_path / "run-000001-state", tmp_path / "run-000001-state.tmp"
+    target.mkdir()
+    written.mkdir()
+    (written / "train_state.json").write_text("{}")
+    atomic.replace_folder(written, target)
+    assert calls == [] and (target / "train_state.json").is_file() and not written.exists()
 
 
 # -- leftovers of killed saves ----------------------------------------------------------------------------
