@@ -21,7 +21,8 @@ def test_an_unmarked_slow_test_fails_and_a_marked_one_passes(tmp_path):
         "def test_quick():\n    pass\n",
         encoding="utf-8",
     )
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "SDTRAIN_FAST_TEST_LIMIT": "0.3"}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "SDTRAIN_FAST_TEST_LIMIT": "0.3",
+           "SDTRAIN_FAST_TIER_PRELOAD": "0"}  # these tests need none of the heavy libraries
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "fast_tier_limit", "-p", "no:cacheprovider", "-c", os.devnull,
          "-W", "ignore::pytest.PytestUnknownMarkWarning", str(tmp_path / "test_sleepy.py")],
