@@ -63,3 +63,17 @@ def tiny_dataset(tmp_path_factory):
     for i in range(2):
         draw_picture(reg / f"reg{i}.png", (64, 64), (30, 30, 220), 10 + i)
     return root
+
+
+@pytest.fixture(scope="session")
+def shared_gui(tmp_path_factory):
+    """One plain ``gui.py`` (127.0.0.1, no login, no --lang) for the browser tests that only read and fill
+    forms or run tools on files of their own (absolute paths), started once per session: each start costs
+    about 9 s on 2 cores. Tests that start trainings or look at the queue start their own."""
+    from tests.gui.server import GuiServer, need_browser
+
+    need_browser()
+    root = tmp_path_factory.mktemp("gui_shared")
+    server = GuiServer(root)
+    yield server
+    server.close()

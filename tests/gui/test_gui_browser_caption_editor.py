@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, REPO, GuiServer, choose, need_browser, set_field
+from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, REPO, choose, need_browser, set_field
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,7 +28,7 @@ COLOURS = [(200, 40, 40), (40, 160, 60), (40, 60, 200), (220, 200, 40)]
 
 
 @pytest.fixture(scope="module")
-def gui(tmp_path_factory):
+def gui(tmp_path_factory, shared_gui):
     need_browser()
     root = tmp_path_factory.mktemp("gui_captions")
     folder = root / "train" / "10_sks girl"
@@ -36,9 +36,7 @@ def gui(tmp_path_factory):
     for (name, text), rgb in zip(CAPTIONS.items(), COLOURS, strict=True):
         Image.new("RGB", (96, 64), rgb).save(folder / f"{name}.png")
         (folder / f"{name}.txt").write_text(text, encoding="utf-8")
-    server = GuiServer(root)  # (it starts gui.py again when gradio's own start-up check fails)
-    yield server, root, folder
-    server.close()
+    return shared_gui, root, folder
 
 
 @pytest.fixture(scope="module")

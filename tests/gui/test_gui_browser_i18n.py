@@ -34,13 +34,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """An English GUI (no --lang: it follows the browser)."""
+def servers(tmp_path_factory, shared_gui):
+    """An English GUI (no --lang: it follows the browser): the session's shared one."""
     need_browser()
-    root = tmp_path_factory.mktemp("gui_browser_i18n")
-    plain = GuiServer(root, root / "state_plain")
-    yield {"plain": plain, "root": root}
-    plain.close()
+    return {"plain": shared_gui, "root": tmp_path_factory.mktemp("gui_browser_i18n")}
 
 
 @pytest.fixture()

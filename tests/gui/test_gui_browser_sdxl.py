@@ -7,27 +7,23 @@ import time
 
 import pytest
 
-from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, GuiServer, choose, need_browser, set_field
+from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, choose, need_browser, set_field
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def page(shared_gui):
     need_browser()
     from playwright.sync_api import sync_playwright
 
-    server = GuiServer(tmp_path_factory.mktemp("gui_browser_sdxl"))
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server.url)
-            page.wait_for_selector("#network-start")
-            yield page
-            browser.close()
-    finally:
-        server.close()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(shared_gui.url)
+        page.wait_for_selector("#network-start")
+        yield page
+        browser.close()
 
 
 def open_accordion(page, tab: str, title: str) -> None:
