@@ -250,6 +250,7 @@ def atomic_folder(target: str | os.PathLike) -> Iterator[Path]:
     try:
         with os_errors_as_oserror(target):
             yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700, as a folder made with mkdir would be
         replace_folder(tmp, target)
     finally:
         if tmp.exists():

@@ -229,3 +229,14 @@ def test_a_full_disk_in_safetensors_writer_is_an_oserror_naming_the_file(tmp_pat
     with pytest.raises(ValueError, match="no os error"):  # other errors pass unchanged
         with atomic_path(target):
             raise ValueError("no os error here")
+
+
+def test_a_saved_folder_gets_the_modes_mkdir_would_give(tmp_path):
+    """Not mkdtemp's 0700: a model folder others on the machine may read, as the user's umask says."""
+    import library.util.atomic as atomic
+
+    with atomic_folder(tmp_path / "model") as tmp:
+        (tmp / "a.txt").write_text("x")
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~atomic._UMASK
+    assert (tmp_path / "model").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
