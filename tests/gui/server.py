@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -111,6 +112,20 @@ def need_browser():
         pytest.skip("playwright is not installed (pip install playwright==1.65.2)")
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
+
+
+@contextlib.contextmanager
+def training_page(url: str):
+    """A Chromium page on the GUI at ``url``, its training form loaded (1400 x 1000)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#network-start")
+        yield page
+        browser.close()
 
 
 def field(page, elem_id: str):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, field, need_browser, set_field
+from tests.gui.server import field, need_browser, set_field, training_page
 from tests.gui.test_gui_browser_sdxl import family_line, open_folds, shown, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -25,15 +25,8 @@ def workspace(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(workspace, shared_gui):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(shared_gui.url)
-        page.wait_for_selector("#network-start")
+    with training_page(shared_gui.url) as page:
         yield page
-        browser.close()
 
 
 def test_a_flux_preset_shows_the_flux_group(page, workspace):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.gui.server import CHROMIUM, CHROMIUM_ARGS, choose, need_browser, set_field
+from tests.gui.server import choose, need_browser, set_field, training_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -15,15 +15,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def page(shared_gui):
     need_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(shared_gui.url)
-        page.wait_for_selector("#network-start")
+    with training_page(shared_gui.url) as page:
         yield page
-        browser.close()
 
 
 def open_accordion(page, tab: str, title: str) -> None:
