@@ -190,7 +190,7 @@ def exchange(a: Path, b: Path) -> bool:
     if func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EPERM):
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM):
         return False  # a filesystem or kernel without RENAME_EXCHANGE (EPERM: a seccomp filter)
     raise OSError(err, os.strerror(err), str(b))
 

@@ -6,27 +6,34 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from gradio import networking
 
 from library.gui import app
 from tests.gui.server import free_port
 
 
-class SlowFirst(BaseHTTPRequestHandler):
-    """Answers 200, the first request only after ``delay`` seconds (a page served by a busy machine)."""
-
-    delay = 1.0
-    seen = 0
+class Ok(BaseHTTPRequestHandler):
+    """Answers 200 to every HEAD."""
 
     def do_HEAD(self):
-        type(self).seen += 1
-        if type(self).seen == 1:
-            time.sleep(self.delay)
         self.send_response(200)
         self.end_headers()
 
     def log_message(self, *args):
         pass
+
+
+class SlowFirst(Ok):
+    """Answers 200, the first request only after a second (a page served by a busy machine)."""
+
+    seen = 0
+
+    def do_HEAD(self):
+        type(self).seen += 1
+        if type(self).seen == 1:
+            time.sleep(1.0)
+        super().do_HEAD()
 
 
 def serve(handler):
@@ -50,11 +57,10 @@ def test_a_server_that_starts_listening_late_is_waited_for():
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     assert not networking.url_ok(url)  # gradio's own check gives up at once on a refused connection
-    SlowFirst.seen, SlowFirst.delay = 1, 0.0  # no slow first answer here
 
     def start_late(box):
         time.sleep(0.8)
-        box.append(ThreadingHTTPServer(("127.0.0.1", port), SlowFirst))
+        box.append(ThreadingHTTPServer(("127.0.0.1", port), Ok))
         box[0].serve_forever()
 
     box: list = []
@@ -64,7 +70,6 @@ def test_a_server_that_starts_listening_late_is_waited_for():
         assert app.patient_url_ok(url, wait_s=10, request_timeout=1)
         assert time.monotonic() - start >= 0.7
     finally:
-        SlowFirst.delay = 1.0
         if box:
             box[0].shutdown()
 
@@ -88,8 +93,6 @@ def test_gui_main_installs_the_patient_check(monkeypatch, tmp_path):
     monkeypatch.setattr(networking, "url_ok", networking.url_ok)  # restored after the test
     monkeypatch.setattr(app, "start_worker", lambda queue: None)
     monkeypatch.chdir(tmp_path)
-    try:
+    with pytest.raises(SystemExit):
         app.main(["--state_dir", str(tmp_path / "state")])
-    except SystemExit:
-        pass
     assert seen["url_ok"] is app.patient_url_ok
