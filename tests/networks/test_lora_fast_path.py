@@ -1,7 +1,10 @@
 """LoRAModule's plain-case forward (functional ops, no sub-module calls) gives the numbers and gradients of the
-generic path exactly, and hands every other case (dropouts, multiplier 0) to it."""
+generic path exactly, and hands every other case (dropouts, multiplier 0) to it; where a layer is small enough,
+one op on the merged weight gives them up to rounding."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -11,11 +14,13 @@ from library.networks.base import NetworkModule
 from library.networks.lora import LoRAModule
 
 
-def _pair(layer: nn.Module, x: torch.Tensor, **options):
+def _pair(layer: nn.Module, x: torch.Tensor, merge: bool = False, **options):
     torch.manual_seed(0)
     module = LoRAModule("lora_test", layer, dim=4, alpha=2, **options)
     nn.init.normal_(module.lora_up.weight)  # a trained-looking up (zeros would hide the delta)
+    module.merge_when_cheaper = merge
     module.apply_to()
+    assert module.merges(x) == merge
     results = []
     for forward in (lambda v: layer(v), lambda v: NetworkModule.forward(module, v)):
         module.zero_grad(set_to_none=True)
@@ -48,6 +53,7 @@ def test_multiplier_and_a_base_of_another_dtype():
     module.multiplier = 0.5
     module.apply_to()
     x = torch.randn(3, 6, dtype=torch.bfloat16)
+    assert not module.merges(x)  # a bf16 layer and float32 LoRA weights: the separate path, in their dtypes
     out = layer(x)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, NetworkModule.forward(module, x))
@@ -70,3 +76,53 @@ def test_unapplied_module_says_so():
     module = LoRAModule("lora_test", nn.Linear(6, 5), dim=4)
     with pytest.raises(RuntimeError, match="apply_to"):
         module(torch.randn(1, 6))
+
+
+@pytest.mark.parametrize("layer, shape", [(nn.Linear(6, 5), (2, 3, 6)), (nn.Conv2d(6, 5, 1), (2, 6, 4, 4))])
+def test_small_layers_run_on_the_merged_weight_with_the_same_numbers(layer, shape):
+    x = torch.randn(*shape)
+    fresh = copy.deepcopy(layer)
+    merged, generic = _pair(layer.requires_grad_(False), x, merge=True)
+    for a, b in zip(merged, generic, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    layer = fresh
+    module = LoRAModule("lora_test", layer, dim=4)
+    module.apply_to()
+    assert module.merges(x)
+    stacked = LoRAModule("lora_second", layer, dim=4)
+    stacked.apply_to()
+    assert not stacked.merges(x)  # the layer's forward is the first LoRA's: it must run
+    stacked.remove()
+    module.multiplier = 0.5  # the multiplier goes into the merged weight
+    nn.init.normal_(module.lora_up.weight)
+    torch.testing.assert_close(layer(x), NetworkModule.forward(module, x), rtol=1e-5, atol=1e-6)
+
+
+def test_sd_sized_layers_and_layers_of_other_kinds_keep_the_separate_path():
+    big = LoRAModule("lora_test", nn.Linear(320, 320), dim=16)
+    big.apply_to()
+    assert not big.merges(torch.randn(1, 1024, 320))  # SD1.5's first attention at 256 px: 5x the work merged
+    small = LoRAModule("lora_test", nn.Linear(32, 32), dim=8)
+    small.apply_to()
+    assert small.merges(torch.randn(1, 256, 32))  # the tiny model's
+
+    class Custom(nn.Linear):  # e.g. an fp8 or quantized layer: its own forward must run
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    for layer in (Custom(32, 32), nn.Conv2d(32, 32, 3, padding=1), nn.Conv2d(32, 32, 1, stride=2),
+                  nn.Conv2d(32, 32, 1, groups=2)):
+        module = LoRAModule("lora_test", layer, dim=8)
+        module.apply_to()
+        x = torch.randn(1, 32, 8, 8) if isinstance(layer, nn.Conv2d) else torch.randn(1, 64, 32)
+        assert not module.merges(x), layer
+    custom = Custom(32, 32).requires_grad_(False)
+    module = LoRAModule("lora_test", custom, dim=8)
+    nn.init.normal_(module.lora_up.weight)
+    module.apply_to()
+    x = torch.randn(1, 64, 32)
+    torch.testing.assert_close(custom(x), Custom.forward(custom, x) + module.delta_forward(x))
+    other = LoRAModule("lora_test", nn.Linear(32, 32), dim=8)
+    other.apply_to()
+    other.merge_when_cheaper = False
+    assert not other.merges(torch.randn(1, 256, 32))
