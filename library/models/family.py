@@ -65,6 +65,12 @@ class BlockLayout:
         return len(self.names)
 
 
+#: the model code of the families built from a diffusers UNet and VAE and transformers' CLIP text models (SD 1/2,
+#: SDXL): their :attr:`ModelFamily.single_file_imports`
+UNET_VAE_CLIP_CODE = ("diffusers.models.unets.unet_2d_condition", "diffusers.models.autoencoders.autoencoder_kl",
+                      "transformers.models.clip.modeling_clip")
+
+
 class ModelFamily(ABC):
     """One model family. Subclasses set the class data and implement the abstract hooks.
 
@@ -92,6 +98,10 @@ class ModelFamily(ABC):
     #: once, no memory map left behind: the SD families convert every tensor to float32 anyway) rather than
     #: mapped (FLUX: 24 GB of bf16 a host may not hold twice; mapped pages can be dropped under pressure)
     single_file_in_memory: bool = True
+    #: the modules a single-file load of this family builds its parts from (diffusers', transformers' model code):
+    #: imported while the file's read-ahead (:func:`library.models.loading.read_ahead`) is still reading it,
+    #: rather than after the read, where their second or two of imports would wait on it
+    single_file_imports: tuple[str, ...] = ()
     v2: bool = False
     description: str = ""
     #: whether train_db.py trains the text encoder(s) when train_text_encoder is not set

@@ -264,6 +264,8 @@ def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -
         )
     pending = _READ_AHEAD.pop(path.resolve(), None)
     if pending is not None:
+        if not pending.done():
+            _import_while_reading(path)
         state, metadata = pending.result()
     elif path.suffix.lower() == ".safetensors" and _reads_into_memory(path):
         state, metadata = _read_in_memory(path)
@@ -282,10 +284,9 @@ def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -
     return parts, family.name, path.name
 
 
-def _reads_into_memory(path: Path) -> bool:
-    """Whether the family a .safetensors file's header shows (keys and shapes, as meta tensors) reads single
-    files into memory of their own (:attr:`ModelFamily.single_file_in_memory`); an unreadable header: no (the
-    real read reports it)."""
+def _header_family(path: Path):
+    """The family a .safetensors file's header shows (keys and shapes, as meta tensors); None for none, or an
+    unreadable header (the real read reports it)."""
     from library.util.safetensors_io import DTYPES, read_header
 
     try:
@@ -293,6 +294,22 @@ def _reads_into_memory(path: Path) -> bool:
         shapes = {k: torch.empty(v["shape"], dtype=DTYPES.get(v["dtype"], torch.uint8), device="meta")
                   for k, v in header.items() if k != "__metadata__"}
     except (ModelLoadError, KeyError, TypeError, ValueError, RuntimeError):
-        return False
-    family = family_of_single_file(shapes)
+        return None
+    return family_of_single_file(shapes)
+
+
+def _reads_into_memory(path: Path) -> bool:
+    """Whether the family of a .safetensors file reads single files into memory of their own
+    (:attr:`ModelFamily.single_file_in_memory`)."""
+    family = _header_family(path)
     return family is not None and family.single_file_in_memory
+
+
+def _import_while_reading(path: Path) -> None:
+    """Import the model code the file's family builds its parts from (:attr:`ModelFamily.single_file_imports`)
+    while the read-ahead still reads it: on 2 cores the read casts on one core, the imports run on the other."""
+    import importlib
+
+    family = _header_family(path)
+    for name in family.single_file_imports if family is not None else ():
+        importlib.import_module(name)

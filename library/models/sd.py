@@ -13,7 +13,7 @@ import torch
 
 from library.models import clip_text
 from library.models.families import FAMILIES, FamilySpec
-from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
+from library.models.family import UNET_VAE_CLIP_CODE, BlockLayout, Conditioning, ModelFamily, register_family
 from library.models.tokenizer import clip_tokenizer
 from library.text.weighting import apply_token_weights, clip_weighted_rows
 from library.training.objective import DDPMObjective
@@ -39,6 +39,7 @@ class SDFamily(ModelFamily):
     lora_unet_markers = ("down_blocks_", "mid_block_", "up_blocks_")
     accepted_options = DDPMObjective.OPTIONS | {"clip_skip", "max_token_length"}
     embedding_keys = {TEXT_PART: "emb_params"}
+    single_file_imports = UNET_VAE_CLIP_CODE
 
     def __init__(self, spec: FamilySpec, description: str, default_resolution: int):
         self.spec = spec

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from library.models import clip_text
-from library.models.family import BlockLayout, Conditioning, ModelFamily, register_family
+from library.models.family import UNET_VAE_CLIP_CODE, BlockLayout, Conditioning, ModelFamily, register_family
 from library.models.tokenizer import EOS_TOKEN, clip_tokenizer
 from library.text.weighting import apply_token_weights, clip_weighted_rows
 from library.training.objective import DDPMObjective
@@ -68,6 +68,7 @@ class SDXLFamily(ModelFamily):
     latent_cache_suffix = "sdxl"
     v2 = False
     trains_text_encoder_by_default = False  # sd-scripts' sdxl_train.py: --train_text_encoder to train them
+    single_file_imports = UNET_VAE_CLIP_CODE
     lora_unet_markers = ("input_blocks_", "middle_block_", "output_blocks_")
     accepted_options = DDPMObjective.OPTIONS | {"clip_skip", "max_token_length"}
     embedding_keys = {TE1: "clip_l", TE2: "clip_g"}

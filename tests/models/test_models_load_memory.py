@@ -91,3 +91,32 @@ def test_a_damaged_file_read_ahead_fails_at_the_load_with_the_usual_message(tmp_
     with pytest.raises(ModelLoadError, match=r"m\.safetensors.*(cut short|do not hold)"):
         load_base_model(str(path))
     assert path.resolve() not in loading._READ_AHEAD
+
+
+def test_a_load_waiting_on_the_read_imports_the_family_model_code_meanwhile(tmp_path, monkeypatch):
+    import importlib
+    import threading
+    from concurrent.futures import Future
+
+    from library.models import loading
+    from library.models.family import UNET_VAE_CLIP_CODE
+
+    parts = tiny_components("sd1", 0)
+    path = save_single_file(tmp_path / "m.safetensors", parts["unet"], parts["vae"], parts["text_encoder"], "sd1")
+    future = Future()
+    monkeypatch.setitem(loading._READ_AHEAD, path.resolve(), future)  # a read still under way
+    imported = []
+    real = importlib.import_module
+
+    def spy(name, *args):
+        imported.append((name, future.done()))
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", spy)
+    reader = threading.Timer(0.3, lambda: future.set_result(loading._read_in_memory(path)))
+    reader.start()
+    model = load_base_model(str(path))
+    reader.join()
+    code = [(name, done) for name, done in imported if name in UNET_VAE_CLIP_CODE]
+    assert code == [(name, False) for name in UNET_VAE_CLIP_CODE]  # all of it, before the read had ended
+    assert torch.equal(model.unet.conv_in.weight, parts["unet"].conv_in.weight)
