@@ -32,5 +32,6 @@ def pytest_sessionstart(session):
     own test, whose tests import none of them)."""
     if FAST_TEST_LIMIT_S and os.environ.get("SDTRAIN_FAST_TIER_PRELOAD", "1") != "0":
         import diffusers  # noqa: F401
+        import gradio  # noqa: F401 - the GUI's tests import it (4 s on a slow day), and run anywhere in a subset
         from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
         from transformers import CLIPTextModel  # noqa: F401
