@@ -72,21 +72,34 @@ def fill_quickstart(page, root: Path, out: str, epochs: int) -> None:
     set_field(page, "network-resolution", 64)
 
 
+#: the text Gradio puts in a component while an update of it is pending ("queue: 1/1", "processing | 0.2s", "0.4s")
+OVERLAY = r"((queue:\s*\d+/\d+|processing)\s*\|?\s*)?([\d.]+(/[\d.]+)?s)?"
+
+
 def wait_message(page, elem_id: str, timeout: float) -> str:
     """The handler's message, once Gradio's pending overlay ("queue: 1/1", "processing | 0.2s") is gone."""
     deadline = time.monotonic() + timeout
     text = ""
     while time.monotonic() < deadline:
         text = page.inner_text(f"#{elem_id}").strip()
-        overlay_only = re.fullmatch(r"((queue:\s*\d+/\d+|processing)\s*\|?\s*)?([\d.]+(/[\d.]+)?s)?", text)
+        overlay_only = re.fullmatch(OVERLAY, text)
         if text and not overlay_only:
             return text
         time.sleep(0.2)
     raise AssertionError(f"#{elem_id} never showed a message; last: {text!r}")
 
 
+def component_text(page, elem_id: str) -> str:
+    """A component's own text, without the lines of gradio's overlay before it while an update of it is pending
+    (a "0.4s" timer: a status read then was "0.4s\n\ndone · step 3/3 …")."""
+    lines = page.inner_text(f"#{elem_id}").strip().split("\n")
+    while lines and re.fullmatch(OVERLAY, lines[0].strip()):
+        lines.pop(0)
+    return "\n".join(lines).strip()
+
+
 def status_text(page) -> str:
-    return page.inner_text("#network-run-status")
+    return component_text(page, "network-run-status")
 
 
 def wait_status(page, pattern: str, timeout: float) -> str:
@@ -198,8 +211,8 @@ def test_dreambooth_tab_trains_the_tiny_model(gui, page):
     message = wait_message(page, "db-message", 30)
     assert "started" in message, message
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not re.search(r"^(done|failed)", page.inner_text("#db-run-status")):
+    while time.monotonic() < deadline and not re.search(r"^(done|failed)", component_text(page, "db-run-status")):
         time.sleep(0.5)
-    assert page.inner_text("#db-run-status").startswith("done"), page.inner_text("#db-log")
+    assert component_text(page, "db-run-status").startswith("done"), page.inner_text("#db-log")
     assert (root / "db_run" / "db.safetensors").stat().st_size > 100_000
     page.get_by_role("tab", name="LoRA").click()
