@@ -7,6 +7,7 @@ The tokenizer of a single file is always built offline (:mod:`library.models.tok
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import sys
@@ -18,7 +19,13 @@ import torch
 
 from library.errors import ModelLoadError
 from library.models.base_model import BaseModel
-from library.models.family import all_families, family_of_diffusers, family_of_single_file, get_model_family
+from library.models.family import (
+    ModelFamily,
+    all_families,
+    family_of_diffusers,
+    family_of_single_file,
+    get_model_family,
+)
 from library.models.safe_load import PICKLE_SUFFIXES, load_state_dict_file
 
 logger = logging.getLogger(__name__)
@@ -215,8 +222,9 @@ def describe_foreign_keys(state_dict: dict) -> str:
     return f"its keys start with {', '.join(prefixes) or '(no keys)'}"
 
 
-#: resolved path -> the Future of its read (:func:`read_ahead`), taken by the load that needs it
-_READ_AHEAD: dict[Path, Future] = {}
+#: resolved path -> (the Future of its read, the family its header shows) (:func:`read_ahead`), taken by the load
+#: that needs it
+_READ_AHEAD: dict[Path, tuple[Future, ModelFamily]] = {}
 
 
 def _read_in_memory(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -233,7 +241,8 @@ def read_ahead(source: str) -> bool:
     path = Path(source).expanduser()
     if path.suffix.lower() != ".safetensors" or not path.is_file():  # built-in names are neither
         return False
-    if not _reads_into_memory(path):
+    family = _header_family(path)
+    if family is None or not family.single_file_in_memory:
         return False
     key = path.resolve()
     if key not in _READ_AHEAD:
@@ -253,7 +262,7 @@ def read_ahead(source: str) -> bool:
         sys.setswitchinterval(min(interval, 0.0005))
 
         threading.Thread(target=run, name="read-ahead", daemon=True).start()
-        _READ_AHEAD[key] = future
+        _READ_AHEAD[key] = (future, family)
     return True
 
 
@@ -264,9 +273,13 @@ def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -
         )
     pending = _READ_AHEAD.pop(path.resolve(), None)
     if pending is not None:
-        if not pending.done():
-            _import_while_reading(path)
-        state, metadata = pending.result()
+        future, header_family = pending
+        if not future.done():
+            # the model code the family builds its parts from, imported while the read still runs: on 2 cores
+            # the read casts on one core, the imports run on the other
+            for name in header_family.single_file_imports:
+                importlib.import_module(name)
+        state, metadata = future.result()
     elif path.suffix.lower() == ".safetensors" and _reads_into_memory(path):
         state, metadata = _read_in_memory(path)
     else:
@@ -284,7 +297,7 @@ def _load_single_file(path: Path, allow_unsafe_pickle: bool, components: dict) -
     return parts, family.name, path.name
 
 
-def _header_family(path: Path):
+def _header_family(path: Path) -> ModelFamily | None:
     """The family a .safetensors file's header shows (keys and shapes, as meta tensors); None for none, or an
     unreadable header (the real read reports it)."""
     from library.util.safetensors_io import DTYPES, read_header
@@ -304,12 +317,3 @@ def _reads_into_memory(path: Path) -> bool:
     family = _header_family(path)
     return family is not None and family.single_file_in_memory
 
-
-def _import_while_reading(path: Path) -> None:
-    """Import the model code the file's family builds its parts from (:attr:`ModelFamily.single_file_imports`)
-    while the read-ahead still reads it: on 2 cores the read casts on one core, the imports run on the other."""
-    import importlib
-
-    family = _header_family(path)
-    for name in family.single_file_imports if family is not None else ():
-        importlib.import_module(name)

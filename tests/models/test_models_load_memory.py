@@ -68,7 +68,8 @@ def test_read_ahead_is_what_the_load_uses_and_only_for_in_memory_safetensors(tmp
     assert not loading.read_ahead("builtin:tiny") and not loading.read_ahead(str(ckpt))
     assert not loading.read_ahead(str(tmp_path / "missing.safetensors"))
     assert loading.read_ahead(str(path)) and path.resolve() in loading._READ_AHEAD
-    future = loading._READ_AHEAD[path.resolve()]
+    future, family = loading._READ_AHEAD[path.resolve()]
+    assert family.name == "sd1"
     model = load_base_model(str(path))
     assert future.done() and path.resolve() not in loading._READ_AHEAD  # taken by the load
     direct = load_base_model(str(path))
@@ -104,7 +105,10 @@ def test_a_load_waiting_on_the_read_imports_the_family_model_code_meanwhile(tmp_
     parts = tiny_components("sd1", 0)
     path = save_single_file(tmp_path / "m.safetensors", parts["unet"], parts["vae"], parts["text_encoder"], "sd1")
     future = Future()
-    monkeypatch.setitem(loading._READ_AHEAD, path.resolve(), future)  # a read still under way
+    from library.models.family import get_model_family
+
+    # a read still under way
+    monkeypatch.setitem(loading._READ_AHEAD, path.resolve(), (future, get_model_family("sd1")))
     imported = []
     real = importlib.import_module
 
