@@ -18,7 +18,7 @@ from torch import nn
 from library.errors import ConfigError, ModelLoadError
 from library.networks import blocks, keys
 from library.networks.base import NetworkModule
-from library.networks.functional import lora_delta_weight
+from library.networks.functional import lora_delta_weight, lora_linear, lora_pointwise_conv
 from library.networks.network import LoadReport, Network, check_positive_int, group_by_module, read_state_dict
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,12 @@ class LoRAModule(NetworkModule):
 
         #: False: never the merged weight (:meth:`merges`), e.g. to compare the two paths
         self.merge_when_cheaper = True
+        #: False: never the layer and its LoRA as one node (:meth:`_fused_call`), e.g. to compare the two paths
+        self.fuse_with_layer = True
         #: (input features, lo, hi): the calls of lo < tokens < hi run merged; None: never (see :meth:`apply_to`)
         self._merge_tokens: tuple[int, float, float] | None = None
+        #: a plain nn.Linear or 1x1 nn.Conv2d with its own forward: the layer and its LoRA run as one node
+        self._fused = False
 
     def on_weights_loaded(self) -> None:
         self.scale = float(self.alpha) / self.lora_dim
@@ -98,6 +102,7 @@ class LoRAModule(NetworkModule):
                                            and org.stride == (1, 1) and org.padding == (0, 0)
                                            and org.padding_mode == "zeros")
         self._merge_tokens = None
+        self._fused = own_forward and plain
         if not (own_forward and plain):
             return
         n_out, n_in = org.weight.shape[:2]
@@ -136,7 +141,8 @@ class LoRAModule(NetworkModule):
         """The base class's forward with the plain case (no dropouts, multiplier ≠ 0) calling the functional ops
         itself: the same ops in the same order, so the same numbers, without the two sub-module calls (a tiny
         model's step has 120 of these modules; about a tenth of their Python cost); or, where :meth:`merges`,
-        the layer's op on the merged weight (the same sum, rounded differently)."""
+        the layer's op on the merged weight; or, for a plain ``nn.Linear`` or 1x1 ``nn.Conv2d``, the layer and
+        its LoRA as one autograd node (:meth:`_fused_call`); the last two give the same sum, rounded differently."""
         org_forward = self._org_forward
         if org_forward is None or self.multiplier == 0 or (
                 self.training and (self.dropout or self.rank_dropout or self.module_dropout)):
@@ -150,6 +156,11 @@ class LoRAModule(NetworkModule):
                                      alpha=self.scale * self.multiplier)
                 return F.conv2d(x, merged.view_as(weight), org.bias)
             return F.linear(x, torch.addmm(org.weight, up, down, alpha=self.scale * self.multiplier), org.bias)
+        shape_fits = x.dim() == 4 and x.is_contiguous() if self.is_conv else x.dim() >= 2
+        if self._fused and self.fuse_with_layer and shape_fits and not args and not kwargs:
+            fused = self._fused_call(x, down, up)
+            if fused is not None:
+                return fused
         out = org_forward(x, *args, **kwargs)
         if x.dtype != down.dtype:
             x = x.to(down.dtype)
@@ -159,6 +170,25 @@ class LoRAModule(NetworkModule):
         else:
             delta = F.linear(F.linear(x, down), up)
         return torch.add(out, delta.to(out.dtype), alpha=self.scale * self.multiplier)
+
+    def _fused_call(self, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
+        """The layer and its LoRA as one autograd node (:func:`lora_linear`, :func:`lora_pointwise_conv`), in
+        the dtype the layer's op would compute in: autocast's where it is on (every operand cast to it, as
+        autocast casts a linear's or a convolution's), else the operands' own where all share one; None where
+        they do not (e.g. a bf16 base with fp32 LoRA weights outside autocast), for the separate path to cast."""
+        org = self._org_holder[0]
+        weight, bias = org.weight, org.bias
+        op = lora_pointwise_conv if self.is_conv else lora_linear
+        scale = self.scale * self.multiplier
+        device = x.device.type
+        if device != "meta" and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return op(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype), down.to(dtype),
+                          up.to(dtype), scale)
+        if not (x.dtype == weight.dtype == down.dtype == up.dtype) or (bias is not None and bias.dtype != x.dtype):
+            return None
+        return op(x, weight, bias, down, up, scale)
 
     def delta_forward(self, x: torch.Tensor) -> torch.Tensor:
         """up(down(x)) · alpha / dim with train-mode dropouts; x is (B, …, in) or (B, in, H, W)."""
