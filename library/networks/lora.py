@@ -103,7 +103,7 @@ class LoRAModule(NetworkModule):
                                            and org.padding_mode == "zeros")
         self._merge_tokens = None
         self._fused = own_forward and plain
-        if not (own_forward and plain):
+        if not self._fused:
             return
         n_out, n_in = org.weight.shape[:2]
         r = self.lora_dim
