@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import library  # noqa: E402,F401 - huge pages before the first tensor: the trainers' allocator on both sides of each ratio
+from library.util.host_memory import keep_freed_memory  # noqa: E402
 
 
 def load_unet(path: str):
@@ -69,6 +70,7 @@ def main() -> int:
     args = p.parse_args()
     rate = matmul_gflops()
     unet = load_unet(args.model).to(args.device)
+    keep_freed_memory()  # the training loop's allocator: its steps find the pages the last one freed
     if args.checkpointing:
         unet.enable_gradient_checkpointing()
         unet.train()  # diffusers checkpoints only in training mode

@@ -42,7 +42,7 @@ from library.training.setup import (
 )
 from library.training.step import StepSettings, diffusion_loss
 from library.training.validation import Validator
-from library.util.host_memory import give_back_free_memory
+from library.util.host_memory import give_back_free_memory, keep_freed_memory
 from library.util.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,7 @@ def run_training(config, target) -> Path | None:
         if accelerator.is_main_process else None  # the main process saves; the others keep no copy on disk
     release_cached_parts(model, config, target, [d for d in (dataset, validation_set) if d is not None], parking)
     give_back_free_memory()  # the freed parts, and what loading and caching freed (the file's fp16 copies)
+    keep_freed_memory()  # the steps allocate the same tensors each time: their pages stay for the next one
     target.attach(model, config)
     optimizer_name = optim_lib.resolve_optimizer_name(config.optimizer_type, config.use_8bit_adam,
                                                       config.use_lion_optimizer)
@@ -531,6 +532,7 @@ class TrainLoop:
                 return action()
         finally:
             _optimizer_mode(self.optimizer, train=True)
+            give_back_free_memory()  # what the save or the samples freed (the loop's heap keeps it otherwise)
 
     def _check_ranks_agree(self) -> None:
         """With several processes, every rank must hold the same trained weights (DDP keeps them in step)."""

@@ -10,6 +10,11 @@ Large tensors are mapped afresh at each allocation, and each 4 KiB page of a fre
 kernel serves with the process waiting: on CPU an SD1.5 UNet step at 256 px took 3.6 million of them and a
 fifth of its time in the kernel. :func:`use_huge_pages` has PyTorch ask for 2 MiB pages for tensors of 2 MiB
 and more (its own ``THP_MEM_ALLOC_ENABLE``), 512 times fewer faults.
+
+A training step allocates and frees the same tensors every time, so the loop has malloc keep what it frees
+(:func:`keep_freed_memory`): after the first few steps no tensor is mapped or faulted afresh. Loading and caching keep
+glibc's own behaviour, which gives large blocks back at once: their allocations do not repeat, and a heap that
+kept them grew 0.9 GB above the run's peak while the VAE encoded.
 """
 
 from __future__ import annotations
@@ -41,17 +46,57 @@ def use_huge_pages() -> bool:
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None (not Linux, or another C library such as musl)."""
+def _glibc(name: str, argtypes: tuple):
+    """The glibc function ``name``, or None (not Linux, or another C library such as musl)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    function.argtypes, function.restype = list(argtypes), ctypes.c_int
+    return function
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None."""
+    return _glibc("malloc_trim", (ctypes.c_size_t,))
+
+
+def _mallopt():
+    """glibc's ``mallopt``, or None."""
+    return _glibc("mallopt", (ctypes.c_int, ctypes.c_int))
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+#: blocks up to this size come from the heap in the training loop (larger ones are still mapped afresh)
+KEPT_BLOCK_LIMIT = 1 << 30
+#: the loop's heap keeps this much free memory at its top (mallopt takes an int: the most it can say)
+KEPT_FREE_LIMIT = 2**31 - 1
+#: glibc's own settings of the two: a user who gave one keeps malloc as they set it
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def keep_freed_memory() -> bool:
+    """From now on malloc keeps the memory the process frees, for its next allocations: blocks up to
+    ``KEPT_BLOCK_LIMIT`` come from the heap (not a fresh map each), and the heap is not trimmed until up to
+    ``KEPT_FREE_LIMIT`` is free at its top. For the training loop, whose steps allocate the same tensors again:
+    from the second step on they find their pages already there. :func:`give_back_free_memory` still returns
+    everything free (the loop calls it after saves and samples). Not done when the user set
+    ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or malloc's ``GLIBC_TUNABLES``; True when done.
+
+    Measured on 2 CPU cores, SD1.5 LoRA at 256 px, interleaved runs: minor page faults per step 20-26 k -> 0 from
+    the fourth step; median step 3.15 -> 2.78-2.82 s (the floor's forward + backward 2.90 -> 2.52-2.65 s); peak
+    memory unchanged (5.57-5.59 GB). Kept from the start instead, the VAE's encode left the heap 0.9 GB above
+    the peak."""
+    if any(name in os.environ for name in _MALLOC_ENV) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    done = bool(mallopt(M_MMAP_THRESHOLD, KEPT_BLOCK_LIMIT)) and bool(mallopt(M_TRIM_THRESHOLD, KEPT_FREE_LIMIT))
+    logger.debug("malloc keeps freed memory: %s", done)
+    return done
 
 
 def give_back_free_memory() -> bool:

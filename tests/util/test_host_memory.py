@@ -90,3 +90,80 @@ def test_trainers_get_huge_pages_for_large_tensors():
     off, default = faults("0"), faults(None)
     assert off > 10 * 16384 * 0.9  # 640 MiB in 4 KiB pages: one fault each
     assert default < off / 10
+
+
+_STEP_FAULTS = """
+import resource
+import torch
+from library.util.host_memory import keep_freed_memory
+
+def steps():
+    faults = []
+    for _ in range(6):  # a training step's pattern: activations allocated, kept for the backward, then all freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        activations = [torch.ones(10 << 20)]  # 40 MiB each: glibc maps blocks this large afresh, by default
+        for _ in range(3):
+            activations.append(activations[-1] * 1.5)
+        del activations
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return faults
+
+print(*steps())
+assert keep_freed_memory()
+print(*steps())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _malloc_trim() is None, reason="glibc only")
+def test_the_loops_heap_keeps_freed_blocks_for_the_next_step():
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env.update(PYTHONPATH=str(repo), THP_MEM_ALLOC_ENABLE="0")  # 4 KiB pages: one fault per page
+    out = subprocess.run([sys.executable, "-c", _STEP_FAULTS], env=env, capture_output=True, text=True, check=True)
+    fresh, kept = ([int(n) for n in line.split()] for line in out.stdout.splitlines())
+    block = 10 * 2**20 * 4 // 4096  # one activation's pages
+    assert all(n > 4 * block * 0.9 for n in fresh[-3:])  # by default every step faults all its 160 MiB in again
+    assert sum(kept[-3:]) < block  # kept: the last steps found their pages in the heap
+
+
+class _FakeMallopt:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, option, value):
+        self.calls.append((option, value))
+        return 1
+
+
+def test_keeping_freed_memory_sets_the_heaps_two_thresholds(monkeypatch):
+    import library.util.host_memory as host_memory
+
+    fake = _FakeMallopt()
+    monkeypatch.setattr(host_memory, "_mallopt", lambda: fake)
+    for name in (*host_memory._MALLOC_ENV, "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    assert host_memory.keep_freed_memory() is True
+    assert fake.calls == [(host_memory.M_MMAP_THRESHOLD, 1 << 30), (host_memory.M_TRIM_THRESHOLD, 2**31 - 1)]
+
+
+@pytest.mark.parametrize("name, value", [("MALLOC_TRIM_THRESHOLD_", "131072"), ("MALLOC_MMAP_THRESHOLD_", "65536"),
+                                         ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")])
+def test_a_users_own_malloc_settings_are_kept(monkeypatch, name, value):
+    import library.util.host_memory as host_memory
+
+    fake = _FakeMallopt()
+    monkeypatch.setattr(host_memory, "_mallopt", lambda: fake)
+    for other in (*host_memory._MALLOC_ENV, "GLIBC_TUNABLES"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+    assert host_memory.keep_freed_memory() is False
+    assert fake.calls == []
+
+
+def test_keeping_freed_memory_without_glibc_does_nothing(monkeypatch):
+    import library.util.host_memory as host_memory
+
+    monkeypatch.setattr(host_memory, "_mallopt", lambda: None)
+    for name in (*host_memory._MALLOC_ENV, "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    assert host_memory.keep_freed_memory() is False
