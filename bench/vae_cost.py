@@ -1,7 +1,7 @@
 """The VAE encoder's own cost: pictures already decoded and resized in memory, encoded in batches; seconds per
-picture, the first pass of a fresh process (as the trainer's caching meets them; its first batch pays the
-kernels' set-up) and a second, warm pass. A worker run by ``bench/run.py`` (prints one JSON line); the trainer's
-latent caching is compared with the first.
+picture in a fresh process, as the trainer's caching meets them (its first batch pays the kernels' set-up). A
+worker run by ``bench/run.py`` (prints one JSON line), twice: before and after the trainer's latent caching, which
+is compared with the mean of the two.
 
     python bench/vae_cost.py MODEL.safetensors TRAIN_DIR --resolution 256 --batch_size 4
 """
@@ -64,12 +64,8 @@ def main() -> int:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    # first as the trainer meets them, in a fresh process (its first batch sets up the convolutions' kernels
-    # and memory), then again, warm
-    cold = encode_all()
-    warm = encode_all()
-    print(json.dumps({"images": len(pixels), "seconds": cold, "s_per_image": cold / len(pixels),
-                      "warm_s_per_image": warm / len(pixels)}))
+    seconds = encode_all()  # as the trainer meets them: in a fresh process, the kernels' first calls included
+    print(json.dumps({"images": len(pixels), "seconds": seconds, "s_per_image": seconds / len(pixels)}))
     return 0
 
 
