@@ -99,7 +99,7 @@ from library.util.host_memory import keep_freed_memory
 
 def steps():
     faults = []
-    for _ in range(6):  # a training step's pattern: activations allocated, kept for the backward, then all freed
+    for _ in range(9):  # a training step's pattern: activations allocated, kept for the backward, then all freed
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         activations = [torch.ones(10 << 20)]  # 40 MiB each: glibc maps blocks this large afresh, by default
         for _ in range(3):
@@ -122,8 +122,10 @@ def test_the_loops_heap_keeps_freed_blocks_for_the_next_step():
     out = subprocess.run([sys.executable, "-c", _STEP_FAULTS], env=env, capture_output=True, text=True, check=True)
     fresh, kept = ([int(n) for n in line.split()] for line in out.stdout.splitlines())
     block = 10 * 2**20 * 4 // 4096  # one activation's pages
-    assert all(n > 4 * block * 0.9 for n in fresh[-3:])  # by default every step faults all its 160 MiB in again
-    assert sum(kept[-3:]) < block  # kept: the last steps found their pages in the heap
+    assert all(n > 4 * block * 0.9 for n in fresh[3:])  # by default every step faults all its 160 MiB in again
+    # kept: from the fourth step on the pages are found in the heap (now and then one block is placed afresh,
+    # where a small allocation took part of its old place)
+    assert sum(kept[3:]) < sum(fresh[3:]) / 10
 
 
 class _FakeMallopt:
