@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from library.models.loading import load_base_model
 from library.training.loop import release_cached_parts
@@ -101,3 +102,18 @@ def test_a_killed_runs_parking_folder_is_removed_at_the_next_start(tmp_path):
     other.mkdir()
     remove_leftovers(tmp_path, "run")
     assert not left.exists() and other.exists()  # another run's name is not touched
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_parts_parked_from_a_gpu_come_back_to_host_memory_for_a_save(tmp_path):
+    from library.training.parking import ParkedParts
+
+    module = torch.nn.Linear(256, 256).cuda()
+    weight = module.weight.detach().cpu().clone()
+    parking = ParkedParts(SimpleNamespace(parts={"p": module}), tmp_path / "parked")
+    parking.park("p")
+    before = torch.cuda.memory_allocated()
+    with parking.restored():
+        assert module.weight.device.type == "cpu" and torch.equal(module.weight, weight)
+        assert torch.cuda.memory_allocated() == before  # nothing put back on the GPU
+    assert module.weight.device.type == "meta"
