@@ -92,8 +92,8 @@ def write_checkpoint(path: str | os.PathLike, state: dict[str, torch.Tensor], me
         with atomic_path(path) as tmp:  # tensor by tensor: no second copy of the model in memory
             write_streamed(tmp, state, {**metadata, **(extra_metadata or {})}, dtype=dtype)
         return path
-    state = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous()
+    state = {  # on the CPU: a pickle keeps each tensor's device, and a GPU's would not load without one
+        k: v.detach().to("cpu", dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
         for k, v in state.items()
     }
     with atomic_path(path) as tmp:

@@ -69,3 +69,15 @@ def test_truncated_safetensors(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(ModelLoadError, match="broken.safetensors"):
         load_state_dict_file(path)
+
+
+def test_a_ckpt_written_from_any_device_holds_cpu_tensors_in_the_asked_dtype(tmp_path):
+    from library.models.single_file import write_checkpoint
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the GPU case runs where there is one
+    state = {"w": torch.ones(4, 4, device=device), "steps": torch.arange(3, device=device)}
+    path = write_checkpoint(tmp_path / "model.ckpt", state, {}, dtype=torch.float16)
+    loaded = torch.load(path, weights_only=True)["state_dict"]  # no map_location: as another tool reads it
+    assert {k: (v.device.type, v.dtype) for k, v in loaded.items()} == {
+        "w": ("cpu", torch.float16), "steps": ("cpu", torch.int64)}
+    assert torch.equal(loaded["w"].float(), torch.ones(4, 4))
