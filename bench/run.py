@@ -137,6 +137,7 @@ class Bench:
                             {"gflop_per_step": f["flops"] / 1e9, "achieved_gflops": f["achieved_gflops"],
                              "matmul_gflops": f["matmul_gflops"]}))
         self.floor = base
+
         def vae_cost() -> float:
             return self.worker("vae_cost.py", model, str(train_dir), "--resolution", str(res), "--batch_size", "4",
                                *device).output["s_per_image"]

@@ -81,7 +81,7 @@ def keep_freed_memory() -> bool:
     """From now on malloc keeps the memory the process frees, for its next allocations: blocks up to
     ``KEPT_BLOCK_LIMIT`` come from the heap (not a fresh map each), and the heap is not trimmed until up to
     ``KEPT_FREE_LIMIT`` is free at its top. For the training loop, whose steps allocate the same tensors again:
-    from the second step on they find their pages already there. :func:`give_back_free_memory` still returns
+    after the first few steps they find their pages already there. :func:`give_back_free_memory` still returns
     everything free (the loop calls it after saves and samples). Not done when the user set
     ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or malloc's ``GLIBC_TUNABLES``; True when done.
 
